@@ -1,0 +1,97 @@
+//! Keys: what a transaction reads and writes.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A primary-key value. Apps' tables have a text, integer or uuid primary key; uuids travel
+/// as text.
+///
+/// Integer keys travel as JSON numbers, so they must stay within ±2^53 to survive a trip
+/// through JavaScript; the server rejects larger ones with a typed error.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Pk {
+    Int(i64),
+    Text(String),
+}
+
+impl fmt::Display for Pk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pk::Int(n) => write!(f, "{n}"),
+            Pk::Text(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+impl From<&str> for Pk {
+    fn from(s: &str) -> Self {
+        Pk::Text(s.to_owned())
+    }
+}
+
+impl From<String> for Pk {
+    fn from(s: String) -> Self {
+        Pk::Text(s)
+    }
+}
+
+impl From<i64> for Pk {
+    fn from(n: i64) -> Self {
+        Pk::Int(n)
+    }
+}
+
+/// One unit of shared state that has its own [`crate::Version`]: a table row or a
+/// key/value entry.
+///
+/// The derived order is the canonical order in which the server locks keys, so that two
+/// commits touching the same keys never wait for each other in a cycle.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Key {
+    /// A row of an app table, by primary key.
+    Row { table: String, pk: Pk },
+    /// An entry of the app's key/value store.
+    Kv { key: String },
+}
+
+impl Key {
+    pub fn row(table: impl Into<String>, pk: impl Into<Pk>) -> Key {
+        Key::Row { table: table.into(), pk: pk.into() }
+    }
+
+    pub fn kv(key: impl Into<String>) -> Key {
+        Key::Kv { key: key.into() }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Row { table, pk } => write!(f, "{table}[{pk}]"),
+            Key::Kv { key } => write!(f, "kv[{key:?}]"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_is_tagged() {
+        let json = serde_json::to_value(Key::row("users", "alice")).unwrap();
+        assert_eq!(json, serde_json::json!({"kind": "row", "table": "users", "pk": "alice"}));
+        let json = serde_json::to_value(Key::row("todos", 7)).unwrap();
+        assert_eq!(json, serde_json::json!({"kind": "row", "table": "todos", "pk": 7}));
+        let json = serde_json::to_value(Key::kv("motd")).unwrap();
+        assert_eq!(json, serde_json::json!({"kind": "kv", "key": "motd"}));
+    }
+
+    #[test]
+    fn display_names_the_key() {
+        assert_eq!(Key::row("users", "alice").to_string(), "users[\"alice\"]");
+        assert_eq!(Key::row("todos", 3).to_string(), "todos[3]");
+    }
+}

@@ -1,0 +1,297 @@
+//! The wire protocol: JSON text frames over one WebSocket per client.
+//!
+//! Defined once, here, and used by the server, the native client and the browser runtime.
+//! Every message is an object tagged by `type`. See `docs/protocol.md` for the exchange.
+
+use crate::{ErrorKind, Key, ReadSet, TxnId, Version, WriteSet};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Bumped on every incompatible change; the server refuses a hello with another version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// WebSocket close codes the server uses, beyond the standard ones (1009 for a frame over
+/// the size limit, 1011 for an internal error).
+pub mod close_code {
+    /// The hello asked for a protocol version the server does not speak.
+    pub const PROTOCOL_VERSION: u16 = 4000;
+    /// The first message was not a hello, or the identity was refused.
+    pub const HANDSHAKE: u16 = 4001;
+    /// The client did not read its pushes and replies fast enough: its outgoing queue filled.
+    pub const SLOW_CONSUMER: u16 = 4002;
+    /// Too many malformed frames in a row.
+    pub const PROTOCOL_ERROR: u16 = 4003;
+}
+
+/// A value of one key at one version. `value: null` means absent (never written, or
+/// deleted at `version`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub key: Key,
+    pub version: Version,
+    pub value: Option<Value>,
+}
+
+/// A typed refusal. `message` is for people; programs match on `code`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub code: ErrorKind,
+    pub message: String,
+    /// The key the error is about, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Key>,
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorKind, message: impl Into<String>) -> Self {
+        ErrorReply { code, message: message.into(), key: None }
+    }
+
+    pub fn with_key(mut self, key: Key) -> Self {
+        self.key = Some(key);
+        self
+    }
+}
+
+/// What a client sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// First message on every connection.
+    Hello {
+        protocol: u32,
+        /// Stable across reconnects of one client; used in logs.
+        client_id: String,
+        /// The identity the client claims. Only `mjolnir dev` accepts a bare claim.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+    },
+    /// Read keys at their latest committed versions, and subscribe to their changes.
+    Read { id: u32, keys: Vec<Key> },
+    /// Validate `reads` and apply `writes` atomically.
+    Commit { txn: TxnId, reads: ReadSet, writes: WriteSet },
+    /// Stop pushing changes of these keys (the client evicted them from its cache).
+    Unsubscribe { keys: Vec<Key> },
+}
+
+/// What the server sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerMessage {
+    /// Answer to a hello: the identity the server confirmed.
+    Welcome {
+        protocol: u32,
+        #[serde(default)]
+        user: Option<String>,
+        /// Which server instance this connection landed on (for logs and tests).
+        instance: String,
+    },
+    /// Answer to a read: one entry per key asked, in the order asked.
+    Values { id: u32, entries: Vec<Entry> },
+    /// The commit is durable at `version`.
+    Committed { txn: TxnId, version: Version },
+    /// Some reads were stale; nothing was applied. `stale` holds the current value of
+    /// each stale key so the client can refresh its cache and retry at once.
+    Conflict { txn: TxnId, stale: Vec<Entry> },
+    /// The commit was refused for a reason retrying cannot fix; nothing was applied.
+    Rejected { txn: TxnId, error: ErrorReply },
+    /// Keys this connection has read changed in the commit at `version`. Pushes arrive in
+    /// commit order.
+    Push { version: Version, changes: Vec<Entry> },
+    /// A request (or a frame that could not be understood) was refused. `id` names the
+    /// read it answers, when known.
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u32>,
+        error: ErrorReply,
+    },
+}
+
+/// Message types a client may send, for telling a misspelled field from an unknown type.
+const CLIENT_TYPES: [&str; 4] = ["hello", "read", "commit", "unsubscribe"];
+
+impl ClientMessage {
+    /// Parses a frame, telling malformed JSON and unknown message types apart.
+    ///
+    /// The fast path is one serde pass; only a frame that fails it is parsed again to say
+    /// what is wrong with it.
+    pub fn parse(text: &str) -> Result<ClientMessage, ErrorReply> {
+        match serde_json::from_str(text) {
+            Ok(msg) => Ok(msg),
+            Err(err) => Err(diagnose(text, err)),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("client messages always serialize")
+    }
+}
+
+impl ServerMessage {
+    pub fn parse(text: &str) -> Result<ServerMessage, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server messages always serialize")
+    }
+}
+
+fn diagnose(text: &str, err: serde_json::Error) -> ErrorReply {
+    let Ok(value) = serde_json::from_str::<Value>(text) else {
+        return ErrorReply::new(ErrorKind::Malformed, format!("not JSON: {err}"));
+    };
+    match value.get("type").and_then(Value::as_str) {
+        None => ErrorReply::new(ErrorKind::Malformed, "expected an object with a string field `type`"),
+        Some(t) if !CLIENT_TYPES.contains(&t) => {
+            ErrorReply::new(ErrorKind::UnknownMessage, format!("unknown message type {t:?}"))
+        }
+        Some(t) => ErrorReply::new(ErrorKind::Malformed, format!("invalid {t:?} message: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Pk, WriteOp};
+    use proptest::prelude::*;
+    use serde_json::{Map, json};
+
+    fn arb_key() -> impl Strategy<Value = Key> {
+        prop_oneof![
+            ("[a-z_]{1,8}", prop_oneof![any::<i64>().prop_map(Pk::Int), ".{0,8}".prop_map(Pk::Text)])
+                .prop_map(|(table, pk)| Key::Row { table, pk }),
+            ".{0,12}".prop_map(|key| Key::Kv { key }),
+        ]
+    }
+
+    fn arb_version() -> impl Strategy<Value = Version> {
+        any::<u64>().prop_map(Version)
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            (-1e9f64..1e9).prop_map(|f| json!(f)),
+            ".{0,10}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn arb_row() -> impl Strategy<Value = Map<String, Value>> {
+        prop::collection::btree_map("[a-z]{1,6}", arb_json(), 0..4).prop_map(|m| m.into_iter().collect())
+    }
+
+    fn arb_op() -> impl Strategy<Value = WriteOp> {
+        prop_oneof![
+            arb_row().prop_map(|row| WriteOp::Insert { row }),
+            arb_row().prop_map(|set| WriteOp::Update { set }),
+            arb_json().prop_map(|value| WriteOp::Put { value }),
+            Just(WriteOp::Delete),
+        ]
+    }
+
+    fn arb_entry() -> impl Strategy<Value = Entry> {
+        (arb_key(), arb_version(), prop::option::of(arb_json())).prop_map(|(key, version, value)| {
+            // `Some(null)` and `None` are one thing on the wire: absent.
+            let value = value.filter(|v| !v.is_null());
+            Entry { key, version, value }
+        })
+    }
+
+    fn arb_error() -> impl Strategy<Value = ErrorReply> {
+        (
+            prop_oneof![Just(ErrorKind::Forbidden), Just(ErrorKind::WrongType), Just(ErrorKind::Malformed)],
+            ".{0,20}",
+            prop::option::of(arb_key()),
+        )
+            .prop_map(|(code, message, key)| ErrorReply { code, message, key })
+    }
+
+    fn arb_txn() -> impl Strategy<Value = TxnId> {
+        "[a-z0-9:-]{1,40}".prop_map(TxnId)
+    }
+
+    fn arb_client() -> impl Strategy<Value = ClientMessage> {
+        prop_oneof![
+            (any::<u32>(), ".{0,10}", prop::option::of(".{0,10}"))
+                .prop_map(|(protocol, client_id, user)| ClientMessage::Hello { protocol, client_id, user }),
+            (any::<u32>(), prop::collection::vec(arb_key(), 0..5)).prop_map(|(id, keys)| ClientMessage::Read { id, keys }),
+            (
+                arb_txn(),
+                prop::collection::vec((arb_key(), arb_version()), 0..5),
+                prop::collection::vec((arb_key(), arb_op()), 0..5)
+            )
+                .prop_map(|(txn, reads, writes)| {
+                    let reads = reads.into_iter().collect();
+                    let mut ws = WriteSet::new();
+                    for (k, op) in writes {
+                        ws.push(k, op);
+                    }
+                    ClientMessage::Commit { txn, reads, writes: ws }
+                }),
+            prop::collection::vec(arb_key(), 0..5).prop_map(|keys| ClientMessage::Unsubscribe { keys }),
+        ]
+    }
+
+    fn arb_server() -> impl Strategy<Value = ServerMessage> {
+        prop_oneof![
+            (any::<u32>(), prop::option::of(".{0,10}"), ".{0,10}")
+                .prop_map(|(protocol, user, instance)| ServerMessage::Welcome { protocol, user, instance }),
+            (any::<u32>(), prop::collection::vec(arb_entry(), 0..4))
+                .prop_map(|(id, entries)| ServerMessage::Values { id, entries }),
+            (arb_txn(), arb_version()).prop_map(|(txn, version)| ServerMessage::Committed { txn, version }),
+            (arb_txn(), prop::collection::vec(arb_entry(), 0..4))
+                .prop_map(|(txn, stale)| ServerMessage::Conflict { txn, stale }),
+            (arb_txn(), arb_error()).prop_map(|(txn, error)| ServerMessage::Rejected { txn, error }),
+            (arb_version(), prop::collection::vec(arb_entry(), 0..4))
+                .prop_map(|(version, changes)| ServerMessage::Push { version, changes }),
+            (prop::option::of(any::<u32>()), arb_error()).prop_map(|(id, error)| ServerMessage::Error { id, error }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn client_messages_roundtrip(msg in arb_client()) {
+            let text = msg.to_json();
+            prop_assert_eq!(ClientMessage::parse(&text).unwrap(), msg);
+        }
+
+        #[test]
+        fn server_messages_roundtrip(msg in arb_server()) {
+            let text = msg.to_json();
+            prop_assert_eq!(ServerMessage::parse(&text).unwrap(), msg);
+        }
+
+        #[test]
+        fn garbage_never_panics(text in ".{0,64}") {
+            let _ = ClientMessage::parse(&text);
+        }
+    }
+
+    #[test]
+    fn malformed_and_unknown_frames_are_told_apart() {
+        assert_eq!(ClientMessage::parse("{not json").unwrap_err().code, ErrorKind::Malformed);
+        assert_eq!(ClientMessage::parse(r#"{"type":"launch"}"#).unwrap_err().code, ErrorKind::UnknownMessage);
+        assert_eq!(ClientMessage::parse(r#"{"type":"read","id":1}"#).unwrap_err().code, ErrorKind::Malformed);
+        assert_eq!(ClientMessage::parse("[1,2]").unwrap_err().code, ErrorKind::Malformed);
+    }
+
+    #[test]
+    fn a_commit_reads_like_the_docs() {
+        let text = r#"{"type":"commit","txn":"c1:1",
+            "reads":[{"key":{"kind":"row","table":"users","pk":"alice"},"version":"7"}],
+            "writes":[{"key":{"kind":"row","table":"users","pk":"alice"},"op":"update","set":{"balance":90}}]}"#;
+        let ClientMessage::Commit { reads, writes, .. } = ClientMessage::parse(text).unwrap() else { panic!() };
+        assert_eq!(reads.get(&Key::row("users", "alice")), Some(Version(7)));
+        assert!(matches!(writes.get(&Key::row("users", "alice")), Some(WriteOp::Update { .. })));
+    }
+}

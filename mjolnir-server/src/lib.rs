@@ -1,0 +1,2 @@
+//! Mjölnir's server.
+pub mod vstack;
