@@ -25,7 +25,11 @@ pub fn find_stale(reads: &ReadSet, mut current: impl FnMut(&Key) -> Version) -> 
         .iter()
         .filter_map(|(key, read)| {
             let now = current(key);
-            (now != read).then(|| Stale { key: key.clone(), read, current: now })
+            (now != read).then(|| Stale {
+                key: key.clone(),
+                read,
+                current: now,
+            })
         })
         .collect()
 }
@@ -47,8 +51,16 @@ mod tests {
     }
 
     fn spec() -> impl Strategy<Value = Spec> {
-        (0usize..8, prop::collection::vec(0u8..4, 0..4), prop::collection::vec(0u8..4, 0..3))
-            .prop_map(|(start, reads, writes)| Spec { start, reads, writes })
+        (
+            0usize..8,
+            prop::collection::vec(0u8..4, 0..4),
+            prop::collection::vec(0u8..4, 0..3),
+        )
+            .prop_map(|(start, reads, writes)| Spec {
+                start,
+                reads,
+                writes,
+            })
     }
 
     type Store = BTreeMap<u8, (Version, i64)>;
@@ -126,6 +138,13 @@ mod tests {
         let mut reads = ReadSet::new();
         reads.record(Key::row("users", "k"), Version::ABSENT);
         let stale = find_stale(&reads, |_| Version(1));
-        assert_eq!(stale, vec![Stale { key: Key::row("users", "k"), read: Version::ABSENT, current: Version(1) }]);
+        assert_eq!(
+            stale,
+            vec![Stale {
+                key: Key::row("users", "k"),
+                read: Version::ABSENT,
+                current: Version(1)
+            }]
+        );
     }
 }

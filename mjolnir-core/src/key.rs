@@ -58,7 +58,10 @@ pub enum Key {
 
 impl Key {
     pub fn row(table: impl Into<String>, pk: impl Into<Pk>) -> Key {
-        Key::Row { table: table.into(), pk: pk.into() }
+        Key::Row {
+            table: table.into(),
+            pk: pk.into(),
+        }
     }
 
     pub fn kv(key: impl Into<String>) -> Key {
@@ -82,9 +85,15 @@ mod tests {
     #[test]
     fn wire_form_is_tagged() {
         let json = serde_json::to_value(Key::row("users", "alice")).unwrap();
-        assert_eq!(json, serde_json::json!({"kind": "row", "table": "users", "pk": "alice"}));
+        assert_eq!(
+            json,
+            serde_json::json!({"kind": "row", "table": "users", "pk": "alice"})
+        );
         let json = serde_json::to_value(Key::row("todos", 7)).unwrap();
-        assert_eq!(json, serde_json::json!({"kind": "row", "table": "todos", "pk": 7}));
+        assert_eq!(
+            json,
+            serde_json::json!({"kind": "row", "table": "todos", "pk": 7})
+        );
         let json = serde_json::to_value(Key::kv("motd")).unwrap();
         assert_eq!(json, serde_json::json!({"kind": "kv", "key": "motd"}));
     }

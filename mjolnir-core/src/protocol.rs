@@ -19,8 +19,9 @@ pub mod close_code {
     pub const HANDSHAKE: u16 = 4001;
     /// The client did not read its pushes and replies fast enough: its outgoing queue filled.
     pub const SLOW_CONSUMER: u16 = 4002;
-    /// Too many malformed frames in a row.
-    pub const PROTOCOL_ERROR: u16 = 4003;
+    /// The server lost its change feed and cannot promise pushes for what the client holds:
+    /// reconnect and re-read.
+    pub const FEED_LOST: u16 = 4003;
 }
 
 /// A value of one key at one version. `value: null` means absent (never written, or
@@ -44,7 +45,11 @@ pub struct ErrorReply {
 
 impl ErrorReply {
     pub fn new(code: ErrorKind, message: impl Into<String>) -> Self {
-        ErrorReply { code, message: message.into(), key: None }
+        ErrorReply {
+            code,
+            message: message.into(),
+            key: None,
+        }
     }
 
     pub fn with_key(mut self, key: Key) -> Self {
@@ -69,7 +74,11 @@ pub enum ClientMessage {
     /// Read keys at their latest committed versions, and subscribe to their changes.
     Read { id: u32, keys: Vec<Key> },
     /// Validate `reads` and apply `writes` atomically.
-    Commit { txn: TxnId, reads: ReadSet, writes: WriteSet },
+    Commit {
+        txn: TxnId,
+        reads: ReadSet,
+        writes: WriteSet,
+    },
     /// Stop pushing changes of these keys (the client evicted them from its cache).
     Unsubscribe { keys: Vec<Key> },
 }
@@ -97,7 +106,10 @@ pub enum ServerMessage {
     Rejected { txn: TxnId, error: ErrorReply },
     /// Keys this connection has read changed in the commit at `version`. Pushes arrive in
     /// commit order.
-    Push { version: Version, changes: Vec<Entry> },
+    Push {
+        version: Version,
+        changes: Vec<Entry>,
+    },
     /// A request (or a frame that could not be understood) was refused. `id` names the
     /// read it answers, when known.
     Error {
@@ -142,11 +154,18 @@ fn diagnose(text: &str, err: serde_json::Error) -> ErrorReply {
         return ErrorReply::new(ErrorKind::Malformed, format!("not JSON: {err}"));
     };
     match value.get("type").and_then(Value::as_str) {
-        None => ErrorReply::new(ErrorKind::Malformed, "expected an object with a string field `type`"),
-        Some(t) if !CLIENT_TYPES.contains(&t) => {
-            ErrorReply::new(ErrorKind::UnknownMessage, format!("unknown message type {t:?}"))
-        }
-        Some(t) => ErrorReply::new(ErrorKind::Malformed, format!("invalid {t:?} message: {err}")),
+        None => ErrorReply::new(
+            ErrorKind::Malformed,
+            "expected an object with a string field `type`",
+        ),
+        Some(t) if !CLIENT_TYPES.contains(&t) => ErrorReply::new(
+            ErrorKind::UnknownMessage,
+            format!("unknown message type {t:?}"),
+        ),
+        Some(t) => ErrorReply::new(
+            ErrorKind::Malformed,
+            format!("invalid {t:?} message: {err}"),
+        ),
     }
 }
 
@@ -159,7 +178,10 @@ mod tests {
 
     fn arb_key() -> impl Strategy<Value = Key> {
         prop_oneof![
-            ("[a-z_]{1,8}", prop_oneof![any::<i64>().prop_map(Pk::Int), ".{0,8}".prop_map(Pk::Text)])
+            (
+                "[a-z_]{1,8}",
+                prop_oneof![any::<i64>().prop_map(Pk::Int), ".{0,8}".prop_map(Pk::Text)]
+            )
                 .prop_map(|(table, pk)| Key::Row { table, pk }),
             ".{0,12}".prop_map(|key| Key::Kv { key }),
         ]
@@ -187,7 +209,8 @@ mod tests {
     }
 
     fn arb_row() -> impl Strategy<Value = Map<String, Value>> {
-        prop::collection::btree_map("[a-z]{1,6}", arb_json(), 0..4).prop_map(|m| m.into_iter().collect())
+        prop::collection::btree_map("[a-z]{1,6}", arb_json(), 0..4)
+            .prop_map(|m| m.into_iter().collect())
     }
 
     fn arb_op() -> impl Strategy<Value = WriteOp> {
@@ -200,16 +223,26 @@ mod tests {
     }
 
     fn arb_entry() -> impl Strategy<Value = Entry> {
-        (arb_key(), arb_version(), prop::option::of(arb_json())).prop_map(|(key, version, value)| {
-            // `Some(null)` and `None` are one thing on the wire: absent.
-            let value = value.filter(|v| !v.is_null());
-            Entry { key, version, value }
-        })
+        (arb_key(), arb_version(), prop::option::of(arb_json())).prop_map(
+            |(key, version, value)| {
+                // `Some(null)` and `None` are one thing on the wire: absent.
+                let value = value.filter(|v| !v.is_null());
+                Entry {
+                    key,
+                    version,
+                    value,
+                }
+            },
+        )
     }
 
     fn arb_error() -> impl Strategy<Value = ErrorReply> {
         (
-            prop_oneof![Just(ErrorKind::Forbidden), Just(ErrorKind::WrongType), Just(ErrorKind::Malformed)],
+            prop_oneof![
+                Just(ErrorKind::Forbidden),
+                Just(ErrorKind::WrongType),
+                Just(ErrorKind::Malformed)
+            ],
             ".{0,20}",
             prop::option::of(arb_key()),
         )
@@ -222,9 +255,15 @@ mod tests {
 
     fn arb_client() -> impl Strategy<Value = ClientMessage> {
         prop_oneof![
-            (any::<u32>(), ".{0,10}", prop::option::of(".{0,10}"))
-                .prop_map(|(protocol, client_id, user)| ClientMessage::Hello { protocol, client_id, user }),
-            (any::<u32>(), prop::collection::vec(arb_key(), 0..5)).prop_map(|(id, keys)| ClientMessage::Read { id, keys }),
+            (any::<u32>(), ".{0,10}", prop::option::of(".{0,10}")).prop_map(
+                |(protocol, client_id, user)| ClientMessage::Hello {
+                    protocol,
+                    client_id,
+                    user
+                }
+            ),
+            (any::<u32>(), prop::collection::vec(arb_key(), 0..5))
+                .prop_map(|(id, keys)| ClientMessage::Read { id, keys }),
             (
                 arb_txn(),
                 prop::collection::vec((arb_key(), arb_version()), 0..5),
@@ -236,25 +275,38 @@ mod tests {
                     for (k, op) in writes {
                         ws.push(k, op);
                     }
-                    ClientMessage::Commit { txn, reads, writes: ws }
+                    ClientMessage::Commit {
+                        txn,
+                        reads,
+                        writes: ws,
+                    }
                 }),
-            prop::collection::vec(arb_key(), 0..5).prop_map(|keys| ClientMessage::Unsubscribe { keys }),
+            prop::collection::vec(arb_key(), 0..5)
+                .prop_map(|keys| ClientMessage::Unsubscribe { keys }),
         ]
     }
 
     fn arb_server() -> impl Strategy<Value = ServerMessage> {
         prop_oneof![
-            (any::<u32>(), prop::option::of(".{0,10}"), ".{0,10}")
-                .prop_map(|(protocol, user, instance)| ServerMessage::Welcome { protocol, user, instance }),
+            (any::<u32>(), prop::option::of(".{0,10}"), ".{0,10}").prop_map(
+                |(protocol, user, instance)| ServerMessage::Welcome {
+                    protocol,
+                    user,
+                    instance
+                }
+            ),
             (any::<u32>(), prop::collection::vec(arb_entry(), 0..4))
                 .prop_map(|(id, entries)| ServerMessage::Values { id, entries }),
-            (arb_txn(), arb_version()).prop_map(|(txn, version)| ServerMessage::Committed { txn, version }),
+            (arb_txn(), arb_version())
+                .prop_map(|(txn, version)| ServerMessage::Committed { txn, version }),
             (arb_txn(), prop::collection::vec(arb_entry(), 0..4))
                 .prop_map(|(txn, stale)| ServerMessage::Conflict { txn, stale }),
-            (arb_txn(), arb_error()).prop_map(|(txn, error)| ServerMessage::Rejected { txn, error }),
+            (arb_txn(), arb_error())
+                .prop_map(|(txn, error)| ServerMessage::Rejected { txn, error }),
             (arb_version(), prop::collection::vec(arb_entry(), 0..4))
                 .prop_map(|(version, changes)| ServerMessage::Push { version, changes }),
-            (prop::option::of(any::<u32>()), arb_error()).prop_map(|(id, error)| ServerMessage::Error { id, error }),
+            (prop::option::of(any::<u32>()), arb_error())
+                .prop_map(|(id, error)| ServerMessage::Error { id, error }),
         ]
     }
 
@@ -279,10 +331,26 @@ mod tests {
 
     #[test]
     fn malformed_and_unknown_frames_are_told_apart() {
-        assert_eq!(ClientMessage::parse("{not json").unwrap_err().code, ErrorKind::Malformed);
-        assert_eq!(ClientMessage::parse(r#"{"type":"launch"}"#).unwrap_err().code, ErrorKind::UnknownMessage);
-        assert_eq!(ClientMessage::parse(r#"{"type":"read","id":1}"#).unwrap_err().code, ErrorKind::Malformed);
-        assert_eq!(ClientMessage::parse("[1,2]").unwrap_err().code, ErrorKind::Malformed);
+        assert_eq!(
+            ClientMessage::parse("{not json").unwrap_err().code,
+            ErrorKind::Malformed
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"launch"}"#)
+                .unwrap_err()
+                .code,
+            ErrorKind::UnknownMessage
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"read","id":1}"#)
+                .unwrap_err()
+                .code,
+            ErrorKind::Malformed
+        );
+        assert_eq!(
+            ClientMessage::parse("[1,2]").unwrap_err().code,
+            ErrorKind::Malformed
+        );
     }
 
     #[test]
@@ -290,8 +358,14 @@ mod tests {
         let text = r#"{"type":"commit","txn":"c1:1",
             "reads":[{"key":{"kind":"row","table":"users","pk":"alice"},"version":"7"}],
             "writes":[{"key":{"kind":"row","table":"users","pk":"alice"},"op":"update","set":{"balance":90}}]}"#;
-        let ClientMessage::Commit { reads, writes, .. } = ClientMessage::parse(text).unwrap() else { panic!() };
+        let ClientMessage::Commit { reads, writes, .. } = ClientMessage::parse(text).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(reads.get(&Key::row("users", "alice")), Some(Version(7)));
-        assert!(matches!(writes.get(&Key::row("users", "alice")), Some(WriteOp::Update { .. })));
+        assert!(matches!(
+            writes.get(&Key::row("users", "alice")),
+            Some(WriteOp::Update { .. })
+        ));
     }
 }

@@ -169,7 +169,10 @@ struct ReadEntry {
 
 impl Serialize for ReadSet {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|(key, version)| ReadEntry { key: key.clone(), version: *version }))
+        s.collect_seq(self.0.iter().map(|(key, version)| ReadEntry {
+            key: key.clone(),
+            version: *version,
+        }))
     }
 }
 
@@ -179,7 +182,10 @@ impl<'de> Deserialize<'de> for ReadSet {
         let mut set = BTreeMap::new();
         for e in entries {
             if set.insert(e.key.clone(), e.version).is_some() {
-                return Err(serde::de::Error::custom(format!("key {} read twice in one read set", e.key)));
+                return Err(serde::de::Error::custom(format!(
+                    "key {} read twice in one read set",
+                    e.key
+                )));
             }
         }
         Ok(ReadSet(set))
@@ -188,7 +194,10 @@ impl<'de> Deserialize<'de> for ReadSet {
 
 impl Serialize for WriteSet {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|(key, op)| Write { key: key.clone(), op: op.clone() }))
+        s.collect_seq(self.0.iter().map(|(key, op)| Write {
+            key: key.clone(),
+            op: op.clone(),
+        }))
     }
 }
 
@@ -198,7 +207,10 @@ impl<'de> Deserialize<'de> for WriteSet {
         let mut set = BTreeMap::new();
         for w in writes {
             if set.contains_key(&w.key) {
-                return Err(serde::de::Error::custom(format!("key {} written twice in one write set", w.key)));
+                return Err(serde::de::Error::custom(format!(
+                    "key {} written twice in one write set",
+                    w.key
+                )));
             }
             set.insert(w.key, w.op);
         }
@@ -219,16 +231,36 @@ mod tests {
     fn update_after_insert_stays_an_insert() {
         let mut w = WriteSet::new();
         let k = Key::row("users", "zoe");
-        w.push(k.clone(), WriteOp::Insert { row: obj(json!({"name": "zoe", "balance": 0})) });
-        w.push(k.clone(), WriteOp::Update { set: obj(json!({"balance": 5})) });
-        assert_eq!(w.get(&k), Some(&WriteOp::Insert { row: obj(json!({"name": "zoe", "balance": 5})) }));
+        w.push(
+            k.clone(),
+            WriteOp::Insert {
+                row: obj(json!({"name": "zoe", "balance": 0})),
+            },
+        );
+        w.push(
+            k.clone(),
+            WriteOp::Update {
+                set: obj(json!({"balance": 5})),
+            },
+        );
+        assert_eq!(
+            w.get(&k),
+            Some(&WriteOp::Insert {
+                row: obj(json!({"name": "zoe", "balance": 5}))
+            })
+        );
     }
 
     #[test]
     fn reads_see_own_writes() {
         let before = json!({"name": "alice", "balance": 100});
-        let op = WriteOp::Update { set: obj(json!({"balance": 90})) };
-        assert_eq!(op.apply(Some(&before)), Some(json!({"name": "alice", "balance": 90})));
+        let op = WriteOp::Update {
+            set: obj(json!({"balance": 90})),
+        };
+        assert_eq!(
+            op.apply(Some(&before)),
+            Some(json!({"name": "alice", "balance": 90}))
+        );
         assert_eq!(WriteOp::Delete.apply(Some(&before)), None);
     }
 

@@ -78,7 +78,12 @@ mod tests {
         let committed = json!({"name": "alice", "balance": 100});
         let seen = t.read(k.clone(), Version(4), Some(&committed)).unwrap();
         assert_eq!(seen["balance"], 100);
-        t.write(k.clone(), WriteOp::Update { set: json!({"balance": 60}).as_object().unwrap().clone() });
+        t.write(
+            k.clone(),
+            WriteOp::Update {
+                set: json!({"balance": 60}).as_object().unwrap().clone(),
+            },
+        );
         assert_eq!(t.view(&k, Some(&committed)).unwrap()["balance"], 60);
         assert_eq!(t.reads.get(&k), Some(Version(4)));
         assert!(!t.is_read_only());

@@ -39,9 +39,11 @@ impl Serialize for Version {
 impl<'de> Deserialize<'de> for Version {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        text.parse::<u64>()
-            .map(Version)
-            .map_err(|_| serde::de::Error::custom(format!("invalid version {text:?}: expected a decimal string")))
+        text.parse::<u64>().map(Version).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid version {text:?}: expected a decimal string"
+            ))
+        })
     }
 }
 

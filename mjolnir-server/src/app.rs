@@ -1,0 +1,121 @@
+//! The HTTP face of an instance: the WebSocket endpoint, metrics and the app's static files.
+
+use crate::feed::{Feed, Outgoing};
+use crate::identity::Identity;
+use crate::knobs::Knobs;
+use crate::metrics::Metrics;
+use crate::session::{self, Incoming};
+use crate::store::Store;
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt, future};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Everything one instance shares between its connections. None of it is needed by
+/// another instance: the store is PostgreSQL, the feed holds only this instance's
+/// subscribers.
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub feed: Arc<Feed>,
+    pub metrics: Arc<Metrics>,
+    pub knobs: Knobs,
+    pub identity: Identity,
+    /// A name for this instance, sent in every welcome (tests use it to tell instances apart).
+    pub instance: String,
+}
+
+/// The router of one instance. `static_dir` is the app directory whose files are served
+/// (see [`hide_private_files`]).
+pub fn router(state: Arc<AppState>, static_dir: Option<PathBuf>) -> Router {
+    let mut router = Router::new()
+        .route("/ws", get(ws))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }));
+    if let Some(dir) = static_dir {
+        let files = tower_http::services::ServeDir::new(dir).append_index_html_on_directories(true);
+        router = router
+            .fallback_service(files)
+            .layer(middleware::from_fn(hide_private_files));
+    }
+    router.with_state(state)
+}
+
+/// The app directory also holds the app's migrations and, in dev mode, its database
+/// (`.mjolnir/`): neither is for browsers.
+async fn hide_private_files(req: Request, next: Next) -> Response {
+    let private = req
+        .uri()
+        .path()
+        .split('/')
+        .any(|seg| seg.starts_with('.') || seg == "migrations");
+    if private {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    next.run(req).await
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let body = state.metrics.render();
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+}
+
+async fn ws(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let header_user = match &state.identity {
+        Identity::Header(name) => headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        Identity::TrustClaim => None,
+    };
+    let limit = state.knobs.max_message_bytes;
+    upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| serve_socket(state, header_user, socket))
+}
+
+/// Translates WebSocket frames to and from the session's own frame types.
+async fn serve_socket(state: Arc<AppState>, header_user: Option<String>, socket: WebSocket) {
+    let (sink, stream) = socket.split();
+    let incoming = stream
+        .take_while(|frame| future::ready(!matches!(frame, Ok(Message::Close(_)))))
+        .filter_map(|frame| {
+            future::ready(match frame {
+                Ok(Message::Text(t)) => Some(Some(Incoming::Text(t.as_str().to_owned()))),
+                Ok(Message::Binary(_)) => Some(Some(Incoming::Binary)),
+                Ok(_) => None,
+                // tungstenite reports an oversized frame as a capacity error; any other
+                // error means the connection is gone.
+                Err(e) if e.to_string().contains("Space limit exceeded") => {
+                    Some(Some(Incoming::TooLarge))
+                }
+                Err(_) => Some(None),
+            })
+        })
+        .take_while(|frame| future::ready(frame.is_some()))
+        .filter_map(future::ready);
+    let outgoing = sink.with(|out: Outgoing| {
+        future::ready(Ok::<_, axum::Error>(match out {
+            Outgoing::Message(m) => Message::Text(m.to_json().into()),
+            Outgoing::Close(code, reason) => Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })),
+        }))
+    });
+    session::run(state, header_user, Box::pin(incoming), Box::pin(outgoing)).await;
+}

@@ -1,0 +1,57 @@
+//! Connecting to PostgreSQL and bringing its schema up to date.
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgPool};
+use std::path::Path;
+
+/// Mjölnir's own schema (`mjolnir.*`), compiled into the binary.
+static MJOLNIR_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+pub async fn connect(url: &str, size: u32) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(url)
+        .await
+}
+
+/// Applies Mjölnir's migrations, then the app's own (`APP_DIR/migrations/*.sql`, in
+/// sqlx's `<version>_<name>.sql` naming), then grants the app's role its privileges.
+///
+/// Each set keeps its own bookkeeping table in the `mjolnir` schema, so neither can
+/// mistake the other's migrations for its own. sqlx takes an advisory lock while migrating,
+/// so several instances starting at once apply each migration once.
+pub async fn migrate(
+    pool: &PgPool,
+    app_migrations: Option<&Path>,
+    app_schema: &str,
+) -> anyhow::Result<()> {
+    let mut own = Migrator {
+        migrations: MJOLNIR_MIGRATIONS.migrations.clone(),
+        ..Migrator::DEFAULT
+    };
+    own.create_schema("mjolnir");
+    own.dangerous_set_table_name("mjolnir._migrations");
+    own.run(pool).await?;
+
+    if let Some(dir) = app_migrations.filter(|d| d.is_dir()) {
+        let mut app = Migrator::new(dir).await?;
+        app.create_schema("mjolnir");
+        app.dangerous_set_table_name("mjolnir._app_migrations");
+        app.run(pool).await?;
+    }
+
+    // Privileges only: what each user may do is the app's policies' business.
+    let schema = crate::catalog::quote_ident(app_schema);
+    for grant in [
+        format!("GRANT USAGE ON SCHEMA {schema} TO mjolnir_app"),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO mjolnir_app"
+        ),
+        format!("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO mjolnir_app"),
+    ] {
+        sqlx::query(AssertSqlSafe(grant)).execute(pool).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! Every tunable of the server in one place, with the reason for its default.
+
+use std::time::Duration;
+
+/// Limits and sizes a deployment may want to change. Built from the command line
+/// (`mjolnir serve --help`) or [`Knobs::default`] in tests.
+#[derive(Clone, Debug)]
+pub struct Knobs {
+    /// Largest WebSocket message accepted. A commit carries whole rows, so this bounds the
+    /// size of one transaction; 1 MiB is far above any handler's write set in the examples.
+    pub max_message_bytes: usize,
+    /// Requests one connection may have in progress. Past this the server stops reading
+    /// the socket until one finishes, so a flooding client slows itself down and nobody else.
+    pub max_in_flight_per_connection: usize,
+    /// Replies and pushes queued for one connection. A client that lets this fill is too
+    /// slow to keep a live cache and is disconnected (close code 4002); it reconnects and
+    /// re-reads.
+    pub outbound_queue: usize,
+    /// Keys in one read request or one commit. Bounds the locks one commit takes.
+    pub max_keys_per_request: usize,
+    /// Database connections of this instance.
+    pub pool_size: u32,
+    /// How often a commit is re-run after PostgreSQL reports a deadlock or serialization
+    /// failure (both transient: nothing was applied).
+    pub commit_db_retries: u32,
+    /// How long a new connection may take to say hello.
+    pub hello_timeout: Duration,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs {
+            max_message_bytes: 1 << 20,
+            max_in_flight_per_connection: 64,
+            outbound_queue: 1024,
+            max_keys_per_request: 1000,
+            pool_size: 16,
+            commit_db_retries: 5,
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}

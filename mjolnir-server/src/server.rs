@@ -1,0 +1,152 @@
+//! Starting and stopping one instance: what `mjolnir serve`, `mjolnir dev` and the tests share.
+
+use crate::app::{AppState, router};
+use crate::db;
+use crate::feed::{self, Feed};
+use crate::identity::Identity;
+use crate::knobs::Knobs;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a stopping server waits for its connections to close.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What an instance needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database_url: String,
+    /// The app directory: static files, and `migrations/` applied at start.
+    pub app_dir: Option<PathBuf>,
+    /// The schema of the app's tables.
+    pub app_schema: String,
+    pub listen: SocketAddr,
+    pub identity: Identity,
+    pub knobs: Knobs,
+    pub instance: String,
+}
+
+impl Config {
+    pub fn new(database_url: impl Into<String>) -> Config {
+        Config {
+            database_url: database_url.into(),
+            app_dir: None,
+            app_schema: "public".to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            identity: Identity::TrustClaim,
+            knobs: Knobs::default(),
+            instance: format!(
+                "mjolnir-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+        }
+    }
+}
+
+/// A started instance. Dropping it stops it.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+    feed_task: JoinHandle<()>,
+}
+
+impl Running {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Stops accepting connections, asks the open ones to leave (close code 1001) and
+    /// waits up to [`STOP_GRACE`] for them before cutting them off.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.state.feed.close_all(1001, "server shutting down");
+        self.feed_task.abort();
+        match tokio::time::timeout(STOP_GRACE, &mut self.task).await {
+            Ok(done) => done.unwrap_or(Ok(())),
+            Err(_) => {
+                self.task.abort();
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until the server ends (after a shutdown signal).
+    pub async fn wait(mut self) -> std::io::Result<()> {
+        (&mut self.task).await.unwrap_or(Ok(()))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.feed_task.abort();
+        self.task.abort();
+    }
+}
+
+/// Migrates the database, binds the listener and starts serving. `shutdown` ends the
+/// server gracefully when it resolves.
+pub async fn start(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
+    let pool = db::connect(&config.database_url, config.knobs.pool_size).await?;
+    let migrations = config.app_dir.as_ref().map(|d| d.join("migrations"));
+    db::migrate(&pool, migrations.as_deref(), &config.app_schema).await?;
+    let store =
+        Arc::new(Store::open(pool.clone(), &config.app_schema, config.knobs.clone()).await?);
+    let feed = Arc::new(Feed::default());
+    let metrics = Arc::new(Metrics::default());
+    let feed_task = {
+        let (feed, metrics) = (feed.clone(), metrics.clone());
+        tokio::spawn(async move {
+            if let Err(e) = feed::follow(pool, feed, metrics).await {
+                tracing::error!(error = %e, "change feed stopped");
+            }
+        })
+    };
+    let state = Arc::new(AppState {
+        store,
+        feed,
+        metrics,
+        knobs: config.knobs.clone(),
+        identity: config.identity.clone(),
+        instance: config.instance.clone(),
+    });
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let app = router(state.clone(), config.app_dir.clone());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let signal = async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stopped => {}
+            }
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(signal)
+            .await
+    });
+    tracing::info!(%addr, instance = %config.instance, "serving");
+    Ok(Running {
+        addr,
+        state,
+        stop: Some(stop),
+        task,
+        feed_task,
+    })
+}

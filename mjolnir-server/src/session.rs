@@ -1,0 +1,352 @@
+//! One client connection: the handshake, then requests in, replies and pushes out.
+//!
+//! The session knows nothing of WebSockets: [`run`] takes a stream of [`Incoming`] frames
+//! and a sink of [`Outgoing`] ones, so tests can drive it with channels and the HTTP layer
+//! ([`crate::app`]) only translates frames.
+
+use crate::app::AppState;
+use crate::feed::{ConnId, Outbox, Outgoing};
+use crate::store::Outcome;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use mjolnir_core::protocol::{ErrorReply, ServerMessage, close_code};
+use mjolnir_core::{ClientMessage, ErrorKind, Key, PROTOCOL_VERSION, ReadSet, TxnId, WriteSet};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tracing::Instrument;
+
+/// A frame from the client, as the transport saw it.
+#[derive(Debug)]
+pub enum Incoming {
+    Text(String),
+    /// A binary frame: not part of the protocol.
+    Binary,
+    /// A frame over the size limit; the transport refused it.
+    TooLarge,
+}
+
+/// The standard close code for a message over the size limit.
+const CLOSE_TOO_BIG: u16 = 1009;
+
+/// Runs one connection until the client leaves or must be closed. `header_user` is the user
+/// an authenticating proxy named in the upgrade request, if any.
+pub async fn run<I, O>(
+    state: Arc<AppState>,
+    header_user: Option<String>,
+    mut incoming: I,
+    outgoing: O,
+) where
+    I: Stream<Item = Incoming> + Unpin,
+    O: Sink<Outgoing> + Unpin + Send + 'static,
+{
+    let (queue, rx) = mpsc::channel(state.knobs.outbound_queue);
+    let kill = Arc::new(Notify::new());
+    let writer = tokio::spawn(write_loop(rx, kill.clone(), outgoing));
+    let outbox = Outbox { queue, kill };
+
+    let Some(user) = handshake(&state, header_user.as_deref(), &mut incoming, &outbox).await else {
+        drop(outbox);
+        let _ = writer.await;
+        return;
+    };
+    let conn = state.feed.register(outbox.clone());
+    state.metrics.open_connections.inc();
+    let span = tracing::info_span!("conn", conn, user = user.as_deref().unwrap_or(""));
+    async {
+        tracing::debug!("connected");
+        serve(&state, conn, user, &mut incoming, &outbox).await;
+        tracing::debug!("disconnected");
+    }
+    .instrument(span)
+    .await;
+    state.feed.unregister(conn);
+    state.metrics.open_connections.dec();
+    drop(outbox);
+    let _ = writer.await;
+}
+
+/// Waits for the hello. Returns the confirmed user, or `None` after closing the connection.
+async fn handshake<I>(
+    state: &AppState,
+    header_user: Option<&str>,
+    incoming: &mut I,
+    outbox: &Outbox,
+) -> Option<Option<String>>
+where
+    I: Stream<Item = Incoming> + Unpin,
+{
+    let refuse = |code: u16, reply: ErrorReply| async move {
+        let reason = reply.message.chars().take(120).collect();
+        let _ = outbox
+            .queue
+            .send(Outgoing::Message(ServerMessage::Error {
+                id: None,
+                error: reply,
+            }))
+            .await;
+        let _ = outbox.queue.send(Outgoing::Close(code, reason)).await;
+        None
+    };
+    let first = match tokio::time::timeout(state.knobs.hello_timeout, incoming.next()).await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return None,
+        Err(_) => {
+            return refuse(
+                close_code::HANDSHAKE,
+                ErrorReply::new(ErrorKind::Handshake, "no hello in time"),
+            )
+            .await;
+        }
+    };
+    let text = match first {
+        Incoming::Text(t) => t,
+        Incoming::TooLarge => {
+            return refuse(
+                CLOSE_TOO_BIG,
+                ErrorReply::new(ErrorKind::TooLarge, "message too large"),
+            )
+            .await;
+        }
+        Incoming::Binary => {
+            return refuse(
+                close_code::HANDSHAKE,
+                ErrorReply::new(
+                    ErrorKind::Malformed,
+                    "binary frames are not part of the protocol",
+                ),
+            )
+            .await;
+        }
+    };
+    match ClientMessage::parse(&text) {
+        Ok(ClientMessage::Hello { protocol, user, .. }) if protocol == PROTOCOL_VERSION => {
+            match state.identity.confirm(header_user, user.as_deref()) {
+                Ok(user) => {
+                    let welcome = ServerMessage::Welcome {
+                        protocol,
+                        user: user.clone(),
+                        instance: state.instance.clone(),
+                    };
+                    outbox.queue.send(Outgoing::Message(welcome)).await.ok()?;
+                    Some(user)
+                }
+                Err(reply) => refuse(close_code::HANDSHAKE, reply).await,
+            }
+        }
+        Ok(ClientMessage::Hello { protocol, .. }) => {
+            let reply = ErrorReply::new(
+                ErrorKind::ProtocolVersion,
+                format!(
+                    "this server speaks protocol {PROTOCOL_VERSION}, the client asked for {protocol}"
+                ),
+            );
+            refuse(close_code::PROTOCOL_VERSION, reply).await
+        }
+        Ok(_) => {
+            refuse(
+                close_code::HANDSHAKE,
+                ErrorReply::new(ErrorKind::Handshake, "the first message must be a hello"),
+            )
+            .await
+        }
+        Err(reply) => refuse(close_code::HANDSHAKE, reply).await,
+    }
+}
+
+/// Reads requests until the client leaves. Each request runs as its own task, at most
+/// `max_in_flight_per_connection` at once; past that this loop stops reading, so the
+/// client's socket fills up and a flooding client only slows itself.
+async fn serve<I>(
+    state: &Arc<AppState>,
+    conn: ConnId,
+    user: Option<String>,
+    incoming: &mut I,
+    outbox: &Outbox,
+) where
+    I: Stream<Item = Incoming> + Unpin,
+{
+    let in_flight = Arc::new(Semaphore::new(state.knobs.max_in_flight_per_connection));
+    let user: Arc<Option<String>> = Arc::new(user);
+    while let Some(frame) = incoming.next().await {
+        let text = match frame {
+            Incoming::Text(t) => t,
+            Incoming::Binary => {
+                send_error(
+                    outbox,
+                    state,
+                    None,
+                    ErrorReply::new(
+                        ErrorKind::Malformed,
+                        "binary frames are not part of the protocol",
+                    ),
+                )
+                .await;
+                continue;
+            }
+            Incoming::TooLarge => {
+                state.metrics.rejection(ErrorKind::TooLarge);
+                let limit = state.knobs.max_message_bytes;
+                let _ = outbox
+                    .queue
+                    .send(Outgoing::Close(
+                        CLOSE_TOO_BIG,
+                        format!("messages are limited to {limit} bytes"),
+                    ))
+                    .await;
+                return;
+            }
+        };
+        let msg = match ClientMessage::parse(&text) {
+            Ok(m) => m,
+            Err(reply) => {
+                send_error(outbox, state, None, reply).await;
+                continue;
+            }
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        match msg {
+            ClientMessage::Hello { .. } => {
+                send_error(
+                    outbox,
+                    state,
+                    None,
+                    ErrorReply::new(ErrorKind::Handshake, "hello was already said"),
+                )
+                .await;
+            }
+            ClientMessage::Unsubscribe { keys } => state.feed.unsubscribe(conn, &keys),
+            ClientMessage::Read { id, keys } => {
+                let (state, outbox, user) = (state.clone(), outbox.clone(), user.clone());
+                tokio::spawn(async move {
+                    read(&state, conn, &outbox, user.as_deref(), id, keys).await;
+                    drop(permit);
+                });
+            }
+            ClientMessage::Commit { txn, reads, writes } => {
+                let (state, outbox, user) = (state.clone(), outbox.clone(), user.clone());
+                let span = tracing::info_span!("commit", %txn);
+                // The commit runs to its end even if this connection drops meanwhile: its
+                // outcome is then decided, and a re-send of the same txn id gets it.
+                tokio::spawn(
+                    async move {
+                        let reply = commit(&state, user.as_deref(), txn, reads, writes).await;
+                        let _ = outbox.queue.send(Outgoing::Message(reply)).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+    }
+}
+
+async fn send_error(outbox: &Outbox, state: &AppState, id: Option<u32>, error: ErrorReply) {
+    state.metrics.rejection(error.code);
+    let _ = outbox
+        .queue
+        .send(Outgoing::Message(ServerMessage::Error { id, error }))
+        .await;
+}
+
+async fn read(
+    state: &AppState,
+    conn: ConnId,
+    outbox: &Outbox,
+    user: Option<&str>,
+    id: u32,
+    keys: Vec<Key>,
+) {
+    let limit = state.knobs.max_keys_per_request;
+    if keys.len() > limit {
+        let reply = ErrorReply::new(
+            ErrorKind::TooLarge,
+            format!("a read may ask for at most {limit} keys"),
+        );
+        return send_error(outbox, state, Some(id), reply).await;
+    }
+    state.feed.subscribe(conn, &keys);
+    match state.store.read(user, &keys).await {
+        Ok(entries) => {
+            let _ = outbox
+                .queue
+                .send(Outgoing::Message(ServerMessage::Values { id, entries }))
+                .await;
+        }
+        Err(e) => {
+            state.feed.unsubscribe(conn, &keys);
+            send_error(outbox, state, Some(id), e.into_reply()).await;
+        }
+    }
+}
+
+async fn commit(
+    state: &AppState,
+    user: Option<&str>,
+    txn: TxnId,
+    reads: ReadSet,
+    writes: WriteSet,
+) -> ServerMessage {
+    let started = Instant::now();
+    let outcome = state.store.commit(user, &txn, &reads, &writes).await;
+    state
+        .metrics
+        .commit_latency
+        .observe(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(Outcome::Committed { version, .. }) => {
+            state.metrics.commits.inc();
+            tracing::debug!(%version, "committed");
+            ServerMessage::Committed { txn, version }
+        }
+        Ok(Outcome::Duplicate { version }) => {
+            state.metrics.duplicates.inc();
+            tracing::info!(%version, "re-sent commit answered with its first outcome");
+            ServerMessage::Committed { txn, version }
+        }
+        Ok(Outcome::Conflict { stale }) => {
+            for e in &stale {
+                state.metrics.conflict(match &e.key {
+                    Key::Row { table, .. } => table,
+                    Key::Kv { .. } => "kv",
+                });
+            }
+            tracing::debug!(stale = stale.len(), "conflict");
+            ServerMessage::Conflict { txn, stale }
+        }
+        Ok(Outcome::Rejected(error)) => {
+            state.metrics.rejection(error.code);
+            tracing::debug!(code = ?error.code, message = %error.message, "rejected");
+            ServerMessage::Rejected { txn, error }
+        }
+        Err(e) => {
+            let error = e.into_reply();
+            state.metrics.rejection(error.code);
+            ServerMessage::Rejected { txn, error }
+        }
+    }
+}
+
+/// Drains the outgoing queue into the transport. On `kill` (the queue is full and the
+/// client must go) the close frame skips the queue.
+async fn write_loop<O>(mut rx: mpsc::Receiver<Outgoing>, kill: Arc<Notify>, mut sink: O)
+where
+    O: Sink<Outgoing> + Unpin,
+{
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = kill.notified() => Outgoing::Close(close_code::SLOW_CONSUMER, "too slow to follow pushes".to_owned()),
+            msg = rx.recv() => match msg {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let closing = matches!(next, Outgoing::Close(..));
+        if sink.send(next).await.is_err() || closing {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}

@@ -1,0 +1,108 @@
+//! Shared state in PostgreSQL: reading keys with their versions, and committing.
+//!
+//! Every instance talks to the database only through [`Store`], and keeps nothing in
+//! memory that another instance would need: versions, deduplication records and the
+//! change feed all live in the `mjolnir` schema.
+
+mod commit;
+mod locks;
+mod read;
+
+pub use commit::Outcome;
+
+use crate::catalog::{Catalog, KV_SPACE, Table};
+use crate::error::Result;
+use crate::knobs::Knobs;
+use mjolnir_core::Key;
+use sqlx::PgPool;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// A key resolved against the catalog: where its version and value live.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub key: Key,
+    /// `mjolnir.versions.space`: the table name, or [`KV_SPACE`].
+    pub space: String,
+    /// `mjolnir.versions.pk`: the canonical text of the primary key (or the kv key).
+    pub pk: String,
+    /// The table, for rows; `None` for kv entries.
+    pub table: Option<Arc<Table>>,
+}
+
+/// How long after a catalog reload an unknown table name does not trigger another one.
+const CATALOG_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub struct Store {
+    pool: PgPool,
+    schema: String,
+    knobs: Knobs,
+    catalog: RwLock<(Arc<Catalog>, Instant)>,
+}
+
+impl Store {
+    /// Opens the store over an already-migrated database (see [`crate::db::migrate`]).
+    pub async fn open(pool: PgPool, schema: &str, knobs: Knobs) -> Result<Store> {
+        let catalog = Catalog::load(&pool, schema).await?;
+        Ok(Store {
+            pool,
+            schema: schema.to_owned(),
+            knobs,
+            catalog: RwLock::new((Arc::new(catalog), Instant::now())),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn knobs(&self) -> &Knobs {
+        &self.knobs
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().expect("catalog lock").0.clone()
+    }
+
+    /// Resolves keys, reloading the catalog once if a table is unknown: another instance
+    /// may have migrated since this one started.
+    pub async fn resolve(&self, keys: impl IntoIterator<Item = &Key>) -> Result<Vec<Resolved>> {
+        let keys: Vec<&Key> = keys.into_iter().collect();
+        let mut catalog = self.catalog();
+        let unknown = keys
+            .iter()
+            .any(|k| matches!(k, Key::Row { table, .. } if !catalog.knows(table)));
+        if unknown {
+            let stale =
+                self.catalog.read().expect("catalog lock").1.elapsed() > CATALOG_RELOAD_INTERVAL;
+            if stale {
+                let fresh = Arc::new(Catalog::load(&self.pool, &self.schema).await?);
+                *self.catalog.write().expect("catalog lock") = (fresh.clone(), Instant::now());
+                catalog = fresh;
+            }
+        }
+        keys.into_iter().map(|k| resolve_one(&catalog, k)).collect()
+    }
+}
+
+fn resolve_one(catalog: &Catalog, key: &Key) -> Result<Resolved> {
+    match key {
+        Key::Row { table, pk } => {
+            let table = catalog.table(key, table)?;
+            let pk = table.pk_text(key, pk)?;
+            Ok(Resolved {
+                key: key.clone(),
+                space: table.name.clone(),
+                pk,
+                table: Some(table),
+            })
+        }
+        Key::Kv { key: name } => Ok(Resolved {
+            key: key.clone(),
+            space: KV_SPACE.to_owned(),
+            pk: name.clone(),
+            table: None,
+        }),
+    }
+}

@@ -1,0 +1,108 @@
+//! What every end-to-end test needs: a fresh database and running instances.
+//!
+//! The database server comes from `MJOLNIR_TEST_DATABASE_URL` (an admin URL; `scripts/test.sh`
+//! starts a private PostgreSQL and sets it). Each test creates its own database there, so
+//! tests run in parallel without seeing each other.
+
+#![allow(dead_code, unreachable_pub)]
+
+use mjolnir_server::server::{self, Config, Running};
+use sqlx::{Connection, PgConnection, PgPool};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A database of its own for one test.
+pub struct TestDb {
+    pub url: String,
+    pub name: String,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestDb {
+    pub async fn new(label: &str) -> TestDb {
+        let admin = std::env::var("MJOLNIR_TEST_DATABASE_URL").expect(
+            "MJOLNIR_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh, which starts PostgreSQL",
+        );
+        let name = format!(
+            "t_{label}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .expect("connect to the test PostgreSQL");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name}"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let url = with_database(&admin, &name);
+        TestDb { url, name }
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPool::connect(&self.url).await.unwrap()
+    }
+
+    /// Starts an instance on 127.0.0.1 with the app directory `app_dir` (its migrations
+    /// are applied) and a unique instance name.
+    pub async fn start(&self, app_dir: &Path) -> Running {
+        self.start_with(app_dir, |_| {}).await
+    }
+
+    pub async fn start_with(&self, app_dir: &Path, tweak: impl FnOnce(&mut Config)) -> Running {
+        let mut config = Config::new(&self.url);
+        config.app_dir = Some(app_dir.to_owned());
+        tweak(&mut config);
+        server::start(config, std::future::pending())
+            .await
+            .expect("start a server instance")
+    }
+}
+
+/// Replaces the database name in a PostgreSQL URL.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{db}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// A temporary app directory holding one migration.
+pub fn app_with_schema(sql: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("migrations")).unwrap();
+    std::fs::write(dir.path().join("migrations/0001_schema.sql"), sql).unwrap();
+    dir
+}
+
+/// The bank of the paper: `users(name, balance)` with a ledger of transfers.
+pub const BANK_SCHEMA: &str = "
+CREATE TABLE accounts (
+    id integer PRIMARY KEY,
+    balance integer NOT NULL CHECK (balance >= 0)
+);
+CREATE TABLE transfers (
+    id text PRIMARY KEY,
+    from_account integer NOT NULL,
+    to_account integer NOT NULL,
+    amount integer NOT NULL
+);
+";
