@@ -53,9 +53,6 @@ pub enum ErrorKind {
     /// A CHECK, NOT NULL, UNIQUE or FOREIGN KEY constraint refused the write.
     #[error("constraint violation")]
     ConstraintViolation,
-    /// The connection is sending faster than the server answers.
-    #[error("overloaded")]
-    Overloaded,
     /// Something went wrong inside the server; details are in its log, not on the wire.
     #[error("internal error")]
     Internal,

@@ -45,8 +45,8 @@ impl From<i64> for Pk {
 /// One unit of shared state that has its own [`crate::Version`]: a table row or a
 /// key/value entry.
 ///
-/// The derived order is the canonical order in which the server locks keys, so that two
-/// commits touching the same keys never wait for each other in a cycle.
+/// The derived order is the canonical order of keys in read and write sets, so that equal
+/// sets always serialize the same way.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Key {

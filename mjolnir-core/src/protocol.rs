@@ -11,7 +11,7 @@ use serde_json::Value;
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// WebSocket close codes the server uses, beyond the standard ones (1009 for a frame over
-/// the size limit, 1011 for an internal error).
+/// the size limit, 1001 when the server shuts down).
 pub mod close_code {
     /// The hello asked for a protocol version the server does not speak.
     pub const PROTOCOL_VERSION: u16 = 4000;
@@ -65,7 +65,7 @@ pub enum ClientMessage {
     /// First message on every connection.
     Hello {
         protocol: u32,
-        /// Stable across reconnects of one client; used in logs.
+        /// Stable across reconnects of one client; the server logs it with the connection.
         client_id: String,
         /// The identity the client claims. Only `mjolnir dev` accepts a bare claim.
         #[serde(default, skip_serializing_if = "Option::is_none")]

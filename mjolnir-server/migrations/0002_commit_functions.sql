@@ -8,11 +8,16 @@
 -- keys only read are locked shared. A hash collision only makes two unrelated keys wait
 -- for each other: never a wrong answer.
 --
+-- Then, still under the locks, it checks whether txn_id already committed (raising
+-- MJ001 if so). A re-sent commit racing its first attempt waits for the first attempt's
+-- locks, so it always sees that attempt's outcome here, never its effects as a conflict.
+--
 -- Returns the current version of each (read_spaces[i], read_pks[i]) (0 if never
 -- written), then, if want_version, a new commit version as the last element. The version
 -- is drawn after the locks are held: two commits that share a key get versions in the
 -- order they commit.
 CREATE FUNCTION mjolnir.begin_commit(
+    txn_id text,
     lock_hashes int[], lock_exclusive bool[],
     read_spaces text[], read_pks text[],
     want_version bool
@@ -28,6 +33,9 @@ BEGIN
             PERFORM pg_advisory_xact_lock_shared(1298755436, lock_hashes[i]);
         END IF;
     END LOOP;
+    IF EXISTS (SELECT 1 FROM mjolnir.txns WHERE txn = txn_id) THEN
+        RAISE EXCEPTION 'transaction % already committed', txn_id USING ERRCODE = 'MJ001';
+    END IF;
     SELECT coalesce(array_agg(coalesce(v.version, 0) ORDER BY k.ord), '{}')
       INTO result
       FROM unnest(read_spaces, read_pks) WITH ORDINALITY AS k(space, pk, ord)
@@ -43,9 +51,9 @@ $$;
 -- transaction id (for deduplication) and announce the change set to every instance.
 -- Runs as its owner because the app's writes before it ran as mjolnir_app.
 --
--- A second commit of the same txn id waits here on the primary key until the first one
--- ends; if the first committed, this raises MJ001 and the server answers with the first
--- outcome.
+-- Two commits of one txn id with no key in common do not wait for each other's locks:
+-- the second then waits here on the primary key until the first ends, and if the first
+-- committed, this raises MJ001 and the server answers with the first outcome.
 CREATE FUNCTION mjolnir.finish_commit(
     commit_version bigint, spaces text[], pks text[], txn_id text, changes text
 ) RETURNS void

@@ -108,6 +108,9 @@ pub struct Table {
     /// An expression giving the row `r` as JSON, with bigint and numeric columns converted
     /// per [`ColumnType`].
     pub row_json: String,
+    /// Row-level security is on: what a user may read depends on who they are, so the
+    /// change feed re-reads a change as each subscriber before pushing it.
+    pub row_security: bool,
 }
 
 impl Table {
@@ -135,12 +138,13 @@ impl Table {
             )
         };
         match (col.ty, pk) {
-            (ColumnType::Int | ColumnType::BigInt, Pk::Int(n)) => {
-                if n.unsigned_abs() > MAX_SAFE_INTEGER {
-                    return Err(wrong("an integer beyond ±2^53"));
-                }
-                Ok(n.to_string())
+            (ColumnType::Int, Pk::Int(n)) if i32::try_from(*n).is_err() => {
+                Err(wrong("an integer out of its range"))
             }
+            (ColumnType::BigInt, Pk::Int(n)) if n.unsigned_abs() > MAX_SAFE_INTEGER => {
+                Err(wrong("an integer beyond ±2^53"))
+            }
+            (ColumnType::Int | ColumnType::BigInt, Pk::Int(n)) => Ok(n.to_string()),
             (ColumnType::Text, Pk::Text(s)) => Ok(s.clone()),
             (ColumnType::Uuid, Pk::Text(s)) if is_canonical_uuid(s) => Ok(s.clone()),
             (ColumnType::Uuid, Pk::Text(_)) => {
@@ -196,9 +200,9 @@ pub struct Catalog {
 
 impl Catalog {
     pub async fn load(pool: &PgPool, schema: &str) -> Result<Catalog> {
-        let rows: Vec<(String, String, String, String, bool)> = sqlx::query_as(
+        let rows: Vec<(String, String, String, String, bool, bool)> = sqlx::query_as(
             "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), t.typname::text,
-                    coalesce(a.attnum = ANY(i.indkey), false)
+                    coalesce(a.attnum = ANY(i.indkey), false), c.relrowsecurity
              FROM pg_class c
              JOIN pg_namespace n ON n.oid = c.relnamespace
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -211,10 +215,10 @@ impl Catalog {
         .fetch_all(pool)
         .await?;
 
-        let mut grouped: Vec<(String, Vec<(Column, bool)>)> = Vec::new();
-        for (table, name, sql_type, typname, is_pk) in rows {
-            if grouped.last().is_none_or(|(t, _)| *t != table) {
-                grouped.push((table.clone(), Vec::new()));
+        let mut grouped: Vec<(String, bool, Vec<(Column, bool)>)> = Vec::new();
+        for (table, name, sql_type, typname, is_pk, row_security) in rows {
+            if grouped.last().is_none_or(|(t, _, _)| *t != table) {
+                grouped.push((table.clone(), row_security, Vec::new()));
             }
             let col = Column {
                 name,
@@ -224,12 +228,12 @@ impl Catalog {
             grouped
                 .last_mut()
                 .expect("just pushed")
-                .1
+                .2
                 .push((col, is_pk));
         }
 
         let mut catalog = Catalog::default();
-        for (name, cols) in grouped {
+        for (name, row_security, cols) in grouped {
             let pks: Vec<usize> = cols
                 .iter()
                 .enumerate()
@@ -239,16 +243,10 @@ impl Catalog {
             let columns: Vec<Column> = cols.into_iter().map(|(c, _)| c).collect();
             let reason = match pks.as_slice() {
                 [] => Some("has no primary key".to_owned()),
-                [pk] if !matches!(
-                    columns[*pk].ty,
-                    ColumnType::Text | ColumnType::Int | ColumnType::BigInt | ColumnType::Uuid
-                ) =>
-                {
-                    Some(format!(
-                        "has a primary key of type {}; text, integer or uuid is needed",
-                        columns[*pk].sql_type
-                    ))
-                }
+                [pk] if !is_key_type(&columns[*pk].sql_type) => Some(format!(
+                    "has a primary key of type {}; text, integer or uuid is needed",
+                    columns[*pk].sql_type
+                )),
                 [_] => None,
                 _ => Some("has a primary key of several columns".to_owned()),
             };
@@ -264,6 +262,7 @@ impl Catalog {
                 pk: pks[0],
                 qualified,
                 row_json,
+                row_security,
             };
             catalog.tables.insert(name, Arc::new(table));
         }
@@ -287,6 +286,15 @@ impl Catalog {
     pub fn knows(&self, name: &str) -> bool {
         self.tables.contains_key(name) || self.unsupported.contains_key(name)
     }
+}
+
+/// Primary-key types whose text form is one-to-one with their values. `citext` and
+/// `char(n)` are not: two spellings of one row would be two keys with two versions.
+fn is_key_type(sql_type: &str) -> bool {
+    matches!(
+        sql_type,
+        "text" | "integer" | "smallint" | "bigint" | "uuid"
+    ) || sql_type.starts_with("character varying")
 }
 
 /// `to_jsonb(r)`, with bigint beyond ±2^53 and numeric columns replaced by strings.

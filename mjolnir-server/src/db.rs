@@ -1,18 +1,24 @@
 //! Connecting to PostgreSQL and bringing its schema up to date.
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool};
 use std::path::Path;
+use std::str::FromStr;
 
 /// Mjölnir's own schema (`mjolnir.*`), compiled into the binary.
 static MJOLNIR_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
+/// A pool whose transactions are READ COMMITTED whatever the database's default: the
+/// commit path relies on each statement seeing what committed before it (after the key
+/// locks are taken), which REPEATABLE READ or SERIALIZABLE would not give.
 pub async fn connect(url: &str, size: u32) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?
+        .options([("default_transaction_isolation", "read committed")]);
     PgPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect(url)
+        .connect_with(options)
         .await
 }
 

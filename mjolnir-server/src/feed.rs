@@ -7,6 +7,7 @@
 //! another instance.
 
 use crate::metrics::Metrics;
+use crate::store::Store;
 use mjolnir_core::protocol::{Entry, ServerMessage, close_code};
 use mjolnir_core::{Key, Version};
 use serde::Deserialize;
@@ -14,6 +15,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 
 /// The channel PostgreSQL notifications travel on.
@@ -41,9 +43,15 @@ pub struct Outbox {
 #[derive(Debug, Default)]
 struct Registry {
     next_id: ConnId,
-    outboxes: HashMap<ConnId, Outbox>,
+    conns: HashMap<ConnId, Conn>,
     holders: HashMap<Key, HashSet<ConnId>>,
-    held: HashMap<ConnId, HashSet<Key>>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    outbox: Outbox,
+    user: Option<String>,
+    held: HashSet<Key>,
 }
 
 #[derive(Debug, Default)]
@@ -52,24 +60,28 @@ pub struct Feed {
 }
 
 impl Feed {
-    pub fn register(&self, outbox: Outbox) -> ConnId {
+    pub fn register(&self, outbox: Outbox, user: Option<String>) -> ConnId {
         let mut r = self.registry.lock().expect("feed lock");
         r.next_id += 1;
         let id = r.next_id;
-        r.outboxes.insert(id, outbox);
+        r.conns.insert(
+            id,
+            Conn {
+                outbox,
+                user,
+                held: HashSet::new(),
+            },
+        );
         id
     }
 
     pub fn unregister(&self, id: ConnId) {
         let mut r = self.registry.lock().expect("feed lock");
-        r.outboxes.remove(&id);
-        for key in r.held.remove(&id).unwrap_or_default() {
-            if let Some(h) = r.holders.get_mut(&key) {
-                h.remove(&id);
-                if h.is_empty() {
-                    r.holders.remove(&key);
-                }
-            }
+        let Some(conn) = r.conns.remove(&id) else {
+            return;
+        };
+        for key in conn.held {
+            r.drop_holder(&key, id);
         }
     }
 
@@ -77,26 +89,21 @@ impl Feed {
     /// pushed, so the client can never miss a change to a key it holds.
     pub fn subscribe(&self, id: ConnId, keys: &[Key]) {
         let mut r = self.registry.lock().expect("feed lock");
-        if !r.outboxes.contains_key(&id) {
+        let Some(conn) = r.conns.get_mut(&id) else {
             return;
-        }
+        };
+        conn.held.extend(keys.iter().cloned());
         for key in keys {
             r.holders.entry(key.clone()).or_default().insert(id);
-            r.held.entry(id).or_default().insert(key.clone());
         }
     }
 
     pub fn unsubscribe(&self, id: ConnId, keys: &[Key]) {
         let mut r = self.registry.lock().expect("feed lock");
         for key in keys {
-            if let Some(h) = r.holders.get_mut(key) {
-                h.remove(&id);
-                if h.is_empty() {
-                    r.holders.remove(key);
-                }
-            }
-            if let Some(h) = r.held.get_mut(&id) {
-                h.remove(key);
+            r.drop_holder(key, id);
+            if let Some(conn) = r.conns.get_mut(&id) {
+                conn.held.remove(key);
             }
         }
     }
@@ -106,27 +113,76 @@ impl Feed {
         self.registry
             .lock()
             .expect("feed lock")
-            .held
+            .conns
             .values()
-            .map(HashSet::len)
+            .map(|c| c.held.len())
             .sum()
     }
 
-    /// Sends each connection the changes of one commit that touch keys it holds. Never
-    /// waits: a connection whose queue is full is too slow to follow and is closed.
-    pub fn publish(&self, version: Version, changes: &[Entry], metrics: &Metrics) {
-        let mut per_conn: HashMap<ConnId, Vec<Entry>> = HashMap::new();
-        let r = self.registry.lock().expect("feed lock");
-        for change in changes {
-            for id in r.holders.get(&change.key).into_iter().flatten() {
-                per_conn.entry(*id).or_default().push(change.clone());
+    /// Sends each connection the changes of one commit that touch keys it holds, as one
+    /// push. Changes of tables without row-level security go out as committed; changes of
+    /// tables with it are read again as each subscriber's user, so nobody is pushed what
+    /// the app's policies would not let them read. Never waits on a client: a connection
+    /// whose queue is full is too slow to follow and is closed.
+    pub async fn publish(
+        &self,
+        store: &Store,
+        version: Version,
+        changes: &[Entry],
+        metrics: &Metrics,
+    ) {
+        let mut pushes: HashMap<ConnId, Vec<Entry>> = HashMap::new();
+        let mut guarded: HashMap<Option<String>, Vec<(ConnId, Key)>> = HashMap::new();
+        {
+            let r = self.registry.lock().expect("feed lock");
+            for change in changes {
+                let needs_reread = store.has_row_security(&change.key);
+                for id in r.holders.get(&change.key).into_iter().flatten() {
+                    if needs_reread {
+                        let user = r.conns.get(id).and_then(|c| c.user.clone());
+                        guarded
+                            .entry(user)
+                            .or_default()
+                            .push((*id, change.key.clone()));
+                    } else {
+                        pushes.entry(*id).or_default().push(change.clone());
+                    }
+                }
             }
         }
-        for (id, changes) in per_conn {
-            let Some(outbox) = r.outboxes.get(&id) else {
+        for (user, wanted) in guarded {
+            let mut keys: Vec<Key> = wanted.iter().map(|(_, k)| k.clone()).collect();
+            keys.sort();
+            keys.dedup();
+            match store.read(user.as_deref(), &keys).await {
+                Ok(entries) => {
+                    let by_key: HashMap<&Key, &Entry> =
+                        entries.iter().map(|e| (&e.key, e)).collect();
+                    for (id, key) in wanted {
+                        pushes.entry(id).or_default().push(by_key[&key].clone());
+                    }
+                }
+                Err(e) => {
+                    // The subscribers cannot be told the new value, so they must not keep
+                    // the old one as if it were current.
+                    tracing::error!(error = %e, "re-reading a change for its subscribers failed");
+                    for (id, _) in wanted {
+                        self.close(
+                            id,
+                            close_code::FEED_LOST,
+                            "change feed interrupted, reconnect",
+                        );
+                    }
+                }
+            }
+        }
+        let r = self.registry.lock().expect("feed lock");
+        for (id, changes) in pushes {
+            let Some(conn) = r.conns.get(&id) else {
                 continue;
             };
-            match outbox
+            match conn
+                .outbox
                 .queue
                 .try_send(Outgoing::Message(ServerMessage::Push { version, changes }))
             {
@@ -139,21 +195,51 @@ impl Feed {
                         "outgoing queue full: closing a connection too slow to follow its pushes"
                     );
                     metrics.slow_consumers.inc();
-                    outbox.kill.notify_one();
+                    conn.outbox.kill.notify_one();
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
     }
 
-    /// Closes every connection: used when notifications may have been lost, so clients
-    /// reconnect and re-read instead of keeping a cache that no longer follows the feed.
+    fn close(&self, id: ConnId, code: u16, reason: &str) {
+        let r = self.registry.lock().expect("feed lock");
+        if let Some(conn) = r.conns.get(&id) {
+            conn.outbox.close(code, reason);
+        }
+    }
+
+    /// Closes every connection: used at shutdown, and when notifications may have been
+    /// lost, so clients reconnect and re-read instead of keeping a cache that no longer
+    /// follows the feed.
     pub fn close_all(&self, code: u16, reason: &str) {
         let r = self.registry.lock().expect("feed lock");
-        for outbox in r.outboxes.values() {
-            let _ = outbox
-                .queue
-                .try_send(Outgoing::Close(code, reason.to_owned()));
+        for conn in r.conns.values() {
+            conn.outbox.close(code, reason);
+        }
+    }
+}
+
+impl Registry {
+    fn drop_holder(&mut self, key: &Key, id: ConnId) {
+        if let Some(h) = self.holders.get_mut(key) {
+            h.remove(&id);
+            if h.is_empty() {
+                self.holders.remove(key);
+            }
+        }
+    }
+}
+
+impl Outbox {
+    /// Queues a close frame; if the queue is full, closes at once instead.
+    pub fn close(&self, code: u16, reason: &str) {
+        if self
+            .queue
+            .try_send(Outgoing::Close(code, reason.to_owned()))
+            .is_err()
+        {
+            self.kill.notify_one();
         }
     }
 }
@@ -166,47 +252,69 @@ struct Notification {
     changes: Option<Vec<Entry>>,
 }
 
-/// Follows the commit notifications of every instance and publishes them to this
-/// instance's connections, until the process ends.
+/// Subscribes to the commit notifications of every instance. Done before the instance
+/// accepts connections, so no commit after its first read can be missed.
+pub async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// How long to wait before listening again after the notification connection failed.
+const RELISTEN_DELAY: Duration = Duration::from_secs(1);
+
+/// Publishes every commit notification to this instance's connections, until the task is
+/// aborted. Whenever notifications may have been lost (the listening connection dropped),
+/// every client is asked to reconnect (close code 4003), since none of their caches can be
+/// trusted to follow the feed any more.
 pub async fn follow(
-    pool: PgPool,
+    mut listener: PgListener,
+    store: Arc<Store>,
     feed: Arc<Feed>,
     metrics: Arc<Metrics>,
-) -> Result<(), sqlx::Error> {
-    let mut listener = PgListener::connect_with(&pool).await?;
-    listener.listen(CHANNEL).await?;
+) {
     loop {
-        match listener.try_recv().await? {
-            Some(n) => {
-                let note: Notification = match serde_json::from_str(n.payload()) {
-                    Ok(note) => note,
-                    Err(e) => {
-                        tracing::error!(error = %e, "unreadable commit notification");
-                        continue;
-                    }
-                };
-                let changes = match note.changes {
-                    Some(c) => c,
-                    None => {
-                        let (changes,): (sqlx::types::Json<Notification>,) = sqlx::query_as(
-                            "SELECT changes FROM mjolnir.commit_log WHERE version = $1",
-                        )
-                        .bind(note.version.0 as i64)
-                        .fetch_one(&pool)
-                        .await?;
-                        changes.0.changes.unwrap_or_default()
-                    }
-                };
-                feed.publish(note.version, &changes, &metrics);
-            }
-            None => {
-                // The listening connection was lost and re-established: notifications sent
-                // in between are gone, so no connection's cache can be trusted to follow.
+        match next_commit(&mut listener, store.pool()).await {
+            Ok(Some((version, changes))) => feed.publish(&store, version, &changes, &metrics).await,
+            Ok(None) => {
                 tracing::warn!(
                     "lost the commit notification stream; asking every client to reconnect"
                 );
                 feed.close_all(close_code::FEED_LOST, "change feed interrupted, reconnect");
             }
+            Err(e) => {
+                tracing::error!(error = %e, "commit notifications failed; asking every client to reconnect");
+                feed.close_all(close_code::FEED_LOST, "change feed interrupted, reconnect");
+                tokio::time::sleep(RELISTEN_DELAY).await;
+                match listen(store.pool()).await {
+                    Ok(l) => listener = l,
+                    Err(e) => tracing::error!(error = %e, "cannot listen for commits yet"),
+                }
+            }
         }
     }
+}
+
+/// The next commit announced, or `None` if the stream was interrupted (and resumed).
+async fn next_commit(
+    listener: &mut PgListener,
+    pool: &PgPool,
+) -> Result<Option<(Version, Vec<Entry>)>, sqlx::Error> {
+    let Some(n) = listener.try_recv().await? else {
+        return Ok(None);
+    };
+    let note: Notification =
+        serde_json::from_str(n.payload()).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let changes = match note.changes {
+        Some(c) => c,
+        None => {
+            let (logged,): (sqlx::types::Json<Notification>,) =
+                sqlx::query_as("SELECT changes FROM mjolnir.commit_log WHERE version = $1")
+                    .bind(note.version.0 as i64)
+                    .fetch_one(pool)
+                    .await?;
+            logged.0.changes.unwrap_or_default()
+        }
+    };
+    Ok(Some((note.version, changes)))
 }

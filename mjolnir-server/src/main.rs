@@ -1,1 +1,163 @@
-fn main() {}
+//! `mjolnir`: the one binary. `dev` runs the whole V-stack locally, `serve` runs one
+//! instance against an existing database.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use mjolnir_server::identity::Identity;
+use mjolnir_server::knobs::Knobs;
+use mjolnir_server::server::{self, Config};
+use mjolnir_server::vstack::LocalCluster;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mjolnir",
+    version,
+    about = "Every event handler an atomic transaction over shared state"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run an app locally: a private PostgreSQL under APP_DIR/.mjolnir/ (unless
+    /// DATABASE_URL is set), the app's migrations, its static files and the server.
+    Dev {
+        /// The app directory (HTML/CSS/JS, and migrations/*.sql).
+        app_dir: PathBuf,
+        /// Use this database instead of a private one.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run one production instance against DATABASE_URL. Several instances may share one
+    /// database behind a load balancer.
+    Serve {
+        app_dir: PathBuf,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// The HTTP header in which an authenticating proxy names the user.
+        #[arg(long, env = "MJOLNIR_USER_HEADER", default_value = "X-Forwarded-User")]
+        user_header: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8080, env = "PORT")]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    listen: IpAddr,
+    /// Largest WebSocket message accepted, in bytes.
+    #[arg(long, default_value_t = Knobs::default().max_message_bytes)]
+    max_message_bytes: usize,
+    /// Database connections of this instance.
+    #[arg(long, default_value_t = Knobs::default().pool_size)]
+    pool_size: u32,
+}
+
+impl Common {
+    fn knobs(&self) -> Knobs {
+        Knobs {
+            max_message_bytes: self.max_message_bytes,
+            pool_size: self.pool_size,
+            ..Knobs::default()
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Dev {
+            app_dir,
+            database_url,
+            common,
+        } => dev(app_dir, database_url, common).await,
+        Command::Serve {
+            app_dir,
+            database_url,
+            user_header,
+            common,
+        } => {
+            let config = config(
+                &database_url,
+                app_dir,
+                &common,
+                Identity::Header(user_header),
+            );
+            let running = server::start(config, shutdown_signal()).await?;
+            println!("Mjölnir serving on {}", running.http_url());
+            running.wait().await?;
+            Ok(())
+        }
+    }
+}
+
+async fn dev(app_dir: PathBuf, database_url: Option<String>, common: Common) -> anyhow::Result<()> {
+    anyhow::ensure!(app_dir.is_dir(), "{} is not a directory", app_dir.display());
+    let app_dir = app_dir.canonicalize()?;
+    let cluster = match database_url {
+        Some(_) => None,
+        None => {
+            let dir = app_dir.join(".mjolnir").join("pg");
+            println!("Starting PostgreSQL in {}", dir.display());
+            Some(
+                LocalCluster::start(&dir, "app")
+                    .await
+                    .context("starting the private PostgreSQL")?,
+            )
+        }
+    };
+    let url = database_url
+        .or_else(|| cluster.as_ref().map(LocalCluster::database_url))
+        .expect("one of the two");
+    // Anyone can claim any user in dev mode: it is for one developer's machine.
+    let config = config(&url, app_dir, &common, Identity::TrustClaim);
+    let result = async {
+        let running = server::start(config, shutdown_signal()).await?;
+        println!("Mjölnir dev server: open {}", running.http_url());
+        running.wait().await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Some(cluster) = cluster {
+        println!("Stopping PostgreSQL");
+        cluster.stop().await?;
+    }
+    result
+}
+
+fn config(url: &str, app_dir: PathBuf, common: &Common, identity: Identity) -> Config {
+    let mut config = Config::new(url);
+    config.app_dir = Some(app_dir);
+    config.listen = SocketAddr::new(common.listen, common.port);
+    config.identity = identity;
+    config.knobs = common.knobs();
+    config
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
 /// How long a stopping server waits for its connections to close.
@@ -73,15 +73,8 @@ impl Running {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.state.feed.close_all(1001, "server shutting down");
         self.feed_task.abort();
-        match tokio::time::timeout(STOP_GRACE, &mut self.task).await {
-            Ok(done) => done.unwrap_or(Ok(())),
-            Err(_) => {
-                self.task.abort();
-                Ok(())
-            }
-        }
+        (&mut self.task).await.unwrap_or(Ok(()))
     }
 
     /// Waits until the server ends (after a shutdown signal).
@@ -110,14 +103,13 @@ pub async fn start(
         Arc::new(Store::open(pool.clone(), &config.app_schema, config.knobs.clone()).await?);
     let feed = Arc::new(Feed::default());
     let metrics = Arc::new(Metrics::default());
-    let feed_task = {
-        let (feed, metrics) = (feed.clone(), metrics.clone());
-        tokio::spawn(async move {
-            if let Err(e) = feed::follow(pool, feed, metrics).await {
-                tracing::error!(error = %e, "change feed stopped");
-            }
-        })
-    };
+    let commits = feed::listen(&pool).await?;
+    let feed_task = tokio::spawn(feed::follow(
+        commits,
+        store.clone(),
+        feed.clone(),
+        metrics.clone(),
+    ));
     let state = Arc::new(AppState {
         store,
         feed,
@@ -130,16 +122,26 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let app = router(state.clone(), config.app_dir.clone());
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let signal = async move {
+    let going_away = Arc::new(Notify::new());
+    let signal = {
+        let (state, going_away) = (state.clone(), going_away.clone());
+        async move {
             tokio::select! {
                 _ = shutdown => {}
                 _ = stopped => {}
             }
-        };
-        axum::serve(listener, app)
-            .with_graceful_shutdown(signal)
-            .await
+            // Ask every client to leave; graceful shutdown then waits for them, but not
+            // for longer than STOP_GRACE.
+            state.feed.close_all(1001, "server shutting down");
+            going_away.notify_one();
+        }
+    };
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
+        tokio::select! {
+            done = serve => done,
+            _ = async { going_away.notified().await; tokio::time::sleep(STOP_GRACE).await } => Ok(()),
+        }
     });
     tracing::info!(%addr, instance = %config.instance, "serving");
     Ok(Running {

@@ -44,14 +44,16 @@ pub async fn run<I, O>(
     let writer = tokio::spawn(write_loop(rx, kill.clone(), outgoing));
     let outbox = Outbox { queue, kill };
 
-    let Some(user) = handshake(&state, header_user.as_deref(), &mut incoming, &outbox).await else {
+    let Some((user, client_id)) =
+        handshake(&state, header_user.as_deref(), &mut incoming, &outbox).await
+    else {
         drop(outbox);
         let _ = writer.await;
         return;
     };
-    let conn = state.feed.register(outbox.clone());
+    let conn = state.feed.register(outbox.clone(), user.clone());
     state.metrics.open_connections.inc();
-    let span = tracing::info_span!("conn", conn, user = user.as_deref().unwrap_or(""));
+    let span = tracing::info_span!("conn", conn, client = %client_id, user = user.as_deref().unwrap_or(""));
     async {
         tracing::debug!("connected");
         serve(&state, conn, user, &mut incoming, &outbox).await;
@@ -65,13 +67,14 @@ pub async fn run<I, O>(
     let _ = writer.await;
 }
 
-/// Waits for the hello. Returns the confirmed user, or `None` after closing the connection.
+/// Waits for the hello. Returns the confirmed user and the client's id, or `None` after
+/// closing the connection.
 async fn handshake<I>(
     state: &AppState,
     header_user: Option<&str>,
     incoming: &mut I,
     outbox: &Outbox,
-) -> Option<Option<String>>
+) -> Option<(Option<String>, String)>
 where
     I: Stream<Item = Incoming> + Unpin,
 {
@@ -119,7 +122,11 @@ where
         }
     };
     match ClientMessage::parse(&text) {
-        Ok(ClientMessage::Hello { protocol, user, .. }) if protocol == PROTOCOL_VERSION => {
+        Ok(ClientMessage::Hello {
+            protocol,
+            user,
+            client_id,
+        }) if protocol == PROTOCOL_VERSION => {
             match state.identity.confirm(header_user, user.as_deref()) {
                 Ok(user) => {
                     let welcome = ServerMessage::Welcome {
@@ -128,7 +135,7 @@ where
                         instance: state.instance.clone(),
                     };
                     outbox.queue.send(Outgoing::Message(welcome)).await.ok()?;
-                    Some(user)
+                    Some((user, client_id))
                 }
                 Err(reply) => refuse(close_code::HANDSHAKE, reply).await,
             }
@@ -274,8 +281,9 @@ async fn read(
                 .send(Outgoing::Message(ServerMessage::Values { id, entries }))
                 .await;
         }
+        // The keys stay subscribed: some may be held from an earlier read, and the rest
+        // cost a little memory until the connection ends.
         Err(e) => {
-            state.feed.unsubscribe(conn, &keys);
             send_error(outbox, state, Some(id), e.into_reply()).await;
         }
     }

@@ -1,8 +1,9 @@
 //! Committing one transaction: validate its reads, apply its writes, announce the change.
 //!
 //! The whole commit is one PostgreSQL transaction:
-//! 1. `mjolnir.begin_commit`: lock every key (advisory locks in hash order), read the
-//!    current versions of the keys read, draw the commit version;
+//! 1. `mjolnir.begin_commit`: lock every key (advisory locks in hash order), check the
+//!    transaction id was not already committed, read the current versions of the keys
+//!    read, draw the commit version;
 //! 2. [`find_stale`]: if any read is stale, read the stale keys' current values and roll
 //!    back (a conflict);
 //! 3. as `mjolnir_app` with the connection's user: one statement per write, so the app's
@@ -40,7 +41,8 @@ pub enum Outcome {
     Rejected(ErrorReply),
 }
 
-/// SQLSTATE raised by `mjolnir.finish_commit` for a transaction id that already committed.
+/// SQLSTATE raised by `mjolnir.begin_commit` and `mjolnir.finish_commit` for a transaction
+/// id that already committed.
 const ALREADY_COMMITTED: &str = "MJ001";
 
 impl Store {
@@ -71,9 +73,6 @@ impl Store {
             Err(ServerError::Reply(r)) => return Ok(Outcome::Rejected(r)),
             Err(e) => return Err(e),
         };
-        if let Some(version) = self.committed_version(txn).await? {
-            return Ok(Outcome::Duplicate { version });
-        }
         let mut attempt = 0;
         loop {
             match self.try_commit(user, txn, &plan).await {
@@ -134,7 +133,8 @@ impl Store {
         let (hashes, exclusive) = locks::plan(&read_keys, &write_keys);
         let (spaces, pks) = space_pk_arrays(&read_keys);
         let (versions,): (Vec<i64>,) =
-            sqlx::query_as("SELECT mjolnir.begin_commit($1, $2, $3, $4, $5)")
+            sqlx::query_as("SELECT mjolnir.begin_commit($1, $2, $3, $4, $5, $6)")
+                .bind(&txn.0)
                 .bind(&hashes)
                 .bind(&exclusive)
                 .bind(&spaces)

@@ -61,6 +61,17 @@ impl Store {
         &self.knobs
     }
 
+    /// Whether `key` is a row of a table with row-level security (see [`Table::row_security`]).
+    pub fn has_row_security(&self, key: &Key) -> bool {
+        match key {
+            Key::Row { table, .. } => self
+                .catalog()
+                .table(key, table)
+                .is_ok_and(|t| t.row_security),
+            Key::Kv { .. } => false,
+        }
+    }
+
     fn catalog(&self) -> Arc<Catalog> {
         self.catalog.read().expect("catalog lock").0.clone()
     }

@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
 /// Why a [`LocalCluster`](super::LocalCluster) could not be started or stopped.
@@ -68,5 +68,10 @@ impl ClusterError {
     pub(crate) fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let action = action.into();
         move |source| Self::Io { action, source }
+    }
+
+    /// Like [`io`](Self::io), for an action on `path`.
+    pub(crate) fn io_at(action: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Self {
+        Self::io(format!("{action} {}", path.display()))
     }
 }
