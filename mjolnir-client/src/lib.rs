@@ -1,1 +1,53 @@
-//! placeholder
+//! A native client for Mjölnir's wire protocol, for the server's end-to-end tests and the
+//! load generator.
+//!
+//! The model is the one of [`mjolnir_core`]: a transaction reads keys at the versions it
+//! sees, buffers its writes, and sends them in one commit that the server applies only if
+//! every version read is still current. [`Client::run`] wraps that in a retry loop:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mjolnir_client::ClientError> {
+//! use mjolnir_client::{Client, RetryPolicy, TxAbort};
+//! use mjolnir_core::Key;
+//! use serde_json::json;
+//!
+//! let client = Client::connect("ws://127.0.0.1:8080/ws", Some("alice")).await?;
+//! let done = client
+//!     .run(&RetryPolicy::default(), async |tx| {
+//!         let alice = Key::row("users", "alice");
+//!         let row = tx.get(alice.clone()).await?.ok_or(TxAbort::User("no alice".into()))?;
+//!         let balance = row["balance"].as_i64().unwrap_or(0);
+//!         let set = json!({"balance": balance + 1}).as_object().cloned().unwrap_or_default();
+//!         tx.update(alice, set);
+//!         Ok(balance + 1)
+//!     })
+//!     .await?;
+//! println!("{} at version {:?} after {} attempts", done.value, done.version, done.attempts);
+//! # Ok(()) }
+//! ```
+//!
+//! One connection carries many requests at once: [`Client`] is a cheap handle, each call
+//! sends its request at once and waits only for its own reply. Replies are matched to
+//! requests by read id or txn id, never by arrival order, because the server answers in
+//! whatever order its work finishes. Frames that answer nothing this client asked for are
+//! kept for [`Client::next_unsolicited`], which is how bad-input tests see the server's
+//! answers; pushes go to [`Client::pushes`].
+//!
+//! When the connection ends, for whatever reason, every waiting request and every later one
+//! fails with [`ClientError::Disconnected`]; nothing waits forever.
+
+mod connection;
+mod error;
+mod knobs;
+mod retry;
+mod routes;
+mod socket;
+mod transaction;
+
+pub use connection::{Client, CommitOutcome};
+pub use error::ClientError;
+pub use retry::RetryPolicy;
+pub use routes::Unsolicited;
+pub use transaction::{Committed, Tx, TxAbort};
+
+pub use mjolnir_core::protocol::{Entry, ErrorReply};

@@ -215,10 +215,20 @@ impl Catalog {
         .fetch_all(pool)
         .await?;
 
-        let mut grouped: Vec<(String, bool, Vec<(Column, bool)>)> = Vec::new();
+        /// One table's rows of the query, with which column is its primary key.
+        struct Raw {
+            name: String,
+            row_security: bool,
+            cols: Vec<(Column, bool)>,
+        }
+        let mut grouped: Vec<Raw> = Vec::new();
         for (table, name, sql_type, typname, is_pk, row_security) in rows {
-            if grouped.last().is_none_or(|(t, _, _)| *t != table) {
-                grouped.push((table.clone(), row_security, Vec::new()));
+            if grouped.last().is_none_or(|t| t.name != table) {
+                grouped.push(Raw {
+                    name: table.clone(),
+                    row_security,
+                    cols: Vec::new(),
+                });
             }
             let col = Column {
                 name,
@@ -228,12 +238,17 @@ impl Catalog {
             grouped
                 .last_mut()
                 .expect("just pushed")
-                .2
+                .cols
                 .push((col, is_pk));
         }
 
         let mut catalog = Catalog::default();
-        for (name, row_security, cols) in grouped {
+        for Raw {
+            name,
+            row_security,
+            cols,
+        } in grouped
+        {
             let pks: Vec<usize> = cols
                 .iter()
                 .enumerate()

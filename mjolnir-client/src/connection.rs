@@ -1,0 +1,288 @@
+//! [`Client`]: one WebSocket connection to a Mjölnir server, shared by many requests.
+
+use crate::error::ClientError;
+use crate::knobs::{
+    HANDSHAKE_TIMEOUT, MAX_MESSAGE_BYTES, OUTGOING_QUEUE, PUSH_BUFFER, UNSOLICITED_BUFFER,
+};
+use crate::routes::{Routes, Unsolicited};
+use crate::socket::{self, Outgoing, Push, ReaderParts, Ws};
+use futures_util::{SinkExt, StreamExt};
+use mjolnir_core::protocol::{Entry, ErrorReply};
+use mjolnir_core::{
+    ClientMessage, Key, PROTOCOL_VERSION, ReadSet, ServerMessage, TxnId, Version, WriteSet,
+};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use tokio::sync::{Mutex, broadcast, mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// The server's answer to one commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Durable at this version.
+    Committed(Version),
+    /// Some reads were stale; nothing was applied. Holds the current value of each stale
+    /// key.
+    Conflict(Vec<Entry>),
+    /// Refused for a reason retrying cannot fix; nothing was applied.
+    Rejected(ErrorReply),
+}
+
+/// A connection to a Mjölnir server. Cloning it is cheap and shares the connection: every
+/// clone may have requests in flight at once.
+///
+/// The connection closes when [`Client::close`] is called, when the server closes it, or
+/// when the last clone is dropped.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client_id: String,
+    user: Option<String>,
+    instance: String,
+    next_read_id: AtomicU32,
+    next_txn: AtomicU64,
+    outgoing: mpsc::Sender<Outgoing>,
+    routes: Arc<Routes>,
+    /// Weak, so that the reader owns the only sender and subscribers learn of the end.
+    pushes: broadcast::WeakSender<Push>,
+    unsolicited: Mutex<mpsc::Receiver<Unsolicited>>,
+    finished: watch::Receiver<bool>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("client_id", &self.inner.client_id)
+            .field("user", &self.inner.user)
+            .field("instance", &self.inner.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the welcome told us.
+struct Welcome {
+    user: Option<String>,
+    instance: String,
+}
+
+impl Client {
+    /// Connects to a `ws://` url (`wss://` is not built in), says hello as `user` and waits
+    /// for the welcome.
+    pub async fn connect(url: &str, user: Option<&str>) -> Result<Client, ClientError> {
+        let client_id = uuid::Uuid::new_v4().to_string();
+        let (ws, welcome) =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(url, user, &client_id))
+                .await
+                .map_err(|_| ClientError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
+
+        let (sink, stream) = ws.split();
+        let routes = Arc::new(Routes::default());
+        let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
+        let (pushes, _) = broadcast::channel(PUSH_BUFFER);
+        let (unsolicited_tx, unsolicited) = mpsc::channel(UNSOLICITED_BUFFER);
+        let (stopped_tx, writer_stopped) = oneshot::channel();
+        let (finished_tx, finished) = watch::channel(false);
+
+        let inner = Inner {
+            client_id,
+            user: welcome.user,
+            instance: welcome.instance,
+            next_read_id: AtomicU32::new(1),
+            next_txn: AtomicU64::new(1),
+            outgoing,
+            routes: routes.clone(),
+            pushes: pushes.downgrade(),
+            unsolicited: Mutex::new(unsolicited),
+            finished: finished.clone(),
+        };
+        tokio::spawn(socket::write_loop(sink, queue, finished, stopped_tx));
+        tokio::spawn(socket::read_loop(
+            stream,
+            ReaderParts {
+                routes,
+                pushes,
+                unsolicited: unsolicited_tx,
+                writer_stopped,
+                finished: finished_tx,
+            },
+        ));
+        Ok(Client {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The identity the server confirmed in its welcome.
+    pub fn user(&self) -> Option<&str> {
+        self.inner.user.as_deref()
+    }
+
+    /// The server instance this connection landed on.
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// The random id this client said hello with; txn ids start with it.
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// Reads `keys` at their latest committed versions (and subscribes this connection to
+    /// their changes). The entries come in the order of `keys`.
+    pub async fn read(&self, keys: Vec<Key>) -> Result<Vec<Entry>, ClientError> {
+        let id = self.inner.next_read_id.fetch_add(1, Ordering::Relaxed);
+        let reply = self.inner.routes.expect_values(id)?;
+        self.send(ClientMessage::Read { id, keys }.to_json())
+            .await?;
+        match reply.await {
+            Ok(Ok(entries)) => Ok(entries),
+            Ok(Err(error)) => Err(ClientError::Server(error)),
+            Err(_) => Err(ClientError::Disconnected),
+        }
+    }
+
+    /// Sends one commit and waits for its outcome. No retry: see [`Client::run`] for that.
+    pub async fn commit(
+        &self,
+        txn: TxnId,
+        reads: ReadSet,
+        writes: WriteSet,
+    ) -> Result<CommitOutcome, ClientError> {
+        let outcome = self.inner.routes.expect_outcome(txn.clone())?;
+        self.send(ClientMessage::Commit { txn, reads, writes }.to_json())
+            .await?;
+        outcome.await.map_err(|_| ClientError::Disconnected)
+    }
+
+    /// A txn id no other transaction uses: this client's id (random) and a counter.
+    pub fn next_txn_id(&self) -> TxnId {
+        let n = self.inner.next_txn.fetch_add(1, Ordering::Relaxed);
+        TxnId(format!("{}:{n}", self.inner.client_id))
+    }
+
+    /// A new subscription to the server's pushes, from now on, in arrival (commit) order.
+    ///
+    /// Each subscriber buffers a bounded number of pushes; one that falls further behind
+    /// gets `RecvError::Lagged(n)` and loses the `n` oldest. After the connection ends,
+    /// `recv` returns the buffered pushes and then `RecvError::Closed`.
+    pub fn pushes(&self) -> broadcast::Receiver<(Version, Vec<Entry>)> {
+        match self.inner.pushes.upgrade() {
+            Some(sender) => sender.subscribe(),
+            // The connection has ended: a receiver that says so at once.
+            None => broadcast::channel(1).1,
+        }
+    }
+
+    /// Sends `text` as one frame, as is, after every frame queued before it. For testing
+    /// how the server treats bad input; its answer comes through
+    /// [`Client::next_unsolicited`] unless it happens to match a pending request.
+    ///
+    /// `Ok` means the frame was queued: a write that fails afterwards shows as the end of
+    /// the connection.
+    pub async fn send_raw(&self, text: String) -> Result<(), ClientError> {
+        // Checked here too, because the writer may outlive the reader by a moment.
+        if self.inner.routes.has_ended() {
+            return Err(ClientError::Disconnected);
+        }
+        self.send(text).await
+    }
+
+    /// The next frame that answered no pending request, in arrival order; `None` once the
+    /// connection has ended and everything, the close included, has been returned.
+    ///
+    /// Frames beyond a bounded buffer are dropped if nobody calls this.
+    pub async fn next_unsolicited(&self) -> Option<Unsolicited> {
+        let mut frames = self.inner.unsolicited.lock().await;
+        match frames.recv().await {
+            Some(frame) => Some(frame),
+            None => self.inner.routes.take_close_report(),
+        }
+    }
+
+    /// Closes the connection now, without waiting for the server to agree: frames queued
+    /// before are still written, then a close frame, then the socket is dropped. Requests
+    /// still waiting fail with [`ClientError::Disconnected`]; so does every later one.
+    /// Returns once the connection is gone.
+    pub async fn close(&self) {
+        let _ = self.inner.outgoing.send(Outgoing::Close).await;
+        let mut finished = self.inner.finished.clone();
+        let _ = finished.wait_for(|done| *done).await;
+    }
+
+    async fn send(&self, text: String) -> Result<(), ClientError> {
+        self.inner
+            .outgoing
+            .send(Outgoing::Text(text))
+            .await
+            .map_err(|_| ClientError::Disconnected)
+    }
+}
+
+async fn handshake(
+    url: &str,
+    user: Option<&str>,
+    client_id: &str,
+) -> Result<(Ws, Welcome), ClientError> {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+    // No Nagle: the writer batches bursts itself, and a lone request must not wait.
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        .await
+        .map_err(|e| ClientError::Connect(Box::new(e)))?;
+    let hello = ClientMessage::Hello {
+        protocol: PROTOCOL_VERSION,
+        client_id: client_id.to_owned(),
+        user: user.map(str::to_owned),
+    };
+    ws.send(Message::text(hello.to_json()))
+        .await
+        .map_err(|e| ClientError::Connect(Box::new(e)))?;
+    loop {
+        let text = match ws.next().await {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Binary(_))) => {
+                return Err(ClientError::Protocol(
+                    "binary frame instead of a welcome".to_owned(),
+                ));
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return Err(ClientError::Closed {
+                    code: frame.as_ref().map(|f| u16::from(f.code)),
+                    reason: frame
+                        .map(|f| f.reason.as_str().to_owned())
+                        .unwrap_or_default(),
+                });
+            }
+            Some(Err(err)) => return Err(ClientError::Connect(Box::new(err))),
+            None => {
+                return Err(ClientError::Closed {
+                    code: None,
+                    reason: "the connection ended before the welcome".to_owned(),
+                });
+            }
+        };
+        return match ServerMessage::parse(text.as_str()) {
+            Ok(ServerMessage::Welcome {
+                protocol,
+                user,
+                instance,
+            }) if protocol == PROTOCOL_VERSION => Ok((ws, Welcome { user, instance })),
+            Ok(ServerMessage::Welcome { protocol, .. }) => Err(ClientError::Protocol(format!(
+                "welcomed with protocol {protocol}, but this client speaks {PROTOCOL_VERSION}"
+            ))),
+            Ok(ServerMessage::Error { error, .. }) => Err(ClientError::Server(error)),
+            Ok(other) => Err(ClientError::Protocol(format!(
+                "expected a welcome, got {other:?}"
+            ))),
+            Err(err) => Err(ClientError::Protocol(format!(
+                "expected a welcome, got an unparsable frame: {err}"
+            ))),
+        };
+    }
+}

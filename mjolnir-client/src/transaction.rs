@@ -1,0 +1,179 @@
+//! [`Tx`] and [`Client::run`]: a closure run as an optimistic transaction, retried on
+//! conflict.
+
+use crate::connection::{Client, CommitOutcome};
+use crate::error::ClientError;
+use crate::retry::RetryPolicy;
+use mjolnir_core::{Key, Transaction, Version, WriteOp};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+
+/// One attempt of a transaction: reads go to the server, writes are buffered until the
+/// commit.
+///
+/// The attempt remembers what it read: asking for a key again answers from that first
+/// read (plus the attempt's own writes) without a round trip, because the commit is
+/// validated against the first version read anyway. That also keeps each attempt's view
+/// of a key stable.
+#[derive(Debug)]
+pub struct Tx {
+    client: Client,
+    txn: Transaction,
+    /// The committed value of each key read so far.
+    seen: HashMap<Key, Option<Value>>,
+}
+
+impl Tx {
+    fn new(client: Client) -> Tx {
+        Tx {
+            client,
+            txn: Transaction::new(),
+            seen: HashMap::new(),
+        }
+    }
+
+    /// What this attempt sees at `key`: the committed value, with its own writes applied.
+    pub async fn get(&mut self, key: Key) -> Result<Option<Value>, ClientError> {
+        let mut values = self.get_many(vec![key]).await?;
+        Ok(values.pop().flatten())
+    }
+
+    /// What this attempt sees at each of `keys`, in order, in at most one round trip.
+    pub async fn get_many(&mut self, keys: Vec<Key>) -> Result<Vec<Option<Value>>, ClientError> {
+        let mut asked = HashSet::new();
+        let missing: Vec<Key> = keys
+            .iter()
+            .filter(|k| !self.seen.contains_key(*k) && asked.insert(*k))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let entries = self.client.read(missing.clone()).await?;
+            if entries.len() != missing.len()
+                || entries.iter().zip(&missing).any(|(e, k)| e.key != *k)
+            {
+                return Err(ClientError::Protocol(format!(
+                    "asked for {} keys, got {} entries or others in another order",
+                    missing.len(),
+                    entries.len()
+                )));
+            }
+            for entry in entries {
+                self.txn.reads.record(entry.key.clone(), entry.version);
+                self.seen.insert(entry.key, entry.value);
+            }
+        }
+        Ok(keys
+            .iter()
+            .map(|k| self.txn.view(k, self.seen.get(k).and_then(Option::as_ref)))
+            .collect())
+    }
+
+    pub fn insert(&mut self, key: Key, row: Map<String, Value>) {
+        self.txn.write(key, WriteOp::Insert { row });
+    }
+
+    pub fn update(&mut self, key: Key, set: Map<String, Value>) {
+        self.txn.write(key, WriteOp::Update { set });
+    }
+
+    pub fn put(&mut self, key: Key, value: Value) {
+        self.txn.write(key, WriteOp::Put { value });
+    }
+
+    pub fn delete(&mut self, key: Key) {
+        self.txn.write(key, WriteOp::Delete);
+    }
+
+    /// The reads and writes so far.
+    pub fn transaction(&self) -> &Transaction {
+        &self.txn
+    }
+}
+
+/// How a transaction's closure stops early.
+#[derive(Debug, thiserror::Error)]
+pub enum TxAbort {
+    /// The closure decided not to go on; not retried, returned as
+    /// [`ClientError::Aborted`].
+    #[error("aborted: {0}")]
+    User(String),
+    /// A [`Tx`] call failed; `?` inside the closure makes this.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// A transaction that finished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed<T> {
+    /// What the closure returned in the attempt that committed.
+    pub value: T,
+    /// The commit version; `None` for a read-only transaction, which is never sent.
+    pub version: Option<Version>,
+    /// Attempts made, the committed one included.
+    pub attempts: u32,
+}
+
+impl Client {
+    /// Runs `f` as a transaction: each attempt gets a fresh [`Tx`], and its writes are
+    /// committed with the versions it read. A conflict starts a new attempt, which re-reads
+    /// from the server, after the delay `policy` says; anything else ends the run.
+    ///
+    /// `f` may run several times, so it should have no effect beyond the `Tx`. A read-only
+    /// attempt commits nothing and is not validated: if it read in several round trips, it
+    /// may have seen keys at different moments.
+    ///
+    /// In a spawned task, make `f` an `async move` closure that owns what it captures (clone
+    /// inside it what it hands on). An async closure that borrows the task's locals makes
+    /// the task's future fail the `Send` check ("implementation of `Send` is not general
+    /// enough", a known rustc limitation with async closures), and no signature of `run`
+    /// can avoid that.
+    pub async fn run<T>(
+        &self,
+        policy: &RetryPolicy,
+        mut f: impl AsyncFnMut(&mut Tx) -> Result<T, TxAbort>,
+    ) -> Result<Committed<T>, ClientError> {
+        let mut attempt = 1;
+        loop {
+            let delay = policy.delay_before(attempt, &mut rand::rng());
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let mut tx = Tx::new(self.clone());
+            let value = match f(&mut tx).await {
+                Ok(value) => value,
+                Err(TxAbort::User(why)) => return Err(ClientError::Aborted(why)),
+                Err(TxAbort::Client(err)) => return Err(err),
+            };
+            if tx.txn.is_read_only() {
+                return Ok(Committed {
+                    value,
+                    version: None,
+                    attempts: attempt,
+                });
+            }
+            let Transaction { reads, writes } = tx.txn;
+            match self.commit(self.next_txn_id(), reads, writes).await? {
+                CommitOutcome::Committed(version) => {
+                    return Ok(Committed {
+                        value,
+                        version: Some(version),
+                        attempts: attempt,
+                    });
+                }
+                CommitOutcome::Rejected(error) => return Err(ClientError::Rejected(error)),
+                CommitOutcome::Conflict(stale) if attempt >= policy.max_attempts => {
+                    let Some(first) = stale.into_iter().next() else {
+                        return Err(ClientError::Protocol(
+                            "a conflict that names no stale key".to_owned(),
+                        ));
+                    };
+                    return Err(ClientError::TooManyConflicts {
+                        attempts: attempt,
+                        key: first.key,
+                    });
+                }
+                CommitOutcome::Conflict(_) => attempt += 1,
+            }
+        }
+    }
+}
