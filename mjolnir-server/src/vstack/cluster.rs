@@ -413,6 +413,9 @@ async fn launch(dir: &Path, binaries: &Binaries, run_as: RunAs) -> Result<u16, C
         let mut pg_ctl = run_as.command(&binaries.pg_ctl(), dir);
         pg_ctl.arg("-D").arg(dir.join("data")).arg("-l").arg(&log);
         pg_ctl.args(["-w", "-t", "60", "-s", "-o", &options, "start"]);
+        // A process group of its own: Ctrl-C in the terminal signals the whole foreground
+        // group, and the server must stop when `mjolnir dev` says so, not on its own.
+        std::os::unix::process::CommandExt::process_group(&mut pg_ctl, 0);
         match run(pg_ctl.into()).await {
             Ok(_) => {
                 fs::write(&port_file, format!("{port}\n"))
