@@ -272,6 +272,7 @@ async fn handshake(
                 protocol,
                 user,
                 instance,
+                ..
             }) if protocol == PROTOCOL_VERSION => Ok((ws, Welcome { user, instance })),
             Ok(ServerMessage::Welcome { protocol, .. }) => Err(ClientError::Protocol(format!(
                 "welcomed with protocol {protocol}, but this client speaks {PROTOCOL_VERSION}"

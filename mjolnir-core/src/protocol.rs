@@ -6,6 +6,7 @@
 use crate::{ErrorKind, Key, ReadSet, TxnId, Version, WriteSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// Bumped on every incompatible change; the server refuses a hello with another version.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -31,6 +32,23 @@ pub struct Entry {
     pub key: Key,
     pub version: Version,
     pub value: Option<Value>,
+}
+
+/// What a client needs to know of one app table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableInfo {
+    /// The primary-key column.
+    pub pk: String,
+    /// How its values look: `text`, `integer` or `uuid`.
+    pub pk_kind: PkKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PkKind {
+    Text,
+    Integer,
+    Uuid,
 }
 
 /// A typed refusal. `message` is for people; programs match on `code`.
@@ -94,6 +112,9 @@ pub enum ServerMessage {
         user: Option<String>,
         /// Which server instance this connection landed on (for logs and tests).
         instance: String,
+        /// The app's tables, so a client can find the key of a row it inserts.
+        #[serde(default)]
+        tables: BTreeMap<String, TableInfo>,
     },
     /// Answer to a read: one entry per key asked, in the order asked.
     Values { id: u32, entries: Vec<Entry> },
@@ -288,13 +309,32 @@ mod tests {
 
     fn arb_server() -> impl Strategy<Value = ServerMessage> {
         prop_oneof![
-            (any::<u32>(), prop::option::of(".{0,10}"), ".{0,10}").prop_map(
-                |(protocol, user, instance)| ServerMessage::Welcome {
-                    protocol,
-                    user,
-                    instance
-                }
-            ),
+            (
+                any::<u32>(),
+                prop::option::of(".{0,10}"),
+                ".{0,10}",
+                prop::collection::btree_map(
+                    "[a-z]{1,6}",
+                    (
+                        "[a-z]{1,6}",
+                        prop_oneof![
+                            Just(PkKind::Text),
+                            Just(PkKind::Integer),
+                            Just(PkKind::Uuid)
+                        ]
+                    )
+                        .prop_map(|(pk, pk_kind)| TableInfo { pk, pk_kind }),
+                    0..3
+                )
+            )
+                .prop_map(|(protocol, user, instance, tables)| {
+                    ServerMessage::Welcome {
+                        protocol,
+                        user,
+                        instance,
+                        tables,
+                    }
+                }),
             (any::<u32>(), prop::collection::vec(arb_entry(), 0..4))
                 .prop_map(|(id, entries)| ServerMessage::Values { id, entries }),
             (arb_txn(), arb_version())

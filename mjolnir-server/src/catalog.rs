@@ -5,7 +5,7 @@
 //! instance holds schema state another one needs.
 
 use crate::error::{Result, ServerError};
-use mjolnir_core::protocol::ErrorReply;
+use mjolnir_core::protocol::{ErrorReply, PkKind, TableInfo};
 use mjolnir_core::{ErrorKind, Key, Pk};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -296,6 +296,28 @@ impl Catalog {
         Err(ErrorReply::new(ErrorKind::UnknownTable, message)
             .with_key(key.clone())
             .into())
+    }
+
+    /// What clients are told of each table in the welcome.
+    pub fn infos(&self) -> std::collections::BTreeMap<String, TableInfo> {
+        self.tables
+            .iter()
+            .map(|(name, t)| {
+                let col = t.pk_column();
+                let pk_kind = match col.ty {
+                    ColumnType::Int | ColumnType::BigInt => PkKind::Integer,
+                    ColumnType::Uuid => PkKind::Uuid,
+                    _ => PkKind::Text,
+                };
+                (
+                    name.clone(),
+                    TableInfo {
+                        pk: col.name.clone(),
+                        pk_kind,
+                    },
+                )
+            })
+            .collect()
     }
 
     pub fn knows(&self, name: &str) -> bool {

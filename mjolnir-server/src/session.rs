@@ -133,6 +133,7 @@ where
                         protocol,
                         user: user.clone(),
                         instance: state.instance.clone(),
+                        tables: state.store.table_infos(),
                     };
                     outbox.queue.send(Outgoing::Message(welcome)).await.ok()?;
                     Some((user, client_id))

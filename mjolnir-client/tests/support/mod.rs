@@ -103,6 +103,7 @@ pub async fn welcome(ws: &mut ServerWs) -> String {
             protocol: PROTOCOL_VERSION,
             user,
             instance: "test".into(),
+            tables: Default::default(),
         },
     )
     .await;

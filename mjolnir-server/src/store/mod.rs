@@ -72,6 +72,12 @@ impl Store {
         }
     }
 
+    pub fn table_infos(
+        &self,
+    ) -> std::collections::BTreeMap<String, mjolnir_core::protocol::TableInfo> {
+        self.catalog().infos()
+    }
+
     fn catalog(&self) -> Arc<Catalog> {
         self.catalog.read().expect("catalog lock").0.clone()
     }
