@@ -3,27 +3,15 @@
 mod support;
 
 use mjolnir_client::{Client, CommitOutcome};
-use mjolnir_core::{ErrorKind, Key, ReadSet, Version, WriteOp, WriteSet};
+use mjolnir_core::{ErrorKind, Key, ReadSet, Version, WriteOp};
 use serde_json::{Value, json};
-use support::{TestDb, app_with_schema};
-
-fn obj(v: Value) -> serde_json::Map<String, Value> {
-    v.as_object().expect("an object").clone()
-}
+use support::{COUNTER_SCHEMA, TestDb, app_with_schema, obj, writes};
 
 /// Reads `keys` and returns a read set of the versions seen, plus the values.
 async fn read(client: &Client, keys: &[Key]) -> (ReadSet, Vec<Option<Value>>) {
     let entries = client.read(keys.to_vec()).await.unwrap();
     let reads = entries.iter().map(|e| (e.key.clone(), e.version)).collect();
     (reads, entries.into_iter().map(|e| e.value).collect())
-}
-
-fn writes(ops: Vec<(Key, WriteOp)>) -> WriteSet {
-    let mut w = WriteSet::new();
-    for (k, op) in ops {
-        w.push(k, op);
-    }
-    w
 }
 
 #[tokio::test]
@@ -128,9 +116,7 @@ async fn two_inserts_of_one_missing_key_conflict() {
 #[tokio::test]
 async fn a_commit_resent_after_a_dropped_connection_is_applied_once() {
     let db = TestDb::new("dedup").await;
-    let app = app_with_schema(
-        "CREATE TABLE counters (id integer PRIMARY KEY, n integer NOT NULL); INSERT INTO counters VALUES (1, 0);",
-    );
+    let app = app_with_schema(COUNTER_SCHEMA);
     let a = db.start(app.path()).await;
     let b = db.start(app.path()).await;
     let k = Key::row("counters", 1);

@@ -8,20 +8,14 @@ use mjolnir_core::protocol::{ServerMessage, close_code};
 use mjolnir_core::{ErrorKind, Key, ReadSet, WriteOp, WriteSet};
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::{TestDb, app_with_schema};
+use support::{TestDb, app_with_schema, obj, writes};
+
+fn one_write(key: Key, op: WriteOp) -> WriteSet {
+    writes(vec![(key, op)])
+}
 
 const SCHEMA: &str = "CREATE TABLE items (id integer PRIMARY KEY, name text NOT NULL, qty integer NOT NULL CHECK (qty >= 0));
                       INSERT INTO items VALUES (1, 'hammer', 1), (2, 'anvil', 5);";
-
-fn obj(v: Value) -> serde_json::Map<String, Value> {
-    v.as_object().expect("an object").clone()
-}
-
-fn one(key: Key, op: WriteOp) -> WriteSet {
-    let mut w = WriteSet::new();
-    w.push(key, op);
-    w
-}
 
 async fn next_unsolicited(c: &Client) -> Unsolicited {
     tokio::time::timeout(Duration::from_secs(10), c.next_unsolicited())
@@ -183,33 +177,33 @@ async fn unknown_tables_columns_wrong_types_and_key_changes_are_refused_and_noth
     let update = |id: i64, set: Value| (Key::row("items", id), WriteOp::Update { set: obj(set) });
     let cases: Vec<(WriteSet, ErrorKind)> = vec![
         (
-            one(Key::row("weapons", 1), WriteOp::Delete),
+            one_write(Key::row("weapons", 1), WriteOp::Delete),
             ErrorKind::UnknownTable,
         ),
         (
-            one(
+            one_write(
                 update(1, json!({"colour": "grey"})).0,
                 update(1, json!({"colour": "grey"})).1,
             ),
             ErrorKind::UnknownColumn,
         ),
         (
-            one(
+            one_write(
                 update(1, json!({"qty": "lots"})).0,
                 update(1, json!({"qty": "lots"})).1,
             ),
             ErrorKind::WrongType,
         ),
         (
-            one(update(1, json!({"id": 3})).0, update(1, json!({"id": 3})).1),
+            one_write(update(1, json!({"id": 3})).0, update(1, json!({"id": 3})).1),
             ErrorKind::PrimaryKeyChange,
         ),
         (
-            one(Key::row("items", 1), WriteOp::Put { value: json!(1) }),
+            one_write(Key::row("items", 1), WriteOp::Put { value: json!(1) }),
             ErrorKind::InvalidWrite,
         ),
         (
-            one(
+            one_write(
                 Key::kv("k"),
                 WriteOp::Update {
                     set: obj(json!({"a": 1})),
@@ -230,7 +224,7 @@ async fn unknown_tables_columns_wrong_types_and_key_changes_are_refused_and_noth
             ErrorKind::ConstraintViolation,
         ),
         (
-            one(
+            one_write(
                 Key::row("items", 9),
                 WriteOp::Update {
                     set: obj(json!({"qty": 1})),
@@ -239,7 +233,7 @@ async fn unknown_tables_columns_wrong_types_and_key_changes_are_refused_and_noth
             ErrorKind::NotFound,
         ),
         (
-            one(
+            one_write(
                 Key::row("items", 2),
                 WriteOp::Insert {
                     row: obj(json!({"name": "dup", "qty": 1})),
@@ -294,7 +288,7 @@ async fn a_flood_of_reads_is_answered_in_bounded_steps_while_others_commit() {
         let started = std::time::Instant::now();
         let entries = worker.read(vec![Key::row("items", 2)]).await.unwrap();
         let reads: ReadSet = entries.iter().map(|e| (e.key.clone(), e.version)).collect();
-        let w = one(
+        let w = one_write(
             Key::row("items", 2),
             WriteOp::Update {
                 set: obj(json!({"name": format!("anvil {i}")})),

@@ -10,15 +10,11 @@ use rand::Rng;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use support::{BANK_SCHEMA, TestDb, app_with_schema};
+use support::{BANK_SCHEMA, TestDb, app_with_schema, obj};
 
 const ACCOUNTS: i64 = 1000;
 const CLIENTS: usize = 16;
 const TRANSFERS_PER_CLIENT: usize = 200;
-
-fn obj(v: Value) -> serde_json::Map<String, Value> {
-    v.as_object().expect("an object").clone()
-}
 
 struct Run {
     acknowledged: BTreeSet<String>,

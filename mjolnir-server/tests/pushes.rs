@@ -8,7 +8,7 @@ use mjolnir_core::protocol::Entry;
 use mjolnir_core::{Key, ReadSet, Version, WriteOp, WriteSet};
 use serde_json::json;
 use std::time::Duration;
-use support::{TestDb, app_with_schema};
+use support::{COUNTER_SCHEMA, TestDb, app_with_schema, obj, writes};
 
 async fn next_push(
     rx: &mut tokio::sync::broadcast::Receiver<(Version, Vec<Entry>)>,
@@ -20,22 +20,13 @@ async fn next_push(
 }
 
 fn update(key: &Key, set: serde_json::Value) -> WriteSet {
-    let mut w = WriteSet::new();
-    w.push(
-        key.clone(),
-        WriteOp::Update {
-            set: set.as_object().unwrap().clone(),
-        },
-    );
-    w
+    writes(vec![(key.clone(), WriteOp::Update { set: obj(set) })])
 }
 
 #[tokio::test]
 async fn pushes_arrive_in_commit_order_across_instances() {
     let db = TestDb::new("push_order").await;
-    let app = app_with_schema(
-        "CREATE TABLE counters (id integer PRIMARY KEY, n integer NOT NULL); INSERT INTO counters VALUES (1, 0);",
-    );
+    let app = app_with_schema(COUNTER_SCHEMA);
     let a = db.start(app.path()).await;
     let b = db.start(app.path()).await;
     let writer = Client::connect(&a.ws_url(), Some("w")).await.unwrap();

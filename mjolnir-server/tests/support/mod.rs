@@ -6,7 +6,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use mjolnir_core::{Key, WriteOp, WriteSet};
 use mjolnir_server::server::{self, Config, Running};
+use serde_json::{Map, Value};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -106,3 +108,20 @@ CREATE TABLE transfers (
     amount integer NOT NULL
 );
 ";
+
+/// A table of counters with one row, `(1, 0)`.
+pub const COUNTER_SCHEMA: &str = "CREATE TABLE counters (id integer PRIMARY KEY, n integer NOT NULL); INSERT INTO counters VALUES (1, 0);";
+
+/// A JSON object literal as the map a write takes.
+pub fn obj(v: Value) -> Map<String, Value> {
+    v.as_object().expect("an object").clone()
+}
+
+/// A write set of these ops.
+pub fn writes(ops: Vec<(Key, WriteOp)>) -> WriteSet {
+    let mut w = WriteSet::new();
+    for (k, op) in ops {
+        w.push(k, op);
+    }
+    w
+}
