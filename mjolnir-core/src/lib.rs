@@ -9,18 +9,24 @@
 //! `wasm32-unknown-unknown` and is tested natively. The wire protocol is defined here once
 //! ([`protocol`]) and used unchanged by both ends.
 
+pub mod attempt;
+pub mod cache;
 pub mod conflict;
 pub mod error;
 pub mod key;
 pub mod protocol;
+pub mod retry;
 pub mod sets;
 pub mod txn;
 pub mod version;
 
+pub use attempt::{Attempt, Finish, Read};
+pub use cache::{Cache, Cached, Snapshot};
 pub use conflict::{Stale, find_stale};
 pub use error::ErrorKind;
 pub use key::{Key, Pk};
 pub use protocol::{ClientMessage, PROTOCOL_VERSION, ServerMessage};
+pub use retry::RetryPolicy;
 pub use sets::{ReadSet, WriteOp, WriteSet};
 pub use txn::{Transaction, TxnId};
 pub use version::Version;

@@ -1,0 +1,402 @@
+//! One run of a handler against a snapshot of the cache.
+//!
+//! A handler runs synchronously against what the client already holds. When it reads a key
+//! the cache does not hold, the attempt records a miss instead of waiting: the caller
+//! stops (or lets the handler carry on, to collect more misses in one batch), fetches the
+//! missed keys, and runs the handler again on a fresh snapshot. Re-running is already how
+//! optimistic transactions retry, so this costs no new mechanism and keeps handlers free of
+//! `await`.
+
+use crate::cache::{Cache, Snapshot};
+use crate::{ClientMessage, Key, ReadSet, Transaction, TxnId, WriteOp, WriteSet};
+use serde_json::{Map, Value};
+use std::collections::BTreeSet;
+
+/// What a read gives the handler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// The key's value as this attempt sees it: `None` when absent.
+    Value(Option<Value>),
+    /// The snapshot does not hold the key: fetch it and run again.
+    Miss,
+}
+
+/// What to do with an attempt whose handler returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// Fetch these keys (one batched read), then run the handler again. Whatever the
+    /// attempt wrote is discarded: it was computed without those keys.
+    Missed(Vec<Key>),
+    /// The attempt read nothing from the server and wrote nothing: done, nothing to send.
+    Nothing,
+    /// Send this [`ClientMessage::Commit`] and wait for the verdict.
+    ///
+    /// Read-only attempts that read server keys are sent too, with no writes. The cache is
+    /// fed by replies and pushes that arrive at different moments, so its snapshot is not
+    /// guaranteed to be one consistent state of the server: a handler can see key `a` after
+    /// some commit and key `b` before it. Only the server can tell whether what the attempt
+    /// saw was one real state, and showing a torn view would break the guarantee that every
+    /// handler appears to run alone.
+    Commit(ClientMessage),
+}
+
+/// One run of a handler: the snapshot it reads, its reads and buffered writes, its misses.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    snapshot: Snapshot,
+    txn: Transaction,
+    misses: BTreeSet<Key>,
+}
+
+impl Attempt {
+    pub fn new(snapshot: Snapshot) -> Self {
+        Attempt {
+            snapshot,
+            txn: Transaction::new(),
+            misses: BTreeSet::new(),
+        }
+    }
+
+    /// Reads `key`: the snapshot's value with this attempt's own writes applied.
+    ///
+    /// A key this attempt has inserted, put or deleted reads back as that write without
+    /// consulting the snapshot, and records no read: what the handler sees there does not
+    /// depend on the server, so there is nothing to validate, and a freshly inserted key
+    /// must not be a miss. An update is different: it changes some columns of a row the
+    /// attempt must still read, so it needs the row.
+    pub fn read(&mut self, key: Key) -> Read {
+        if let Some(op) = self.txn.writes.get(&key)
+            && matches!(
+                op,
+                WriteOp::Insert { .. } | WriteOp::Put { .. } | WriteOp::Delete
+            )
+        {
+            return Read::Value(op.apply(None));
+        }
+        match self.snapshot.get(&key) {
+            Some(cached) => Read::Value(self.txn.read(key, cached.version, cached.value.as_ref())),
+            None => {
+                self.misses.insert(key);
+                Read::Miss
+            }
+        }
+    }
+
+    pub fn insert(&mut self, key: Key, row: Map<String, Value>) {
+        self.write(key, WriteOp::Insert { row });
+    }
+
+    pub fn update(&mut self, key: Key, set: Map<String, Value>) {
+        self.write(key, WriteOp::Update { set });
+    }
+
+    pub fn put(&mut self, key: Key, value: Value) {
+        self.write(key, WriteOp::Put { value });
+    }
+
+    pub fn delete(&mut self, key: Key) {
+        self.write(key, WriteOp::Delete);
+    }
+
+    /// Buffers `op`, merged with this attempt's earlier writes of `key`.
+    pub fn write(&mut self, key: Key, op: WriteOp) {
+        self.txn.write(key, op);
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    pub fn reads(&self) -> &ReadSet {
+        &self.txn.reads
+    }
+
+    pub fn writes(&self) -> &WriteSet {
+        &self.txn.writes
+    }
+
+    pub fn has_misses(&self) -> bool {
+        !self.misses.is_empty()
+    }
+
+    /// The keys to fetch before running again, in key order.
+    pub fn missed_keys(&self) -> Vec<Key> {
+        self.misses.iter().cloned().collect()
+    }
+
+    /// Every key this attempt read or missed: what to [`Cache::pin`] while it (or its
+    /// re-run) is in progress.
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.txn.reads.keys().chain(&self.misses)
+    }
+
+    /// Whether the cache now holds a newer version of something this attempt read.
+    ///
+    /// Asked when a handler throws: an exception on a stale view may be caused by the
+    /// tear itself (a row that "cannot" be missing, an invariant that held in every real
+    /// state), so it is a conflict to retry, not the application's error. A key the cache
+    /// has evicted since counts as stale: its current version is unknown, and a needless
+    /// retry is cheap while blaming the app for a torn view is wrong. Misses do not count:
+    /// the caller fetches them and runs again anyway.
+    pub fn is_stale(&self, cache: &Cache) -> bool {
+        self.txn
+            .reads
+            .iter()
+            .any(|(key, read)| cache.version(key).is_none_or(|now| now > read))
+    }
+
+    /// Ends the attempt; `txn` names its commit if it needs one. Retries after a conflict
+    /// are new attempts and must use new ids; a re-send of the same commit keeps its id.
+    pub fn finish(self, txn: TxnId) -> Finish {
+        if !self.misses.is_empty() {
+            return Finish::Missed(self.misses.into_iter().collect());
+        }
+        let Transaction { reads, writes } = self.txn;
+        if reads.is_empty() && writes.is_empty() {
+            return Finish::Nothing;
+        }
+        Finish::Commit(ClientMessage::Commit { txn, reads, writes })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Version;
+    use crate::protocol::Entry;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn alice() -> Key {
+        Key::row("users", "alice")
+    }
+
+    fn bob() -> Key {
+        Key::row("users", "bob")
+    }
+
+    fn bank() -> Cache {
+        let mut cache = Cache::new();
+        cache.apply(&[
+            Entry {
+                key: alice(),
+                version: Version(4),
+                value: Some(json!({"name": "alice", "balance": 100})),
+            },
+            Entry {
+                key: bob(),
+                version: Version(6),
+                value: Some(json!({"name": "bob", "balance": 5})),
+            },
+        ]);
+        cache
+    }
+
+    fn txn() -> TxnId {
+        TxnId("c1:1".to_owned())
+    }
+
+    /// The paper's `send()`: move `amount` from alice to bob if she has it.
+    fn send(a: &mut Attempt, amount: i64) -> Option<()> {
+        let Read::Value(Some(from)) = a.read(alice()) else {
+            return None;
+        };
+        let Read::Value(Some(to)) = a.read(bob()) else {
+            return None;
+        };
+        let (from, to) = (from["balance"].as_i64()?, to["balance"].as_i64()?);
+        if from >= amount {
+            a.update(alice(), obj(json!({"balance": from - amount})));
+            a.update(bob(), obj(json!({"balance": to + amount})));
+        }
+        Some(())
+    }
+
+    #[test]
+    fn reads_see_own_writes() {
+        let mut a = Attempt::new(bank().snapshot());
+        send(&mut a, 30).unwrap();
+        assert_eq!(
+            a.read(alice()),
+            Read::Value(Some(json!({"name": "alice", "balance": 70})))
+        );
+        assert_eq!(a.reads().get(&alice()), Some(Version(4)));
+        let Finish::Commit(ClientMessage::Commit { reads, writes, .. }) = a.finish(txn()) else {
+            panic!("a transfer commits")
+        };
+        assert_eq!(reads.len(), 2);
+        assert_eq!(
+            writes.get(&bob()),
+            Some(&WriteOp::Update {
+                set: obj(json!({"balance": 35}))
+            })
+        );
+    }
+
+    #[test]
+    fn a_written_key_is_not_a_miss() {
+        let mut a = Attempt::new(Cache::new().snapshot());
+        let todo = Key::row("todos", 1);
+        a.insert(todo.clone(), obj(json!({"title": "x"})));
+        a.update(todo.clone(), obj(json!({"done": true})));
+        assert_eq!(
+            a.read(todo.clone()),
+            Read::Value(Some(json!({"title": "x", "done": true})))
+        );
+        a.put(Key::kv("motd"), json!("hi"));
+        assert_eq!(a.read(Key::kv("motd")), Read::Value(Some(json!("hi"))));
+        a.delete(Key::kv("gone"));
+        assert_eq!(a.read(Key::kv("gone")), Read::Value(None));
+        assert!(!a.has_misses());
+        assert!(a.reads().is_empty(), "nothing read from the server");
+        assert!(matches!(a.finish(txn()), Finish::Commit(_)));
+    }
+
+    #[test]
+    fn an_update_of_an_uncached_row_still_needs_the_row() {
+        let mut a = Attempt::new(Cache::new().snapshot());
+        a.update(alice(), obj(json!({"balance": 1})));
+        assert_eq!(a.read(alice()), Read::Miss);
+    }
+
+    #[test]
+    fn a_miss_is_fetched_and_the_rerun_hits() {
+        let mut cache = Cache::new();
+        let mut a = Attempt::new(cache.snapshot());
+        assert_eq!(send(&mut a, 30), None);
+        // The handler may catch the miss and go on: it is recorded all the same.
+        assert_eq!(a.read(bob()), Read::Miss);
+        a.update(bob(), obj(json!({"balance": 0})));
+        assert!(a.has_misses());
+        assert_eq!(a.missed_keys(), [alice(), bob()]);
+        cache.pin(a.keys());
+        assert_eq!(a.finish(txn()), Finish::Missed(vec![alice(), bob()]));
+
+        // The batched read's reply.
+        cache.apply(&[
+            Entry {
+                key: alice(),
+                version: Version(4),
+                value: Some(json!({"name": "alice", "balance": 100})),
+            },
+            Entry {
+                key: bob(),
+                version: Version::ABSENT,
+                value: None,
+            },
+        ]);
+        let mut again = Attempt::new(cache.snapshot());
+        assert_eq!(send(&mut again, 30), None, "bob does not exist");
+        assert!(!again.has_misses());
+        cache.unpin([&alice(), &bob()]);
+        // Reading a missing row is a read at ABSENT, so an insert race is caught.
+        let Finish::Commit(ClientMessage::Commit { reads, writes, .. }) = again.finish(txn())
+        else {
+            panic!("reads go to the server")
+        };
+        assert_eq!(reads.get(&bob()), Some(Version::ABSENT));
+        assert!(writes.is_empty());
+    }
+
+    #[test]
+    fn an_attempt_keeps_its_snapshot() {
+        let mut cache = bank();
+        let mut a = Attempt::new(cache.snapshot());
+        cache.apply(&[Entry {
+            key: alice(),
+            version: Version(9),
+            value: Some(json!({"name": "alice", "balance": 0})),
+        }]);
+        send(&mut a, 30).unwrap();
+        assert_eq!(a.reads().get(&alice()), Some(Version(4)));
+        assert!(a.is_stale(&cache));
+    }
+
+    #[test]
+    fn finish_variants() {
+        let cache = bank();
+        assert_eq!(
+            Attempt::new(cache.snapshot()).finish(txn()),
+            Finish::Nothing
+        );
+
+        // Inserting and deleting a new row leaves nothing to do.
+        let mut a = Attempt::new(cache.snapshot());
+        a.insert(Key::row("todos", 1), Map::new());
+        a.delete(Key::row("todos", 1));
+        assert_eq!(a.finish(txn()), Finish::Nothing);
+
+        // Read-only is still validated.
+        let mut a = Attempt::new(cache.snapshot());
+        a.read(alice());
+        let Finish::Commit(msg) = a.finish(txn()) else {
+            panic!("a read-only attempt is validated")
+        };
+        let mut reads = ReadSet::new();
+        reads.record(alice(), Version(4));
+        assert_eq!(
+            msg,
+            ClientMessage::Commit {
+                txn: txn(),
+                reads,
+                writes: WriteSet::new()
+            }
+        );
+
+        // A miss wins over writes.
+        let mut a = Attempt::new(cache.snapshot());
+        a.put(Key::kv("x"), json!(1));
+        a.read(Key::kv("y"));
+        assert_eq!(a.finish(txn()), Finish::Missed(vec![Key::kv("y")]));
+    }
+
+    #[test]
+    fn is_stale_compares_reads_with_the_cache() {
+        let mut cache = bank();
+        let mut a = Attempt::new(cache.snapshot());
+        a.read(alice());
+        a.read(Key::kv("missing"));
+        assert!(!a.is_stale(&cache), "misses are not stale");
+        // A newer version of a key not read does not matter.
+        cache.apply(&[Entry {
+            key: bob(),
+            version: Version(7),
+            value: None,
+        }]);
+        assert!(!a.is_stale(&cache));
+        cache.apply(&[Entry {
+            key: alice(),
+            version: Version(5),
+            value: None,
+        }]);
+        assert!(a.is_stale(&cache));
+
+        // An evicted key's version is unknown: stale.
+        let mut small = Cache::with_capacity(1);
+        small.apply(&[Entry {
+            key: alice(),
+            version: Version(4),
+            value: None,
+        }]);
+        let mut a = Attempt::new(small.snapshot());
+        a.read(alice());
+        assert!(!a.is_stale(&small));
+        small.apply(&[
+            Entry {
+                key: Key::kv("b"),
+                version: Version(1),
+                value: None,
+            },
+            Entry {
+                key: Key::kv("c"),
+                version: Version(1),
+                value: None,
+            },
+        ]);
+        assert!(small.evict().contains(&alice()));
+        assert!(a.is_stale(&small));
+    }
+}
