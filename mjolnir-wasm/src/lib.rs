@@ -1,7 +1,17 @@
-//! Mjölnir's browser runtime.
+//! Mjölnir's browser runtime: every event handler an atomic transaction.
 //!
-//! Empty until the browser-runtime issue: it will be a thin wasm-bindgen layer over
-//! `mjolnir-core`'s transaction engine and wire protocol, so that the browser and the
-//! server share one definition of every message.
+//! A thin wasm-bindgen layer over `mjolnir-core`: the transaction engine (cache, attempts,
+//! retry policy) and the wire protocol are the core's, tested natively; this crate adds
+//! only what needs a browser: the WebSocket ([`connection`]), rows as JavaScript proxies
+//! ([`rows`]), the page state ([`state`]), DOM rollback ([`dom`]) and JavaScript errors
+//! ([`error`]). [`runtime`] runs handlers as transactions; [`api`] is what pages see.
+//! See `docs/client.md`.
 
-pub use mjolnir_core as core;
+pub mod api;
+pub mod connection;
+pub mod convert;
+pub mod dom;
+pub mod error;
+pub mod rows;
+pub mod runtime;
+pub mod state;

@@ -1,0 +1,124 @@
+//! The JavaScript face of the runtime: the object pages know as `mjolnir`.
+
+use crate::error::error_classes;
+use crate::rows::{Kv, Table};
+use crate::runtime::Runtime;
+use js_sys::{Array, Function, Promise};
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(
+    inline_js = "export function wrap(run) { return function (...args) { return run(this, args); }; }"
+)]
+extern "C" {
+    /// A plain function that passes its `this` and arguments to `run`: what
+    /// `mjolnir.atomic` returns, so a wrapped handler can be used wherever a function can.
+    fn wrap(run: &JsValue) -> Function;
+}
+
+/// The runtime as pages see it.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct Mjolnir {
+    rt: Rc<Runtime>,
+    state: JsValue,
+}
+
+/// Connects to the Mjölnir server at `url` (default: `/ws` on the page's own origin) as
+/// `user` (default: the page's `?user=` parameter, which only `mjolnir dev` believes).
+#[wasm_bindgen]
+pub fn connect(url: Option<String>, user: Option<String>) -> Result<Mjolnir, JsValue> {
+    let location = web_sys::window().map(|w| w.location());
+    let url = match url {
+        Some(u) => u,
+        None => {
+            let loc = location
+                .as_ref()
+                .ok_or_else(|| JsValue::from_str("no page to connect from: pass a URL"))?;
+            let scheme = if loc.protocol()? == "https:" {
+                "wss"
+            } else {
+                "ws"
+            };
+            format!("{scheme}://{}/ws", loc.host()?)
+        }
+    };
+    let user = user.or_else(|| {
+        let search = location.as_ref()?.search().ok()?;
+        web_sys::UrlSearchParams::new_with_str(&search)
+            .ok()?
+            .get("user")
+    });
+    let rt = Runtime::new(url, user);
+    rt.open()?;
+    let state = crate::state::proxy(&rt);
+    Ok(Mjolnir { rt, state })
+}
+
+#[wasm_bindgen]
+impl Mjolnir {
+    /// The user the server confirmed (`null` until connected, or when anonymous).
+    #[wasm_bindgen(getter)]
+    pub fn user(&self) -> Option<String> {
+        self.rt.user.borrow().clone()
+    }
+
+    /// `"connecting"`, `"open"` or `"disconnected"`; the `connection` event tells changes.
+    #[wasm_bindgen(getter)]
+    pub fn connection(&self) -> String {
+        self.rt.connection_state().as_str().to_owned()
+    }
+
+    /// Transactions started and not yet finished (committed, aborted or failed).
+    #[wasm_bindgen(getter)]
+    pub fn pending(&self) -> u32 {
+        self.rt.pending() as u32
+    }
+
+    /// The page's own state, part of every transaction (see `state.rs`).
+    #[wasm_bindgen(getter)]
+    pub fn state(&self) -> JsValue {
+        self.state.clone()
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn kv(&self) -> Kv {
+        Kv::new(self.rt.clone())
+    }
+
+    pub fn table(&self, name: String) -> Table {
+        Table::new(self.rt.clone(), name)
+    }
+
+    /// `fn` as a transaction: returns a function that runs it atomically and returns a
+    /// promise of its result.
+    pub fn atomic(&self, f: Function) -> Function {
+        let rt = self.rt.clone();
+        let run =
+            Closure::<dyn Fn(JsValue, Array) -> Promise>::new(move |this: JsValue, args: Array| {
+                rt.call(f.clone(), this, args)
+            });
+        wrap(&run.into_js_value())
+    }
+
+    /// Listens to `connection`, `commit`, `abort` and `change` events.
+    pub fn on(&self, event: String, listener: Function) {
+        self.rt.on(event, listener);
+    }
+
+    /// The error classes, for `instanceof`: `mjolnir.errors.ConflictError`, …
+    #[wasm_bindgen(getter)]
+    pub fn errors(&self) -> js_sys::Object {
+        error_classes()
+    }
+
+    /// Sets how conflicts are retried: `maxAttempts`, then delays from `baseDelayMs`
+    /// doubling up to `maxDelayMs`, with jitter; the first retry is immediate.
+    #[wasm_bindgen(js_name = setRetryPolicy)]
+    pub fn set_retry_policy(&self, max_attempts: u32, base_delay_ms: u32, max_delay_ms: u32) {
+        let mut p = self.rt.policy.borrow_mut();
+        p.max_attempts = max_attempts;
+        p.base_delay_ms = base_delay_ms.into();
+        p.max_delay_ms = max_delay_ms.into();
+    }
+}

@@ -1,0 +1,217 @@
+//! Rows that read and write like plain objects, and the key/value store.
+//!
+//! `table('users').find('alice')` returns a proxy over the running attempt's view of that
+//! row: reading `row.balance` records the read (with the version seen) and sees the
+//! attempt's own writes; `row.balance -= 10` buffers an update of that column.
+
+use crate::convert::{from_js, row_key, to_js};
+use crate::runtime::Runtime;
+use js_sys::{Object, Reflect};
+use mjolnir_core::protocol::PkKind;
+use mjolnir_core::{Key, Pk, WriteOp};
+use serde_json::{Map, Value};
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+
+/// `mjolnir.table(name)`.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct Table {
+    rt: Rc<Runtime>,
+    name: String,
+}
+
+impl Table {
+    pub fn new(rt: Rc<Runtime>, name: String) -> Table {
+        Table { rt, name }
+    }
+}
+
+#[wasm_bindgen]
+impl Table {
+    /// The row with primary key `pk` as an object (a live view inside a transaction), or
+    /// `null` if there is none. Inside a transaction, a row not yet loaded stops the
+    /// handler; it runs again once the row is here.
+    pub fn find(&self, pk: JsValue) -> Result<JsValue, JsValue> {
+        let key = row_key(&self.name, &pk)?;
+        match self.rt.read(&key)? {
+            None => Ok(JsValue::NULL),
+            Some(_) => Ok(row_proxy(&self.rt, key, self.rt.current_attempt_id())),
+        }
+    }
+
+    /// Inserts a row. Its primary key comes from the row (a uuid key left out is
+    /// generated). Returns the new row.
+    pub fn insert(&self, row: JsValue) -> Result<JsValue, JsValue> {
+        let Value::Object(mut row) = from_js(row)? else {
+            return Err(js_sys::TypeError::new("insert takes an object").into());
+        };
+        let info = self
+            .rt
+            .tables
+            .borrow()
+            .get(&self.name)
+            .cloned()
+            .ok_or_else(|| {
+                JsValue::from(js_sys::TypeError::new(&format!(
+                    "no table {:?} (or not connected yet)",
+                    self.name
+                )))
+            })?;
+        let pk = match (row.get(&info.pk), info.pk_kind) {
+            (Some(Value::String(s)), PkKind::Text | PkKind::Uuid) => Pk::Text(s.clone()),
+            (Some(Value::Number(n)), PkKind::Integer) if n.is_i64() => {
+                Pk::Int(n.as_i64().unwrap_or_default())
+            }
+            (None, PkKind::Uuid) => {
+                let id = random_uuid();
+                row.insert(info.pk.clone(), Value::String(id.clone()));
+                Pk::Text(id)
+            }
+            _ => {
+                return Err(js_sys::TypeError::new(&format!(
+                    "{}.insert needs a {:?} value for {}",
+                    self.name, info.pk_kind, info.pk
+                ))
+                .into());
+            }
+        };
+        let key = Key::row(self.name.clone(), pk);
+        let attempt = self.rt.current_attempt_id();
+        self.rt
+            .write(attempt, key.clone(), WriteOp::Insert { row })?;
+        Ok(row_proxy(&self.rt, key, attempt))
+    }
+
+    /// Deletes the row with primary key `pk`.
+    pub fn delete(&self, pk: JsValue) -> Result<(), JsValue> {
+        let key = row_key(&self.name, &pk)?;
+        self.rt
+            .write(self.rt.current_attempt_id(), key, WriteOp::Delete)
+    }
+}
+
+/// `mjolnir.kv`.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct Kv {
+    rt: Rc<Runtime>,
+}
+
+impl Kv {
+    pub fn new(rt: Rc<Runtime>) -> Kv {
+        Kv { rt }
+    }
+}
+
+#[wasm_bindgen]
+impl Kv {
+    /// The value at `key`, or `undefined`.
+    pub fn get(&self, key: String) -> Result<JsValue, JsValue> {
+        Ok(self
+            .rt
+            .read(&Key::kv(key))?
+            .map_or(JsValue::UNDEFINED, |v| to_js(&v)))
+    }
+
+    pub fn set(&self, key: String, value: JsValue) -> Result<(), JsValue> {
+        let value = from_js(value)?;
+        self.rt.write(
+            self.rt.current_attempt_id(),
+            Key::kv(key),
+            WriteOp::Put { value },
+        )
+    }
+
+    pub fn delete(&self, key: String) -> Result<(), JsValue> {
+        self.rt
+            .write(self.rt.current_attempt_id(), Key::kv(key), WriteOp::Delete)
+    }
+}
+
+fn random_uuid() -> String {
+    let crypto = Reflect::get(&js_sys::global(), &"crypto".into()).ok();
+    crypto
+        .and_then(|c| {
+            js_sys::Function::from(Reflect::get(&c, &"randomUUID".into()).ok()?)
+                .call0(&c)
+                .ok()
+        })
+        .and_then(|v| v.as_string())
+        .unwrap_or_default()
+}
+
+/// The row `key` as a proxy: every property read goes through the runtime (recorded, with
+/// own writes applied), every assignment becomes a buffered update of that column.
+fn row_proxy(rt: &Rc<Runtime>, key: Key, attempt: Option<u64>) -> JsValue {
+    let handler = Object::new();
+    let current = |rt: &Runtime, key: &Key| -> Result<Map<String, Value>, JsValue> {
+        match rt.read(key)? {
+            Some(Value::Object(m)) => Ok(m),
+            _ => Ok(Map::new()),
+        }
+    };
+    let get = {
+        let (rt, key) = (rt.clone(), key.clone());
+        Closure::<dyn Fn(JsValue, JsValue) -> Result<JsValue, JsValue>>::new(
+            move |_t: JsValue, prop: JsValue| {
+                let Some(name) = prop.as_string() else {
+                    return Ok(JsValue::UNDEFINED);
+                };
+                Ok(current(&rt, &key)?
+                    .get(&name)
+                    .map_or(JsValue::UNDEFINED, to_js))
+            },
+        )
+    };
+    let set = {
+        let (rt, key) = (rt.clone(), key.clone());
+        Closure::<dyn Fn(JsValue, JsValue, JsValue) -> Result<bool, JsValue>>::new(
+            move |_t: JsValue, prop: JsValue, value: JsValue| {
+                let Some(name) = prop.as_string() else {
+                    return Ok(false);
+                };
+                let mut set = Map::new();
+                set.insert(name, from_js(value)?);
+                rt.write(attempt, key.clone(), WriteOp::Update { set })?;
+                Ok(true)
+            },
+        )
+    };
+    let own_keys = {
+        let (rt, key) = (rt.clone(), key.clone());
+        Closure::<dyn Fn(JsValue) -> Result<JsValue, JsValue>>::new(move |_t: JsValue| {
+            Ok(current(&rt, &key)?
+                .keys()
+                .map(|k| JsValue::from_str(k))
+                .collect::<js_sys::Array>()
+                .into())
+        })
+    };
+    let descriptor = {
+        let (rt, key) = (rt.clone(), key.clone());
+        Closure::<dyn Fn(JsValue, JsValue) -> Result<JsValue, JsValue>>::new(
+            move |_t: JsValue, prop: JsValue| {
+                let row = current(&rt, &key)?;
+                let Some(value) = prop.as_string().and_then(|n| row.get(&n).cloned()) else {
+                    return Ok(JsValue::UNDEFINED);
+                };
+                let d = Object::new();
+                let _ = Reflect::set(&d, &"value".into(), &to_js(&value));
+                for flag in ["writable", "enumerable", "configurable"] {
+                    let _ = Reflect::set(&d, &flag.into(), &JsValue::TRUE);
+                }
+                Ok(d.into())
+            },
+        )
+    };
+    for (name, f) in [
+        ("get", get.into_js_value()),
+        ("set", set.into_js_value()),
+        ("ownKeys", own_keys.into_js_value()),
+        ("getOwnPropertyDescriptor", descriptor.into_js_value()),
+    ] {
+        let _ = Reflect::set(&handler, &name.into(), &f);
+    }
+    js_sys::Proxy::new(&Object::new(), &handler).into()
+}

@@ -1,0 +1,659 @@
+//! The runtime: one per page. Runs handlers as transactions, one at a time, in the order
+//! they were called, each against a snapshot of the cache.
+//!
+//! A handler's attempt runs synchronously, so inside it the page is exactly as JavaScript
+//! promises: nothing else runs. Its effects (page state, DOM, buffered writes) stay
+//! visible while its commit is in flight; a later handler waits for that commit, so no
+//! handler ever builds on effects that might still be rolled back. On a conflict the
+//! effects are rolled back, the cache is refreshed from the reply, and the handler runs
+//! again.
+//!
+//! Borrow discipline: no `RefCell` of the runtime is borrowed while user JavaScript runs
+//! (handlers, listeners), since that JavaScript may call back into the runtime.
+
+use crate::connection::{self, ConnState, Connection, Events};
+use crate::convert::to_js;
+use crate::dom::{DomChanges, DomJournal};
+use crate::error::RuntimeError;
+use crate::state::PageState;
+use futures_channel::oneshot;
+use js_sys::{Array, Function, Promise};
+use mjolnir_core::attempt::{Attempt, Finish, Read};
+use mjolnir_core::cache::Cache;
+use mjolnir_core::protocol::{Entry, ErrorReply, TableInfo};
+use mjolnir_core::retry::RetryPolicy;
+use mjolnir_core::{ClientMessage, Key, ServerMessage, TxnId, WriteOp};
+use serde_json::Value;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::{Rc, Weak};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::spawn_local;
+
+/// Keys the client cache holds before it evicts (and unsubscribes) the least recently used.
+pub const CACHE_CAPACITY: usize = 10_000;
+/// How many times one handler may stop on cache misses before it is given up: a handler
+/// that reads different keys on every run would otherwise never finish.
+const MAX_MISS_ROUNDS: u32 = 100;
+
+/// Thrown inside an attempt when it reads a key the cache does not hold. Handlers should
+/// not catch it; if one does, the runtime still knows and re-runs the handler.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct CacheMiss;
+
+/// One call of a wrapped handler, waiting to run or running.
+#[derive(Debug)]
+struct Job {
+    f: Function,
+    this: JsValue,
+    args: Array,
+    resolve: Function,
+    reject: Function,
+    conflicts: Cell<u32>,
+    misses: Cell<u32>,
+}
+
+/// What a finished attempt left on the page, so it can be undone.
+#[derive(Debug)]
+struct Effects {
+    state_before: PageState,
+    dom: Option<DomChanges>,
+}
+
+enum Outcome {
+    /// Done: nothing to commit.
+    Done(JsValue),
+    /// The handler threw on a consistent view: its own error.
+    Threw(JsValue),
+    /// The handler threw on a stale view: a conflict.
+    Stale,
+    /// Keys to fetch before running again.
+    Missed(Vec<Key>),
+    /// Waiting for the server's verdict. The written keys with the values the attempt
+    /// gave them, for the cache once the commit is confirmed.
+    Commit(
+        ClientMessage,
+        TxnId,
+        JsValue,
+        Effects,
+        Vec<(Key, Option<Value>)>,
+    ),
+}
+
+/// The attempt running right now, if any. Row proxies check `id` so a row that escaped its
+/// transaction cannot write into a later one.
+#[derive(Debug)]
+pub struct Current {
+    pub id: u64,
+    pub attempt: Attempt,
+}
+
+/// A read in flight: its keys (to send again after a reconnect) and who waits for it.
+type ReadWaiter = (Vec<Key>, oneshot::Sender<Result<(), ErrorReply>>);
+/// A commit in flight: the message (to send again, same txn id) and who waits for it.
+type CommitWaiter = (ClientMessage, oneshot::Sender<ServerMessage>);
+
+#[derive(Debug)]
+pub struct Runtime {
+    me: Weak<Runtime>,
+    conn: Rc<RefCell<Connection>>,
+    pub(crate) cache: RefCell<Cache>,
+    pub(crate) state: RefCell<PageState>,
+    pub(crate) current: RefCell<Option<Current>>,
+    pub(crate) tables: RefCell<BTreeMap<String, TableInfo>>,
+    pub(crate) user: RefCell<Option<String>>,
+    jobs: RefCell<VecDeque<Rc<Job>>>,
+    reads: RefCell<HashMap<u32, ReadWaiter>>,
+    commits: RefCell<HashMap<TxnId, CommitWaiter>>,
+    listeners: RefCell<Vec<(String, Function)>>,
+    next_read: Cell<u32>,
+    next_txn: Cell<u64>,
+    next_attempt: Cell<u64>,
+    welcomed_before: Cell<bool>,
+    pub(crate) policy: RefCell<RetryPolicy>,
+}
+
+impl Runtime {
+    pub fn new(url: String, user: Option<String>) -> Rc<Runtime> {
+        let client_id = format!("{:016x}", (js_sys::Math::random() * 2f64.powi(53)) as u64);
+        Rc::new_cyclic(|me| Runtime {
+            me: me.clone(),
+            conn: Rc::new(RefCell::new(Connection::new(url, user.clone(), client_id))),
+            cache: RefCell::new(Cache::with_capacity(CACHE_CAPACITY)),
+            state: RefCell::new(PageState::default()),
+            current: RefCell::new(None),
+            tables: RefCell::new(BTreeMap::new()),
+            user: RefCell::new(user),
+            jobs: RefCell::new(VecDeque::new()),
+            reads: RefCell::new(HashMap::new()),
+            commits: RefCell::new(HashMap::new()),
+            listeners: RefCell::new(Vec::new()),
+            next_read: Cell::new(1),
+            next_txn: Cell::new(1),
+            next_attempt: Cell::new(1),
+            welcomed_before: Cell::new(false),
+            policy: RefCell::new(RetryPolicy::default()),
+        })
+    }
+
+    fn rc(&self) -> Rc<Runtime> {
+        self.me
+            .upgrade()
+            .expect("the runtime is alive while its methods run")
+    }
+
+    pub fn open(&self) -> Result<(), JsValue> {
+        connection::open(&self.conn, self.me.clone(), Rc::downgrade(&self.conn))
+    }
+
+    pub fn connection_state(&self) -> ConnState {
+        self.conn.borrow().state
+    }
+
+    pub fn pending(&self) -> usize {
+        self.jobs.borrow().len()
+    }
+
+    pub fn in_attempt(&self) -> bool {
+        self.current.borrow().is_some()
+    }
+
+    pub fn on(&self, event: String, f: Function) {
+        self.listeners.borrow_mut().push((event, f));
+    }
+
+    /// Calls the listeners of `event` with `detail`. Never while a borrow is held.
+    fn emit(&self, event: &str, detail: &JsValue) {
+        let fs: Vec<Function> = self
+            .listeners
+            .borrow()
+            .iter()
+            .filter(|(e, _)| e == event)
+            .map(|(_, f)| f.clone())
+            .collect();
+        for f in fs {
+            if let Err(e) = f.call1(&JsValue::NULL, detail) {
+                web_sys::console::error_2(
+                    &format!("mjolnir: a '{event}' listener threw").into(),
+                    &e,
+                );
+            }
+        }
+    }
+
+    // ---- running handlers ---------------------------------------------------------------
+
+    /// Runs `f` as a transaction. Inside another transaction it simply joins it: a handler
+    /// that calls another wrapped function is still one transaction.
+    pub fn call(&self, f: Function, this: JsValue, args: Array) -> Promise {
+        if self.in_attempt() {
+            return match f.apply(&this, &args) {
+                Ok(v) => Promise::resolve(&v),
+                Err(e) => {
+                    // Let the outer attempt see the error (a cache miss must stop it too).
+                    wasm_bindgen::throw_val(e)
+                }
+            };
+        }
+        let mut job = None;
+        let promise = Promise::new(&mut |resolve, reject| {
+            job = Some(Rc::new(Job {
+                f: f.clone(),
+                this: this.clone(),
+                args: args.clone(),
+                resolve,
+                reject,
+                conflicts: Cell::new(0),
+                misses: Cell::new(0),
+            }));
+        });
+        let first = {
+            let mut jobs = self.jobs.borrow_mut();
+            jobs.push_back(job.expect("the promise executor runs at once"));
+            jobs.len() == 1
+        };
+        if first {
+            self.drive();
+        }
+        promise
+    }
+
+    /// Runs queued jobs until one has to wait for the server.
+    fn drive(&self) {
+        loop {
+            let Some(job) = self.jobs.borrow().front().cloned() else {
+                return;
+            };
+            match self.attempt(&job) {
+                Outcome::Done(value) => {
+                    self.finish_job(&job, Ok(value));
+                }
+                Outcome::Threw(err) => {
+                    self.emit_abort("error", None);
+                    self.finish_job(&job, Err(err));
+                }
+                Outcome::Stale => return self.retry_after_conflict(job, None),
+                Outcome::Missed(keys) => {
+                    job.misses.set(job.misses.get() + 1);
+                    if job.misses.get() > MAX_MISS_ROUNDS {
+                        let err = RuntimeError::Protocol(format!(
+                            "the handler kept reading keys that were not loaded ({} rounds)",
+                            MAX_MISS_ROUNDS
+                        ));
+                        self.finish_job(&job, Err(err.into()));
+                        continue;
+                    }
+                    let rt = self.rc();
+                    spawn_local(async move {
+                        match rt.fetch(keys).await {
+                            Ok(()) => rt.drive(),
+                            Err(reply) => {
+                                rt.finish_job(&job, Err(RuntimeError::Rejected(reply).into()));
+                                rt.drive();
+                            }
+                        }
+                    });
+                    return;
+                }
+                Outcome::Commit(msg, txn, value, effects, written) => {
+                    let rt = self.rc();
+                    spawn_local(async move {
+                        let reply = rt.send_commit(txn.clone(), msg).await;
+                        rt.settle(job, txn, reply, value, effects, written);
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs the handler once, synchronously, and says what must happen next.
+    fn attempt(&self, job: &Job) -> Outcome {
+        let snapshot = self.cache.borrow().snapshot();
+        let state_before = self.state.borrow().clone();
+        let journal = web_sys::window()
+            .and_then(|w| w.document())
+            .and_then(|d| d.document_element())
+            .and_then(|root| DomJournal::start(&root).ok());
+        let id = self.next_attempt.get();
+        self.next_attempt.set(id + 1);
+        *self.current.borrow_mut() = Some(Current {
+            id,
+            attempt: Attempt::new(snapshot),
+        });
+
+        let result = job.f.apply(&job.this, &job.args);
+
+        let Current { attempt, .. } = self.current.borrow_mut().take().expect("set above");
+        let effects = Effects {
+            state_before,
+            dom: journal.and_then(|j| j.finish().ok()),
+        };
+        let txn = TxnId(format!(
+            "{}:{}",
+            self.conn.borrow().client_id,
+            self.next_txn.get()
+        ));
+        match result {
+            Err(err) => {
+                let stale = attempt.is_stale(&self.cache.borrow());
+                // A miss is recorded in the attempt even if the handler caught the signal.
+                let missed = attempt.has_misses();
+                self.revert(effects);
+                if missed {
+                    Outcome::Missed(attempt.missed_keys())
+                } else if stale {
+                    Outcome::Stale
+                } else {
+                    Outcome::Threw(err)
+                }
+            }
+            Ok(value) => {
+                let written: Vec<(Key, Option<Value>)> = attempt
+                    .writes()
+                    .iter()
+                    .map(|(k, op)| {
+                        (
+                            k.clone(),
+                            op.apply(attempt.snapshot().get(k).and_then(|c| c.value.as_ref())),
+                        )
+                    })
+                    .collect();
+                match attempt.finish(txn.clone()) {
+                    Finish::Missed(keys) => {
+                        self.revert(effects);
+                        Outcome::Missed(keys)
+                    }
+                    Finish::Nothing => Outcome::Done(value),
+                    Finish::Commit(msg) => {
+                        self.next_txn.set(self.next_txn.get() + 1);
+                        Outcome::Commit(msg, txn, value, effects, written)
+                    }
+                }
+            }
+        }
+    }
+
+    fn revert(&self, effects: Effects) {
+        *self.state.borrow_mut() = effects.state_before;
+        if let Some(dom) = effects.dom {
+            dom.revert();
+        }
+    }
+
+    /// The server's verdict on a commit.
+    fn settle(
+        &self,
+        job: Rc<Job>,
+        txn: TxnId,
+        reply: ServerMessage,
+        value: JsValue,
+        effects: Effects,
+        written: Vec<(Key, Option<Value>)>,
+    ) {
+        match reply {
+            ServerMessage::Committed { version, .. } => {
+                // The next handler should see this commit without waiting for its push
+                // (which carries the same version and, if the database changed the row,
+                // the final values).
+                let entries: Vec<Entry> = written
+                    .into_iter()
+                    .map(|(key, value)| Entry {
+                        key,
+                        version,
+                        value,
+                    })
+                    .collect();
+                self.refresh_entries(&entries);
+                let detail = js_sys::Object::new();
+                let _ = js_sys::Reflect::set(&detail, &"txn".into(), &txn.0.clone().into());
+                let _ =
+                    js_sys::Reflect::set(&detail, &"version".into(), &version.to_string().into());
+                self.finish_job(&job, Ok(value));
+                self.emit("commit", &detail);
+                self.drive();
+            }
+            ServerMessage::Conflict { stale, .. } => {
+                self.refresh_entries(&stale);
+                self.revert(effects);
+                let key = stale.first().map(|e| e.key.clone());
+                self.retry_after_conflict(job, key);
+            }
+            ServerMessage::Rejected { error, .. } => {
+                self.revert(effects);
+                self.emit_abort(
+                    &format!("{:?}", error.code).to_lowercase(),
+                    error.key.as_ref(),
+                );
+                self.finish_job(&job, Err(RuntimeError::Rejected(error).into()));
+                self.drive();
+            }
+            other => {
+                self.revert(effects);
+                self.finish_job(
+                    &job,
+                    Err(
+                        RuntimeError::Protocol(format!("unexpected reply to a commit: {other:?}"))
+                            .into(),
+                    ),
+                );
+                self.drive();
+            }
+        }
+    }
+
+    /// Re-runs a conflicting job after the policy's delay, or gives up with a ConflictError.
+    fn retry_after_conflict(&self, job: Rc<Job>, key: Option<Key>) {
+        let conflicts = job.conflicts.get() + 1;
+        job.conflicts.set(conflicts);
+        self.emit_abort("conflict", key.as_ref());
+        let delay = self
+            .policy
+            .borrow()
+            .delay(conflicts, js_sys::Math::random());
+        match delay {
+            None => {
+                let key = key.unwrap_or_else(|| Key::kv(""));
+                self.finish_job(
+                    &job,
+                    Err(RuntimeError::Conflict {
+                        key,
+                        attempts: conflicts,
+                    }
+                    .into()),
+                );
+                self.drive();
+            }
+            Some(d) => {
+                let rt = self.rc();
+                let again = Closure::once_into_js(move || rt.drive());
+                if let Some(w) = web_sys::window() {
+                    let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(
+                        again.unchecked_ref(),
+                        d.as_millis() as i32,
+                    );
+                }
+            }
+        }
+    }
+
+    fn emit_abort(&self, reason: &str, key: Option<&Key>) {
+        let detail = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&detail, &"reason".into(), &reason.into());
+        if let Some(k) = key {
+            let _ = js_sys::Reflect::set(&detail, &"key".into(), &to_js(k));
+        }
+        self.emit("abort", &detail);
+    }
+
+    fn finish_job(&self, job: &Rc<Job>, result: Result<JsValue, JsValue>) {
+        {
+            let mut jobs = self.jobs.borrow_mut();
+            if jobs.front().is_some_and(|j| Rc::ptr_eq(j, job)) {
+                jobs.pop_front();
+            }
+        }
+        let _ = match result {
+            Ok(v) => job.resolve.call1(&JsValue::NULL, &v),
+            Err(e) => job.reject.call1(&JsValue::NULL, &e),
+        };
+    }
+
+    // ---- talking to the server ----------------------------------------------------------
+
+    /// Fetches keys into the cache (and subscribes to them).
+    pub async fn fetch(&self, keys: Vec<Key>) -> Result<(), ErrorReply> {
+        let id = self.next_read.get();
+        self.next_read.set(id.wrapping_add(1).max(1));
+        let (tx, rx) = oneshot::channel();
+        self.reads.borrow_mut().insert(id, (keys.clone(), tx));
+        self.conn.borrow().send(&ClientMessage::Read { id, keys });
+        rx.await.unwrap_or_else(|_| {
+            Err(ErrorReply::new(
+                mjolnir_core::ErrorKind::Internal,
+                "the runtime stopped",
+            ))
+        })
+    }
+
+    async fn send_commit(&self, txn: TxnId, msg: ClientMessage) -> ServerMessage {
+        let (tx, rx) = oneshot::channel();
+        self.commits
+            .borrow_mut()
+            .insert(txn.clone(), (msg.clone(), tx));
+        self.conn.borrow().send(&msg);
+        rx.await.unwrap_or(ServerMessage::Rejected {
+            txn,
+            error: ErrorReply::new(mjolnir_core::ErrorKind::Internal, "the runtime stopped"),
+        })
+    }
+
+    /// Stores fetched entries (their keys are now subscribed) and evicts past the cache's
+    /// bound, unsubscribing what it drops.
+    fn apply_entries(&self, entries: &[Entry]) {
+        let (changed, evicted) = {
+            let mut cache = self.cache.borrow_mut();
+            let changed = cache.apply(entries);
+            (changed, cache.evict())
+        };
+        if !evicted.is_empty() {
+            self.conn
+                .borrow()
+                .send(&ClientMessage::Unsubscribe { keys: evicted });
+        }
+        self.changed(changed);
+    }
+
+    /// Updates keys the cache holds (pushes, conflict replies, own commits) and ignores
+    /// the rest: a key not held is not subscribed, so caching it would freeze it.
+    fn refresh_entries(&self, entries: &[Entry]) {
+        let changed = self.cache.borrow_mut().refresh(entries);
+        self.changed(changed);
+    }
+
+    fn changed(&self, keys: Vec<Key>) {
+        if !keys.is_empty() {
+            self.emit("change", &to_js(&keys));
+        }
+    }
+
+    /// Writes buffered by the current attempt; errors if there is none or `attempt_id`
+    /// is not it.
+    pub fn write(&self, attempt_id: Option<u64>, key: Key, op: WriteOp) -> Result<(), JsValue> {
+        let mut current = self.current.borrow_mut();
+        match current.as_mut() {
+            Some(c) if attempt_id.is_none_or(|id| id == c.id) => {
+                c.attempt.write(key, op);
+                Ok(())
+            }
+            _ => Err(js_sys::TypeError::new("shared state can only be changed inside a transaction (mjolnir.atomic), by the transaction that read it").into()),
+        }
+    }
+
+    /// Reads `key` in the current attempt (recording it), or from the cache outside one.
+    /// `Err(CacheMiss)` when the cache does not hold it.
+    pub fn read(&self, key: &Key) -> Result<Option<Value>, JsValue> {
+        let mut current = self.current.borrow_mut();
+        match current.as_mut() {
+            Some(c) => match c.attempt.read(key.clone()) {
+                Read::Value(v) => Ok(v),
+                Read::Miss => Err(CacheMiss.into()),
+            },
+            None => {
+                drop(current);
+                let cached = self.cache.borrow().get(key).map(|c| c.value.clone());
+                match cached {
+                    Some(v) => Ok(v),
+                    None => {
+                        // Outside a transaction nothing waits: load it for next time.
+                        let rt = self.rc();
+                        let key = key.clone();
+                        spawn_local(async move {
+                            let _ = rt.fetch(vec![key]).await;
+                        });
+                        Ok(None)
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn current_attempt_id(&self) -> Option<u64> {
+        self.current.borrow().as_ref().map(|c| c.id)
+    }
+}
+
+impl Events for Runtime {
+    fn on_welcome(&self, user: Option<String>, tables: BTreeMap<String, TableInfo>) {
+        *self.user.borrow_mut() = user;
+        *self.tables.borrow_mut() = tables;
+        // Everything in flight when the socket dropped is sent again: reads are harmless
+        // to repeat, and commits keep their txn ids, so the server answers a commit that
+        // already landed instead of applying it twice.
+        let reads: Vec<ClientMessage> = self
+            .reads
+            .borrow()
+            .iter()
+            .map(|(id, (keys, _))| ClientMessage::Read {
+                id: *id,
+                keys: keys.clone(),
+            })
+            .collect();
+        let commits: Vec<ClientMessage> = self
+            .commits
+            .borrow()
+            .values()
+            .map(|(m, _)| m.clone())
+            .collect();
+        let conn = self.conn.borrow();
+        for m in reads.iter().chain(&commits) {
+            conn.send(m);
+        }
+        if self.welcomed_before.replace(true) {
+            // Pushes sent while we were away are lost: re-read what the cache holds.
+            let keys = self.cache.borrow().keys();
+            for chunk in keys.chunks(500) {
+                let id = self.next_read.get();
+                self.next_read.set(id.wrapping_add(1).max(1));
+                conn.send(&ClientMessage::Read {
+                    id,
+                    keys: chunk.to_vec(),
+                });
+            }
+        }
+    }
+
+    fn on_message(&self, text: String) {
+        let msg = match ServerMessage::parse(&text) {
+            Ok(m) => m,
+            Err(e) => {
+                web_sys::console::warn_1(
+                    &format!("mjolnir: unreadable message from the server: {e}").into(),
+                );
+                return;
+            }
+        };
+        match msg {
+            ServerMessage::Values { id, entries } => {
+                self.apply_entries(&entries);
+                if let Some((_, tx)) = self.reads.borrow_mut().remove(&id) {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            ServerMessage::Error {
+                id: Some(id),
+                error,
+            } => {
+                if let Some((_, tx)) = self.reads.borrow_mut().remove(&id) {
+                    let _ = tx.send(Err(error));
+                }
+            }
+            ServerMessage::Error { id: None, error } => {
+                web_sys::console::warn_1(
+                    &format!("mjolnir: the server refused a message: {}", error.message).into(),
+                );
+            }
+            ServerMessage::Push { changes, .. } => self.refresh_entries(&changes),
+            ServerMessage::Committed { ref txn, .. }
+            | ServerMessage::Conflict { ref txn, .. }
+            | ServerMessage::Rejected { ref txn, .. } => {
+                let waiter = self.commits.borrow_mut().remove(txn);
+                if let Some((_, tx)) = waiter {
+                    let _ = tx.send(msg);
+                }
+            }
+            ServerMessage::Welcome { .. } => {}
+        }
+    }
+
+    fn on_state(&self, state: ConnState, reason: Option<String>) {
+        let detail = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&detail, &"state".into(), &state.as_str().into());
+        if let Some(r) = reason {
+            let _ = js_sys::Reflect::set(&detail, &"reason".into(), &r.into());
+        }
+        self.emit("connection", &detail);
+    }
+}
