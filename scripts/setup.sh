@@ -9,21 +9,18 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 say() { printf 'setup: %s\n' "$*"; }
 
 # --- Debian packages -------------------------------------------------------------------
-# postgresql: the server the tests and `mjolnir dev` run privately (initdb, pg_ctl, postgres).
-# build-essential: the C linker rustc needs, only when `cc` is missing.
-packages=(postgresql postgresql-contrib)
-command -v cc >/dev/null || packages+=(build-essential)
-
-missing=()
-for package in "${packages[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed'; then
-        missing+=("$package")
+# Installs the given packages that are not installed yet (one apt-get run for all of them).
+ensure_debian_packages() {
+    local package missing=()
+    for package in "$@"; do
+        if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$package")
+        fi
+    done
+    if ((${#missing[@]} == 0)); then
+        say "Debian packages present: $*"
+        return 0
     fi
-done
-
-if ((${#missing[@]} == 0)); then
-    say "Debian packages present: ${packages[*]}"
-else
     if ((EUID != 0)); then
         say "missing Debian packages: ${missing[*]}; run this script as root to install them" >&2
         exit 1
@@ -31,7 +28,15 @@ else
     say "installing Debian packages: ${missing[*]}"
     apt-get update
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
-fi
+}
+
+# postgresql: the server the tests and `mjolnir dev` run privately (initdb, pg_ctl, postgres).
+# build-essential: the C linker rustc needs, only when `cc` is missing.
+# curl: scripts/test.sh asks the test server's /healthz whether it is up.
+packages=(postgresql postgresql-contrib)
+command -v cc >/dev/null || packages+=(build-essential)
+command -v curl >/dev/null || packages+=(curl)
+ensure_debian_packages "${packages[@]}"
 
 # --- Rust ------------------------------------------------------------------------------
 # rust-toolchain.toml pins the compiler; make sure that toolchain, its components and the
@@ -59,7 +64,46 @@ else
 fi
 
 # --- Browser and Node tools ------------------------------------------------------------
-# TODO(later issues): chromium + chromium-driver, wasm-bindgen-cli matching Cargo.lock,
-# node tools. Add each one here, guarded by a check that skips it when already installed.
+# The browser tests of mjolnir-wasm (wasm_bindgen_test, run_in_browser) run in headless
+# Chromium driven through chromedriver.
+ensure_debian_packages chromium chromium-driver
+
+# wasm-bindgen-cli (wasm-bindgen, and wasm-bindgen-test-runner for `cargo test --target
+# wasm32-unknown-unknown`) must be exactly the wasm-bindgen crate version in Cargo.lock.
+# It goes into the default cargo root (~/.cargo/bin), which outlives fresh CI clones.
+wasm_bindgen_version=$(awk '
+    $0 == "name = \"wasm-bindgen\"" { found = 1; next }
+    found && /^version = / { gsub(/^version = "|"$/, ""); print; exit }
+' Cargo.lock)
+if [[ -z "$wasm_bindgen_version" ]]; then
+    say "no wasm-bindgen in Cargo.lock" >&2
+    exit 1
+fi
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+installed_version() {
+    # `wasm-bindgen 0.2.130` -> `0.2.130`; empty when missing from PATH and the cargo root.
+    local bin
+    bin=$(PATH="$cargo_bin:$PATH" command -v "$1" 2>/dev/null) || return 0
+    "$bin" --version 2>/dev/null | awk '{ print $2 }'
+}
+if [[ "$(installed_version wasm-bindgen)" == "$wasm_bindgen_version" &&
+    "$(installed_version wasm-bindgen-test-runner)" == "$wasm_bindgen_version" ]]; then
+    say "wasm-bindgen-cli $wasm_bindgen_version present"
+else
+    say "installing wasm-bindgen-cli $wasm_bindgen_version (several minutes)"
+    # --locked can fail when the registry mirror lacks one of its locked dependency
+    # versions; the same version without --locked then builds against newer compatible ones.
+    if ! cargo install wasm-bindgen-cli --version "$wasm_bindgen_version" --locked; then
+        say "cargo install --locked failed; trying again without --locked"
+        cargo install wasm-bindgen-cli --version "$wasm_bindgen_version"
+    fi
+fi
+case ":$PATH:" in
+*":$cargo_bin:"*) ;;
+*) say "note: add $cargo_bin to PATH (scripts/test.sh does)" ;;
+esac
+
+# TODO(later issues): node tools. Add each one here, guarded by a check that skips it when
+# already installed.
 
 say "done"

@@ -7,6 +7,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib/pg.sh
 source scripts/lib/pg.sh
+# shellcheck source=scripts/lib/server.sh
+source scripts/lib/server.sh
+
+# setup.sh installs wasm-bindgen-cli into the default cargo root.
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -22,10 +27,17 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo check -p mjolnir-core --target wasm32-unknown-unknown"
 cargo check -p mjolnir-core --target wasm32-unknown-unknown
 
+step "cargo clippy -p mjolnir-wasm --target wasm32-unknown-unknown --all-targets -- -D warnings"
+cargo clippy -p mjolnir-wasm --target wasm32-unknown-unknown --all-targets -- -D warnings
+
 step "PostgreSQL for the tests"
-# The EXIT trap stops the cluster however the script ends; INT and TERM go through exit so
-# that it runs for them too.
-trap pg_stop EXIT
+# The EXIT trap stops the test server and then the cluster however the script ends; INT and
+# TERM go through exit so that it runs for them too.
+cleanup() {
+    server_stop
+    pg_stop
+}
+trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 target_dir=${CARGO_TARGET_DIR:-target}
@@ -42,5 +54,24 @@ echo "MJOLNIR_TEST_DATABASE_URL=$MJOLNIR_TEST_DATABASE_URL"
 
 step "cargo test --workspace"
 cargo test --workspace
+
+step "Mjölnir server for the browser tests"
+# mjolnir-wasm's browser tests talk to a real server, serving mjolnir-wasm/tests/app on a
+# fresh database of the test cluster. Its address is compiled into the tests
+# (option_env!("MJOLNIR_TEST_WS_URL")), so a new port only rebuilds the test crates.
+cargo build -p mjolnir-server --bin mjolnir
+pg_create_database mjolnir_wasm_tests
+server_start "$target_dir/debug/mjolnir" mjolnir-wasm/tests/app \
+    "postgres://postgres@127.0.0.1:$PG_PORT/mjolnir_wasm_tests" \
+    "$target_dir/mjolnir-wasm-tests-server.log" 9>&- # nor may the server hold the lock
+export MJOLNIR_TEST_WS_URL="ws://127.0.0.1:$SERVER_PORT/ws"
+echo "MJOLNIR_TEST_WS_URL=$MJOLNIR_TEST_WS_URL"
+
+step "cargo test -p mjolnir-wasm --target wasm32-unknown-unknown (headless Chromium)"
+# wasm-bindgen-test-runner starts chromedriver, which starts Chromium headless with the
+# flags in mjolnir-wasm/webdriver.json.
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+    CHROMEDRIVER="${CHROMEDRIVER:-$(command -v chromedriver || echo /usr/bin/chromedriver)}" \
+    cargo test -p mjolnir-wasm --target wasm32-unknown-unknown
 
 step "all checks passed"

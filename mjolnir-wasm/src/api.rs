@@ -101,6 +101,14 @@ impl Mjolnir {
         wrap(&run.into_js_value())
     }
 
+    /// Automatic mode: every event handler and timer callback of the page becomes a
+    /// transaction (see `auto.rs`). Idempotent.
+    pub fn auto(&self) {
+        if !self.rt.auto_enabled.replace(true) {
+            crate::auto::enable(&self.rt);
+        }
+    }
+
     /// Listens to `connection`, `commit`, `abort` and `change` events.
     pub fn on(&self, event: String, listener: Function) {
         self.rt.on(event, listener);

@@ -134,19 +134,32 @@ impl DomJournal {
     }
 
     /// Stops recording and returns what changed. Call it synchronously after the attempt.
-    pub fn finish(self) -> Result<DomChanges, JsValue> {
+    pub fn finish(mut self) -> Result<DomChanges, JsValue> {
         let records = self.observer.take_records();
         self.observer.disconnect();
+        // A record that cannot be read (none the DOM standard defines) is skipped rather
+        // than losing the whole attempt's undo.
         let changes = records
             .iter()
-            .map(|record| Change::from_record(record.unchecked_into()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let controls = self
-            .controls
+            .filter_map(|record| {
+                Change::from_record(record.unchecked_into())
+                    .inspect_err(|err| warn("skipped a mutation record", err))
+                    .ok()
+            })
+            .collect();
+        let controls = std::mem::take(&mut self.controls)
             .into_iter()
             .filter(|(element, before)| ControlState::read(element).as_ref() != Some(before))
             .collect();
         Ok(DomChanges { changes, controls })
+    }
+}
+
+impl Drop for DomJournal {
+    /// A journal dropped without [`DomJournal::finish`] (an early return) stops observing,
+    /// so it does not pile up records for the rest of the page's life.
+    fn drop(&mut self) {
+        self.observer.disconnect();
     }
 }
 

@@ -8,6 +8,7 @@
 //! See `docs/client.md`.
 
 pub mod api;
+pub mod auto;
 pub mod connection;
 pub mod convert;
 pub mod dom;

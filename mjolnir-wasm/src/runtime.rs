@@ -53,6 +53,10 @@ struct Job {
     reject: Function,
     conflicts: Cell<u32>,
     misses: Cell<u32>,
+    /// What the first attempt returned, if it ran to its end at once: an event handler's
+    /// return value (`return false` in an inline handler) must reach the browser
+    /// synchronously, before the commit is known.
+    first_value: RefCell<Option<JsValue>>,
 }
 
 /// What a finished attempt left on the page, so it can be undone.
@@ -112,6 +116,7 @@ pub struct Runtime {
     next_txn: Cell<u64>,
     next_attempt: Cell<u64>,
     welcomed_before: Cell<bool>,
+    pub(crate) auto_enabled: Cell<bool>,
     pub(crate) policy: RefCell<RetryPolicy>,
 }
 
@@ -134,6 +139,7 @@ impl Runtime {
             next_txn: Cell::new(1),
             next_attempt: Cell::new(1),
             welcomed_before: Cell::new(false),
+            auto_enabled: Cell::new(false),
             policy: RefCell::new(RetryPolicy::default()),
         })
     }
@@ -188,9 +194,28 @@ impl Runtime {
     /// Runs `f` as a transaction. Inside another transaction it simply joins it: a handler
     /// that calls another wrapped function is still one transaction.
     pub fn call(&self, f: Function, this: JsValue, args: Array) -> Promise {
+        self.enqueue(f, this, args).0
+    }
+
+    /// Runs an event handler or timer callback as a transaction (automatic mode) and
+    /// returns what its first attempt returned, synchronously. Its outcome is reported by
+    /// the `commit` and `abort` events; a failure is also an unhandled rejection, as an
+    /// uncaught exception in a plain handler would be.
+    pub fn call_handler(&self, f: Function, this: JsValue, args: Array) -> JsValue {
+        if self.in_attempt() {
+            return f
+                .apply(&this, &args)
+                .unwrap_or_else(|e| wasm_bindgen::throw_val(e));
+        }
+        let (_, job) = self.enqueue(f, this, args);
+        job.map(|j| j.first_value.borrow().clone().unwrap_or(JsValue::UNDEFINED))
+            .unwrap_or(JsValue::UNDEFINED)
+    }
+
+    fn enqueue(&self, f: Function, this: JsValue, args: Array) -> (Promise, Option<Rc<Job>>) {
         if self.in_attempt() {
             return match f.apply(&this, &args) {
-                Ok(v) => Promise::resolve(&v),
+                Ok(v) => (Promise::resolve(&v), None),
                 Err(e) => {
                     // Let the outer attempt see the error (a cache miss must stop it too).
                     wasm_bindgen::throw_val(e)
@@ -207,17 +232,19 @@ impl Runtime {
                 reject,
                 conflicts: Cell::new(0),
                 misses: Cell::new(0),
+                first_value: RefCell::new(None),
             }));
         });
+        let job = job.expect("the promise executor runs at once");
         let first = {
             let mut jobs = self.jobs.borrow_mut();
-            jobs.push_back(job.expect("the promise executor runs at once"));
+            jobs.push_back(job.clone());
             jobs.len() == 1
         };
         if first {
             self.drive();
         }
-        promise
+        (promise, Some(job))
     }
 
     /// Runs queued jobs until one has to wait for the server.
@@ -228,6 +255,9 @@ impl Runtime {
             };
             match self.attempt(&job) {
                 Outcome::Done(value) => {
+                    job.first_value
+                        .borrow_mut()
+                        .get_or_insert_with(|| value.clone());
                     self.finish_job(&job, Ok(value));
                 }
                 Outcome::Threw(err) => {
@@ -258,6 +288,9 @@ impl Runtime {
                     return;
                 }
                 Outcome::Commit(msg, txn, value, effects, written) => {
+                    job.first_value
+                        .borrow_mut()
+                        .get_or_insert_with(|| value.clone());
                     let rt = self.rc();
                     spawn_local(async move {
                         let reply = rt.send_commit(txn.clone(), msg).await;

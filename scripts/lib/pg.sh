@@ -1,6 +1,8 @@
 # Throwaway PostgreSQL cluster for the test suite. Source this file, then:
 #   pg_start DIR   initdb a fresh cluster in DIR, start it on a free 127.0.0.1 port, set PG_PORT
 #   pg_stop        stop it (safe to call more than once, and when nothing was started)
+#   pg_create_database NAME
+#                  (re)create the empty database NAME in that cluster
 # The Rust tests use mjolnir_server::vstack instead; this stays in bash so test.sh needs no build.
 
 PG_DIR=""
@@ -104,4 +106,14 @@ pg_stop() {
         rm -rf "$PG_DIR"
     fi
     PG_DIR=""
+}
+
+# Drops NAME if a previous use left it, and creates it empty. Over TCP as `postgres`, which
+# the cluster trusts (initdb -A trust).
+pg_create_database() {
+    local name=$1
+    pg_say "creating the database $name"
+    "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+        -c "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" \
+        -c "CREATE DATABASE \"$name\""
 }
