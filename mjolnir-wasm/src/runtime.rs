@@ -72,7 +72,7 @@ enum Outcome {
     /// The handler threw on a consistent view: its own error.
     Threw(JsValue),
     /// The handler threw on a stale view: a conflict.
-    Stale,
+    Stale(Option<Key>),
     /// Keys to fetch before running again.
     Missed(Vec<Key>),
     /// Waiting for the server's verdict. The written keys with the values the attempt
@@ -264,7 +264,7 @@ impl Runtime {
                     self.emit_abort("error", None);
                     self.finish_job(&job, Err(err));
                 }
-                Outcome::Stale => return self.retry_after_conflict(job, None),
+                Outcome::Stale(key) => return self.retry_after_conflict(job, key),
                 Outcome::Missed(keys) => {
                     job.misses.set(job.misses.get() + 1);
                     if job.misses.get() > MAX_MISS_ROUNDS {
@@ -332,13 +332,22 @@ impl Runtime {
         match result {
             Err(err) => {
                 let stale = attempt.is_stale(&self.cache.borrow());
+                // Name a key that moved, for the abort event and a final ConflictError.
+                let moved = {
+                    let cache = self.cache.borrow();
+                    attempt
+                        .reads()
+                        .iter()
+                        .find(|(k, v)| cache.version(k) != Some(*v))
+                        .map(|(k, _)| k.clone())
+                };
                 // A miss is recorded in the attempt even if the handler caught the signal.
                 let missed = attempt.has_misses();
                 self.revert(effects);
                 if missed {
                     Outcome::Missed(attempt.missed_keys())
                 } else if stale {
-                    Outcome::Stale
+                    Outcome::Stale(moved)
                 } else {
                     Outcome::Threw(err)
                 }
@@ -448,6 +457,7 @@ impl Runtime {
             .delay(conflicts, js_sys::Math::random());
         match delay {
             None => {
+                // Only when the stale key was evicted from the cache meanwhile is it unknown.
                 let key = key.unwrap_or_else(|| Key::kv(""));
                 self.finish_job(
                     &job,

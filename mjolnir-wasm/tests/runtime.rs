@@ -256,6 +256,49 @@ async fn refusals_are_typed_errors() {
 }
 
 #[wasm_bindgen_test]
+async fn a_conflict_past_the_retry_limit_is_a_conflict_error_naming_the_key() {
+    let a = connected("alice").await;
+    let b = connected("bob").await;
+    let runs = js_sys::Object::new();
+    Reflect::set(&runs, &"n".into(), &0.into()).unwrap();
+    let (fa, fb) = (counter(&a, &runs), counter(&b, &runs));
+    // Load the row into both caches, then allow one attempt only.
+    call(&fa).await.unwrap();
+    call(&fb).await.unwrap();
+    for m in [&a, &b] {
+        let set: Function = get(m, "setRetryPolicy").dyn_into().unwrap();
+        set.apply(m, &Array::of3(&1.into(), &1.into(), &1.into()))
+            .unwrap();
+    }
+    // Both attempts run at once on the same version: one commits, the other conflicts.
+    let (pa, pb): (Promise, Promise) = (
+        fa.call0(&JsValue::NULL).unwrap().into(),
+        fb.call0(&JsValue::NULL).unwrap().into(),
+    );
+    let results = JsFuture::from(Promise::all_settled(&Array::of2(&pa, &pb)))
+        .await
+        .unwrap();
+    let results: Vec<JsValue> = results.dyn_into::<Array>().unwrap().iter().collect();
+    let rejected: Vec<&JsValue> = results
+        .iter()
+        .filter(|r| get(r, "status").as_string().as_deref() == Some("rejected"))
+        .collect();
+    assert_eq!(
+        rejected.len(),
+        1,
+        "exactly one of two same-version commits loses"
+    );
+    let err = get(rejected[0], "reason");
+    assert_eq!(
+        get(&err, "name").as_string().as_deref(),
+        Some("ConflictError")
+    );
+    let key = get(&err, "key");
+    assert_eq!(get(&key, "table").as_string().as_deref(), Some("counters"));
+    assert_eq!(get(&key, "pk").as_string().as_deref(), Some("c"));
+}
+
+#[wasm_bindgen_test]
 async fn two_clients_contending_for_one_row_both_commit_in_some_order() {
     let a = connected("alice").await;
     let b = connected("bob").await;
