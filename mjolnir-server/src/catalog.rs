@@ -138,7 +138,7 @@ impl Table {
             )
         };
         match (col.ty, pk) {
-            (ColumnType::Int, Pk::Int(n)) if i32::try_from(*n).is_err() => {
+            (ColumnType::Int, Pk::Int(n)) if !fits_int_column(&col.sql_type, *n) => {
                 Err(wrong("an integer out of its range"))
             }
             (ColumnType::BigInt, Pk::Int(n)) if n.unsigned_abs() > MAX_SAFE_INTEGER => {
@@ -179,6 +179,14 @@ impl Table {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether `n` fits a `smallint` or `integer` column.
+fn fits_int_column(sql_type: &str, n: i64) -> bool {
+    match sql_type {
+        "smallint" => i16::try_from(n).is_ok(),
+        _ => i32::try_from(n).is_ok(),
     }
 }
 
@@ -367,6 +375,14 @@ mod tests {
         assert!(ColumnType::Text.accepts(&Value::Null));
         assert!(ColumnType::Uuid.accepts(&json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")));
         assert!(!ColumnType::Uuid.accepts(&json!("A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11")));
+    }
+
+    #[test]
+    fn integer_keys_must_fit_their_column() {
+        assert!(fits_int_column("smallint", 32_767));
+        assert!(!fits_int_column("smallint", 32_768));
+        assert!(fits_int_column("integer", 2_147_483_647));
+        assert!(!fits_int_column("integer", 2_147_483_648));
     }
 
     #[test]
