@@ -37,3 +37,22 @@ pub fn pk_from_js(value: &JsValue) -> Result<Pk, JsValue> {
 pub fn row_key(table: &str, pk: &JsValue) -> Result<Key, JsValue> {
     Ok(Key::row(table, pk_from_js(pk)?))
 }
+
+/// The descriptor of a plain data property holding `value`, for proxies' traps.
+pub fn data_descriptor(value: &JsValue) -> JsValue {
+    let d = js_sys::Object::new();
+    let _ = js_sys::Reflect::set(&d, &"value".into(), value);
+    for flag in ["writable", "enumerable", "configurable"] {
+        let _ = js_sys::Reflect::set(&d, &flag.into(), &JsValue::TRUE);
+    }
+    d.into()
+}
+
+/// A proxy over an empty object with these traps (`get`, `set`, `ownKeys`, …).
+pub fn proxy(traps: Vec<(&str, JsValue)>) -> JsValue {
+    let handler = js_sys::Object::new();
+    for (name, trap) in traps {
+        let _ = js_sys::Reflect::set(&handler, &name.into(), &trap);
+    }
+    js_sys::Proxy::new(&js_sys::Object::new(), &handler).into()
+}

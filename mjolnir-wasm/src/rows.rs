@@ -4,9 +4,9 @@
 //! row: reading `row.balance` records the read (with the version seen) and sees the
 //! attempt's own writes; `row.balance -= 10` buffers an update of that column.
 
-use crate::convert::{from_js, row_key, to_js};
+use crate::convert::{data_descriptor, from_js, proxy, row_key, to_js};
 use crate::runtime::Runtime;
-use js_sys::{Object, Reflect};
+use js_sys::Reflect;
 use mjolnir_core::protocol::PkKind;
 use mjolnir_core::{Key, Pk, WriteOp};
 use serde_json::{Map, Value};
@@ -144,7 +144,6 @@ fn random_uuid() -> String {
 /// The row `key` as a proxy: every property read goes through the runtime (recorded, with
 /// own writes applied), every assignment becomes a buffered update of that column.
 fn row_proxy(rt: &Rc<Runtime>, key: Key, attempt: Option<u64>) -> JsValue {
-    let handler = Object::new();
     let current = |rt: &Runtime, key: &Key| -> Result<Map<String, Value>, JsValue> {
         match rt.read(key)? {
             Some(Value::Object(m)) => Ok(m),
@@ -196,22 +195,14 @@ fn row_proxy(rt: &Rc<Runtime>, key: Key, attempt: Option<u64>) -> JsValue {
                 let Some(value) = prop.as_string().and_then(|n| row.get(&n).cloned()) else {
                     return Ok(JsValue::UNDEFINED);
                 };
-                let d = Object::new();
-                let _ = Reflect::set(&d, &"value".into(), &to_js(&value));
-                for flag in ["writable", "enumerable", "configurable"] {
-                    let _ = Reflect::set(&d, &flag.into(), &JsValue::TRUE);
-                }
-                Ok(d.into())
+                Ok(data_descriptor(&to_js(&value)))
             },
         )
     };
-    for (name, f) in [
+    proxy(vec![
         ("get", get.into_js_value()),
         ("set", set.into_js_value()),
         ("ownKeys", own_keys.into_js_value()),
         ("getOwnPropertyDescriptor", descriptor.into_js_value()),
-    ] {
-        let _ = Reflect::set(&handler, &name.into(), &f);
-    }
-    js_sys::Proxy::new(&Object::new(), &handler).into()
+    ])
 }

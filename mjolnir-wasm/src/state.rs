@@ -7,8 +7,9 @@
 //! rolled back, so values are frozen (`Object.freeze`) when stored: assign a new value
 //! instead (`state.list = [...state.list, x]`).
 
+use crate::convert::{self, data_descriptor};
 use crate::runtime::Runtime;
-use js_sys::{Object, Reflect};
+use js_sys::Object;
 use std::rc::Rc;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -46,7 +47,6 @@ impl PageState {
 /// [`PageState`]. Reading and writing it outside a transaction is allowed (nothing to roll
 /// back then); inside one, an abort restores what it was.
 pub fn proxy(rt: &Rc<Runtime>) -> JsValue {
-    let handler = Object::new();
     let get = {
         let rt = rt.clone();
         Closure::<dyn Fn(JsValue, JsValue) -> JsValue>::new(
@@ -109,24 +109,16 @@ pub fn proxy(rt: &Rc<Runtime>) -> JsValue {
                 else {
                     return JsValue::UNDEFINED;
                 };
-                let d = Object::new();
-                let _ = Reflect::set(&d, &"value".into(), &value);
-                for flag in ["writable", "enumerable", "configurable"] {
-                    let _ = Reflect::set(&d, &flag.into(), &JsValue::TRUE);
-                }
-                d.into()
+                data_descriptor(&value)
             },
         )
     };
-    for (name, f) in [
+    convert::proxy(vec![
         ("get", get.into_js_value()),
         ("set", set.into_js_value()),
         ("deleteProperty", delete.into_js_value()),
         ("has", has.into_js_value()),
         ("ownKeys", own_keys.into_js_value()),
         ("getOwnPropertyDescriptor", descriptor.into_js_value()),
-    ] {
-        let _ = Reflect::set(&handler, &name.into(), &f);
-    }
-    js_sys::Proxy::new(&Object::new(), &handler).into()
+    ])
 }
