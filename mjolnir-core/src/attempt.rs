@@ -107,6 +107,14 @@ impl Attempt {
         &self.snapshot
     }
 
+    /// Moves an attempt that waited for a fetch onto a newer snapshot (the async form,
+    /// which waits instead of re-running). Reads already made keep the versions they saw,
+    /// so a key that changed meanwhile makes the commit conflict; the misses are resolved.
+    pub fn resnapshot(&mut self, snapshot: Snapshot) {
+        self.snapshot = snapshot;
+        self.misses.clear();
+    }
+
     pub fn reads(&self) -> &ReadSet {
         &self.txn.reads
     }

@@ -16,3 +16,4 @@ pub mod error;
 pub mod rows;
 pub mod runtime;
 pub mod state;
+pub mod tx;

@@ -43,44 +43,7 @@ impl Table {
     /// Inserts a row. Its primary key comes from the row (a uuid key left out is
     /// generated). Returns the new row.
     pub fn insert(&self, row: JsValue) -> Result<JsValue, JsValue> {
-        let Value::Object(mut row) = from_js(row)? else {
-            return Err(js_sys::TypeError::new("insert takes an object").into());
-        };
-        let info = self
-            .rt
-            .tables
-            .borrow()
-            .get(&self.name)
-            .cloned()
-            .ok_or_else(|| {
-                JsValue::from(js_sys::TypeError::new(&format!(
-                    "no table {:?} (or not connected yet)",
-                    self.name
-                )))
-            })?;
-        let pk = match (row.get(&info.pk), info.pk_kind) {
-            (Some(Value::String(s)), PkKind::Text | PkKind::Uuid) => Pk::Text(s.clone()),
-            (Some(Value::Number(n)), PkKind::Integer) if n.is_i64() => {
-                Pk::Int(n.as_i64().unwrap_or_default())
-            }
-            (None, PkKind::Uuid) => {
-                let id = random_uuid();
-                row.insert(info.pk.clone(), Value::String(id.clone()));
-                Pk::Text(id)
-            }
-            _ => {
-                return Err(js_sys::TypeError::new(&format!(
-                    "{}.insert needs a {:?} value for {}",
-                    self.name, info.pk_kind, info.pk
-                ))
-                .into());
-            }
-        };
-        let key = Key::row(self.name.clone(), pk);
-        let attempt = self.rt.current_attempt_id();
-        self.rt
-            .write(attempt, key.clone(), WriteOp::Insert { row })?;
-        Ok(row_proxy(&self.rt, key, attempt))
+        self.insert_in(self.rt.current_attempt_id(), row)
     }
 
     /// Deletes the row with primary key `pk`.
@@ -143,9 +106,9 @@ fn random_uuid() -> String {
 
 /// The row `key` as a proxy: every property read goes through the runtime (recorded, with
 /// own writes applied), every assignment becomes a buffered update of that column.
-fn row_proxy(rt: &Rc<Runtime>, key: Key, attempt: Option<u64>) -> JsValue {
-    let current = |rt: &Runtime, key: &Key| -> Result<Map<String, Value>, JsValue> {
-        match rt.read(key)? {
+pub(crate) fn row_proxy(rt: &Rc<Runtime>, key: Key, attempt: Option<u64>) -> JsValue {
+    let current = move |rt: &Runtime, key: &Key| -> Result<Map<String, Value>, JsValue> {
+        match rt.read_for(attempt, key)? {
             Some(Value::Object(m)) => Ok(m),
             _ => Ok(Map::new()),
         }
@@ -205,4 +168,48 @@ fn row_proxy(rt: &Rc<Runtime>, key: Key, attempt: Option<u64>) -> JsValue {
         ("ownKeys", own_keys.into_js_value()),
         ("getOwnPropertyDescriptor", descriptor.into_js_value()),
     ])
+}
+
+impl Table {
+    /// Inserts `row` in `attempt` (the running one for `mjolnir.table`, a `tx`'s for the
+    /// async form).
+    pub(crate) fn insert_in(&self, attempt: Option<u64>, row: JsValue) -> Result<JsValue, JsValue> {
+        let Value::Object(mut row) = from_js(row)? else {
+            return Err(js_sys::TypeError::new("insert takes an object").into());
+        };
+        let info = self
+            .rt
+            .tables
+            .borrow()
+            .get(&self.name)
+            .cloned()
+            .ok_or_else(|| {
+                JsValue::from(js_sys::TypeError::new(&format!(
+                    "no table {:?} (or not connected yet)",
+                    self.name
+                )))
+            })?;
+        let pk = match (row.get(&info.pk), info.pk_kind) {
+            (Some(Value::String(s)), PkKind::Text | PkKind::Uuid) => Pk::Text(s.clone()),
+            (Some(Value::Number(n)), PkKind::Integer) if n.is_i64() => {
+                Pk::Int(n.as_i64().unwrap_or_default())
+            }
+            (None, PkKind::Uuid) => {
+                let id = random_uuid();
+                row.insert(info.pk.clone(), Value::String(id.clone()));
+                Pk::Text(id)
+            }
+            _ => {
+                return Err(js_sys::TypeError::new(&format!(
+                    "{}.insert needs a {:?} value for {}",
+                    self.name, info.pk_kind, info.pk
+                ))
+                .into());
+            }
+        };
+        let key = Key::row(self.name.clone(), pk);
+        self.rt
+            .write(attempt, key.clone(), WriteOp::Insert { row })?;
+        Ok(row_proxy(&self.rt, key, attempt))
+    }
 }

@@ -106,6 +106,8 @@ pub struct Runtime {
     pub(crate) cache: RefCell<Cache>,
     pub(crate) state: RefCell<PageState>,
     pub(crate) current: RefCell<Option<Current>>,
+    /// Attempts of async handlers, by id: they stay open across awaits, while other code runs.
+    async_attempts: RefCell<HashMap<u64, Attempt>>,
     pub(crate) tables: RefCell<BTreeMap<String, TableInfo>>,
     pub(crate) user: RefCell<Option<String>>,
     jobs: RefCell<VecDeque<Rc<Job>>>,
@@ -129,6 +131,7 @@ impl Runtime {
             cache: RefCell::new(Cache::with_capacity(CACHE_CAPACITY)),
             state: RefCell::new(PageState::default()),
             current: RefCell::new(None),
+            async_attempts: RefCell::new(HashMap::new()),
             tables: RefCell::new(BTreeMap::new()),
             user: RefCell::new(user),
             jobs: RefCell::new(VecDeque::new()),
@@ -253,6 +256,11 @@ impl Runtime {
             let Some(job) = self.jobs.borrow().front().cloned() else {
                 return;
             };
+            if is_async(&job.f) {
+                let rt = self.rc();
+                spawn_local(async move { rt.run_async(job).await });
+                return;
+            }
             match self.attempt(&job) {
                 Outcome::Done(value) => {
                     job.first_value
@@ -376,6 +384,121 @@ impl Runtime {
                 }
             }
         }
+    }
+
+    /// Runs an async handler (`mjolnir.atomic(async tx => …)`) to its end: it gets a
+    /// transaction object whose reads wait for missing keys instead of re-running the
+    /// handler, and it is re-run from the start only on a conflict. Other transactions of
+    /// the page wait meanwhile. Its `mjolnir.state` changes are rolled back on abort; its DOM
+    /// changes are not (other code may change the page during its awaits).
+    async fn run_async(&self, job: Rc<Job>) {
+        loop {
+            let id = self.next_attempt.get();
+            self.next_attempt.set(id + 1);
+            let attempt = Attempt::new(self.cache.borrow().snapshot());
+            self.async_attempts.borrow_mut().insert(id, attempt);
+            let state_before = self.state.borrow().clone();
+            let tx: JsValue = crate::tx::Tx::new(self.rc(), id).into();
+            let args = Array::of1(&tx);
+            let result = match job.f.apply(&job.this, &args) {
+                Ok(p) => wasm_bindgen_futures::JsFuture::from(Promise::resolve(&p)).await,
+                Err(e) => Err(e),
+            };
+            let attempt = self
+                .async_attempts
+                .borrow_mut()
+                .remove(&id)
+                .expect("inserted above");
+            let effects = Effects {
+                state_before,
+                dom: None,
+            };
+            let txn = TxnId(format!(
+                "{}:{}",
+                self.conn.borrow().client_id,
+                self.next_txn.get()
+            ));
+            let value = match result {
+                Ok(v) => v,
+                Err(err) => {
+                    let stale = attempt.is_stale(&self.cache.borrow());
+                    self.revert(effects);
+                    if stale {
+                        if self.wait_before_retry(&job, None).await {
+                            continue;
+                        }
+                        return self.drive();
+                    }
+                    self.emit_abort("error", None);
+                    self.finish_job(&job, Err(err));
+                    return self.drive();
+                }
+            };
+            let written: Vec<(Key, Option<Value>)> = attempt
+                .writes()
+                .iter()
+                .map(|(k, op)| {
+                    (
+                        k.clone(),
+                        op.apply(attempt.snapshot().get(k).and_then(|c| c.value.as_ref())),
+                    )
+                })
+                .collect();
+            match attempt.finish(txn.clone()) {
+                // Misses were waited for inside the handler; none can be left.
+                Finish::Nothing | Finish::Missed(_) => {
+                    self.finish_job(&job, Ok(value));
+                    return self.drive();
+                }
+                Finish::Commit(msg) => {
+                    self.next_txn.set(self.next_txn.get() + 1);
+                    match self.send_commit(txn.clone(), msg).await {
+                        ServerMessage::Conflict { stale, .. } => {
+                            self.refresh_entries(&stale);
+                            self.revert(effects);
+                            let key = stale.first().map(|e| e.key.clone());
+                            if self.wait_before_retry(&job, key).await {
+                                continue;
+                            }
+                            return self.drive();
+                        }
+                        reply => return self.settle(job, txn, reply, value, effects, written),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a conflict and waits the policy's delay; false (after rejecting the job with a
+    /// ConflictError) when the policy is exhausted.
+    async fn wait_before_retry(&self, job: &Rc<Job>, key: Option<Key>) -> bool {
+        let conflicts = job.conflicts.get() + 1;
+        job.conflicts.set(conflicts);
+        self.emit_abort("conflict", key.as_ref());
+        let delay = self
+            .policy
+            .borrow()
+            .delay(conflicts, js_sys::Math::random());
+        let Some(delay) = delay else {
+            let key = key.unwrap_or_else(|| Key::kv(""));
+            self.finish_job(
+                job,
+                Err(RuntimeError::Conflict {
+                    key,
+                    attempts: conflicts,
+                }
+                .into()),
+            );
+            return false;
+        };
+        let ms = delay.as_millis() as i32;
+        let sleep = Promise::new(&mut |resolve, _| {
+            if let Some(w) = web_sys::window() {
+                let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+            }
+        });
+        let _ = wasm_bindgen_futures::JsFuture::from(sleep).await;
+        true
     }
 
     fn revert(&self, effects: Effects) {
@@ -565,6 +688,12 @@ impl Runtime {
     /// Writes buffered by the current attempt; errors if there is none or `attempt_id`
     /// is not it.
     pub fn write(&self, attempt_id: Option<u64>, key: Key, op: WriteOp) -> Result<(), JsValue> {
+        if let Some(id) = attempt_id
+            && let Some(attempt) = self.async_attempts.borrow_mut().get_mut(&id)
+        {
+            attempt.write(key, op);
+            return Ok(());
+        }
         let mut current = self.current.borrow_mut();
         match current.as_mut() {
             Some(c) if attempt_id.is_none_or(|id| id == c.id) => {
@@ -572,6 +701,38 @@ impl Runtime {
                 Ok(())
             }
             _ => Err(js_sys::TypeError::new("shared state can only be changed inside a transaction (mjolnir.atomic), by the transaction that read it").into()),
+        }
+    }
+
+    /// Reads `key` for a row object or a transaction object bound to `attempt`: in that
+    /// attempt while it runs (sync or async), from the cache once it has ended (a row that
+    /// escaped its transaction records nothing in a later one).
+    pub fn read_for(&self, attempt: Option<u64>, key: &Key) -> Result<Option<Value>, JsValue> {
+        let Some(id) = attempt else {
+            return self.read(key);
+        };
+        let from = |read: Read| match read {
+            Read::Value(v) => Ok(v),
+            Read::Miss => Err(JsValue::from(CacheMiss)),
+        };
+        if let Some(c) = self.current.borrow_mut().as_mut().filter(|c| c.id == id) {
+            return from(c.attempt.read(key.clone()));
+        }
+        if let Some(a) = self.async_attempts.borrow_mut().get_mut(&id) {
+            return from(a.read(key.clone()));
+        }
+        Ok(self.cache.borrow().get(key).and_then(|c| c.value.clone()))
+    }
+
+    pub fn cache_lacks(&self, key: &Key) -> bool {
+        self.cache.borrow().version(key).is_none()
+    }
+
+    /// After a fetch, moves an async attempt onto the refreshed cache.
+    pub fn resnapshot(&self, id: u64) {
+        let snapshot = self.cache.borrow().snapshot();
+        if let Some(a) = self.async_attempts.borrow_mut().get_mut(&id) {
+            a.resnapshot(snapshot);
         }
     }
 
@@ -699,4 +860,13 @@ impl Events for Runtime {
         }
         self.emit("connection", &detail);
     }
+}
+
+/// Whether `f` is an `async function`: those get a transaction object and may await.
+fn is_async(f: &Function) -> bool {
+    js_sys::Reflect::get(f, &"constructor".into())
+        .ok()
+        .and_then(|c| js_sys::Reflect::get(&c, &"name".into()).ok())
+        .and_then(|n| n.as_string())
+        .is_some_and(|n| n == "AsyncFunction")
 }

@@ -82,6 +82,27 @@ export function fill_state(m, n) {
   for (var i = 0; i < n; i++) { m.state['k' + i] = i; }
 }
 
+export function async_transfer(m, amount) {
+  return m.atomic(async function (tx) {
+    var carol = await tx.table('users').find('carol');
+    await new Promise(function (r) { setTimeout(r, 5); });  // something else to wait for
+    var dave = await tx.table('users').find('dave');
+    carol.balance -= amount;
+    dave.balance += amount;
+    m.state.lastTransfer = amount;
+    return carol.balance;
+  });
+}
+
+export function async_counter(m) {
+  return m.atomic(async function (tx) {
+    var row = await tx.table('counters').find('c');
+    await new Promise(function (r) { setTimeout(r, 1); });
+    row.n = row.n + 1;
+    return row.n;
+  });
+}
+
 export function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
 "#)]
 extern "C" {
@@ -93,6 +114,8 @@ extern "C" {
     fn overdraw(m: &JsValue) -> Function;
     fn unknown_table(m: &JsValue) -> Function;
     fn fill_state(m: &JsValue, n: u32);
+    fn async_transfer(m: &JsValue, amount: u32) -> Function;
+    fn async_counter(m: &JsValue) -> Function;
     fn sleep(ms: u32) -> Promise;
 }
 
@@ -341,4 +364,48 @@ async fn two_clients_contending_for_one_row_both_commit_in_some_order() {
         aborts.get() > 0,
         "two clients on one row conflict at least once"
     );
+}
+
+#[wasm_bindgen_test]
+async fn the_async_form_awaits_reads_and_other_work_and_commits() {
+    let m = connected("carol").await;
+    let (carol, dave) = (balance(&m, "carol").await, balance(&m, "dave").await);
+    let left = call(&async_transfer(&m, 3))
+        .await
+        .expect("commits")
+        .as_f64()
+        .unwrap();
+    assert_eq!(left, carol - 3.0);
+    assert_eq!(balance(&m, "carol").await, carol - 3.0);
+    assert_eq!(balance(&m, "dave").await, dave + 3.0);
+    assert_eq!(get(&get(&m, "state"), "lastTransfer").as_f64(), Some(3.0));
+}
+
+#[wasm_bindgen_test]
+async fn async_handlers_contending_for_one_row_retry_until_both_commit() {
+    let a = connected("alice").await;
+    let b = connected("bob").await;
+    let (fa, fb) = (async_counter(&a), async_counter(&b));
+    let all = Array::new();
+    for _ in 0..5 {
+        all.push(&fa.call0(&JsValue::NULL).unwrap());
+        all.push(&fb.call0(&JsValue::NULL).unwrap());
+    }
+    let results = JsFuture::from(Promise::all(&all))
+        .await
+        .expect("every increment commits");
+    let mut seen: Vec<f64> = results
+        .dyn_into::<Array>()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    seen.sort_by(f64::total_cmp);
+    seen.dedup();
+    assert_eq!(
+        seen.len(),
+        10,
+        "ten increments, ten distinct values: a serial order"
+    );
+    assert_eq!(seen[9] - seen[0], 9.0);
 }
