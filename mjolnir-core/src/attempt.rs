@@ -108,9 +108,11 @@ impl Attempt {
     }
 
     /// Moves an attempt that waited for a fetch onto a newer snapshot (the async form,
-    /// which waits instead of re-running). Reads already made keep the versions they saw,
-    /// so a key that changed meanwhile makes the commit conflict; the misses are resolved.
-    pub fn resnapshot(&mut self, snapshot: Snapshot) {
+    /// which waits instead of re-running). Keys already read keep the version and value
+    /// they were read at, so the attempt never sees two versions of one key, and a key that
+    /// changed meanwhile makes the commit conflict. The misses are resolved.
+    pub fn resnapshot(&mut self, mut snapshot: Snapshot) {
+        snapshot.keep_from(&self.snapshot, self.txn.reads.keys());
         self.snapshot = snapshot;
         self.misses.clear();
     }
@@ -307,6 +309,46 @@ mod tests {
         };
         assert_eq!(reads.get(&bob()), Some(Version::ABSENT));
         assert!(writes.is_empty());
+    }
+
+    #[test]
+    fn an_async_attempt_waits_for_a_miss_and_keeps_what_it_read() {
+        let mut cache = bank();
+        let mut a = Attempt::new(cache.snapshot());
+        let seen = a.read(alice());
+        assert!(matches!(seen, Read::Value(Some(_))));
+        let carol = Key::row("users", "carol");
+        assert_eq!(a.read(carol.clone()), Read::Miss);
+        // The fetch brings carol, and alice moved on meanwhile.
+        cache.apply(&[
+            Entry {
+                key: carol.clone(),
+                version: Version(2),
+                value: Some(json!({"name": "carol", "balance": 5})),
+            },
+            Entry {
+                key: alice(),
+                version: Version(99),
+                value: Some(json!({"name": "alice", "balance": 0})),
+            },
+        ]);
+        a.resnapshot(cache.snapshot());
+        assert!(!a.has_misses(), "the miss was waited for");
+        assert!(matches!(a.read(carol.clone()), Read::Value(Some(_))));
+        assert_eq!(
+            a.read(alice()),
+            seen,
+            "a key keeps the version it was first read at"
+        );
+        let Finish::Commit(ClientMessage::Commit { reads, .. }) = a.finish(txn()) else {
+            panic!()
+        };
+        assert_ne!(
+            reads.get(&alice()),
+            Some(Version(99)),
+            "so the commit will conflict on alice"
+        );
+        assert_eq!(reads.get(&carol), Some(Version(2)));
     }
 
     #[test]

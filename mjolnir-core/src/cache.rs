@@ -101,6 +101,20 @@ impl Snapshot {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// Takes `keys` as `older` had them: an attempt moved onto a newer snapshot keeps
+    /// seeing what it already read.
+    pub(crate) fn keep_from<'a>(
+        &mut self,
+        older: &Snapshot,
+        keys: impl IntoIterator<Item = &'a Key>,
+    ) {
+        for key in keys {
+            if let Some(slot) = older.entries.get(key) {
+                self.entries.insert(key.clone(), slot.clone());
+            }
+        }
+    }
 }
 
 /// Which entries may add a key the cache does not hold.
