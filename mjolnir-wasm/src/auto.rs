@@ -5,7 +5,9 @@
 //! handlers (present and future), and `setTimeout`/`setInterval` callbacks. A wrapped
 //! handler that reads and writes no Mjölnir state finishes in its first attempt with
 //! nothing sent, at the cost of a cache snapshot and a DOM journal. Elements inside
-//! `data-mjolnir="off"` (and listeners on them) are left alone.
+//! `data-mjolnir="off"` (and listeners on them) are left alone, and so are `async`
+//! listeners, whose code after an `await` could not be part of the transaction: they use
+//! `mjolnir.atomic(async tx => …)` explicitly.
 
 use crate::runtime::Runtime;
 use js_sys::{Array, Function};
@@ -17,7 +19,9 @@ export function install(run) {
   const wrapped = new WeakMap();
   const ours = new WeakSet();
   function wrap(f) {
-    if (typeof f !== 'function' || ours.has(f)) return f;
+    // Async functions are left alone: their code after an await would run outside the
+    // transaction. They become transactions with mjolnir.atomic(async tx => ...).
+    if (typeof f !== 'function' || ours.has(f) || f.constructor.name === 'AsyncFunction') return f;
     let w = wrapped.get(f);
     if (!w) {
       w = function (...args) { return run(f, this, args); };

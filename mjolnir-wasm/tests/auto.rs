@@ -47,6 +47,16 @@ export function listen_outside(el) {
     }
   });
 }
+export function listen_async(el) {
+  el.addEventListener('click', async function (event) {
+    try {
+      mjolnir.kv.set('k', 1);
+      el.textContent = 'inside';
+    } catch (e) {
+      el.textContent = 'outside: ' + e.name + ' ' + (event instanceof Event);
+    }
+  });
+}
 export function timer_bump() { setTimeout(function () { bump(); }, 0); }
 export function get_outcomes() { return globalThis.outcomes.slice(); }
 export function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
@@ -56,6 +66,7 @@ extern "C" {
     fn counter_value(m: &JsValue) -> Promise;
     fn listen_and_throw(el: &web_sys::Element);
     fn listen_outside(el: &web_sys::Element);
+    fn listen_async(el: &web_sys::Element);
     fn timer_bump();
     #[wasm_bindgen(js_name = get_outcomes)]
     fn outcomes() -> js_sys::Array;
@@ -172,4 +183,10 @@ async fn handlers_listeners_and_timers_are_transactions_unless_opted_out() {
         Some("outside: TypeError"),
         "no transaction: writes refuse"
     );
+
+    // An async listener is left alone too: it gets its event, and no transaction.
+    let q = element("<p>idle</p>");
+    listen_async(&q);
+    q.click();
+    assert_eq!(q.text_content().as_deref(), Some("outside: TypeError true"));
 }
