@@ -107,6 +107,21 @@ impl Attempt {
         &self.snapshot
     }
 
+    /// The value this attempt gives each key it writes (`None`: deleted), as the cache
+    /// should hold them once the commit is confirmed.
+    pub fn written(&self) -> Vec<(Key, Option<Value>)> {
+        self.txn
+            .writes
+            .iter()
+            .map(|(k, op)| {
+                (
+                    k.clone(),
+                    op.apply(self.snapshot.get(k).and_then(|c| c.value.as_ref())),
+                )
+            })
+            .collect()
+    }
+
     /// Moves an attempt that waited for a fetch onto a newer snapshot (the async form,
     /// which waits instead of re-running). Keys already read keep the version and value
     /// they were read at, so the attempt never sees two versions of one key, and a key that

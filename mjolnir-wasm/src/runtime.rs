@@ -27,7 +27,6 @@ use serde_json::Value;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::{Rc, Weak};
-use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::spawn_local;
 
@@ -361,16 +360,7 @@ impl Runtime {
                 }
             }
             Ok(value) => {
-                let written: Vec<(Key, Option<Value>)> = attempt
-                    .writes()
-                    .iter()
-                    .map(|(k, op)| {
-                        (
-                            k.clone(),
-                            op.apply(attempt.snapshot().get(k).and_then(|c| c.value.as_ref())),
-                        )
-                    })
-                    .collect();
+                let written = attempt.written();
                 match attempt.finish(txn.clone()) {
                     Finish::Missed(keys) => {
                         self.revert(effects);
@@ -434,16 +424,7 @@ impl Runtime {
                     return self.drive();
                 }
             };
-            let written: Vec<(Key, Option<Value>)> = attempt
-                .writes()
-                .iter()
-                .map(|(k, op)| {
-                    (
-                        k.clone(),
-                        op.apply(attempt.snapshot().get(k).and_then(|c| c.value.as_ref())),
-                    )
-                })
-                .collect();
+            let written = attempt.written();
             match attempt.finish(txn.clone()) {
                 // Misses were waited for inside the handler; none can be left.
                 Finish::Nothing | Finish::Missed(_) => {
@@ -480,6 +461,7 @@ impl Runtime {
             .borrow()
             .delay(conflicts, js_sys::Math::random());
         let Some(delay) = delay else {
+            // Only when the stale key was evicted from the cache meanwhile is it unknown.
             let key = key.unwrap_or_else(|| Key::kv(""));
             self.finish_job(
                 job,
@@ -571,38 +553,12 @@ impl Runtime {
 
     /// Re-runs a conflicting job after the policy's delay, or gives up with a ConflictError.
     fn retry_after_conflict(&self, job: Rc<Job>, key: Option<Key>) {
-        let conflicts = job.conflicts.get() + 1;
-        job.conflicts.set(conflicts);
-        self.emit_abort("conflict", key.as_ref());
-        let delay = self
-            .policy
-            .borrow()
-            .delay(conflicts, js_sys::Math::random());
-        match delay {
-            None => {
-                // Only when the stale key was evicted from the cache meanwhile is it unknown.
-                let key = key.unwrap_or_else(|| Key::kv(""));
-                self.finish_job(
-                    &job,
-                    Err(RuntimeError::Conflict {
-                        key,
-                        attempts: conflicts,
-                    }
-                    .into()),
-                );
-                self.drive();
-            }
-            Some(d) => {
-                let rt = self.rc();
-                let again = Closure::once_into_js(move || rt.drive());
-                if let Some(w) = web_sys::window() {
-                    let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(
-                        again.unchecked_ref(),
-                        d.as_millis() as i32,
-                    );
-                }
-            }
-        }
+        let rt = self.rc();
+        spawn_local(async move {
+            // Either way the queue moves on: to this job again, or past it.
+            rt.wait_before_retry(&job, key).await;
+            rt.drive();
+        });
     }
 
     fn emit_abort(&self, reason: &str, key: Option<&Key>) {
