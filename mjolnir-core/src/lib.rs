@@ -17,6 +17,7 @@ pub mod key;
 pub mod protocol;
 pub mod retry;
 pub mod sets;
+pub mod template;
 pub mod txn;
 pub mod version;
 
