@@ -109,6 +109,21 @@ impl Mjolnir {
         }
     }
 
+    /// Renders the `{{ … }}` templates under `root` (default: the document's body) and
+    /// keeps them live: they re-render when what they read changes, on any client.
+    pub fn templates(&self, root: Option<web_sys::Node>) -> Result<(), JsValue> {
+        let root = match root {
+            Some(r) => r,
+            None => web_sys::window()
+                .and_then(|w| w.document())
+                .and_then(|d| d.body())
+                .map(Into::into)
+                .ok_or_else(|| JsValue::from_str("no document to render templates in"))?,
+        };
+        crate::templates::bind(&self.rt, &root);
+        Ok(())
+    }
+
     /// Listens to `connection`, `commit`, `abort` and `change` events.
     pub fn on(&self, event: String, listener: Function) {
         self.rt.on(event, listener);

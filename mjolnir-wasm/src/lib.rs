@@ -16,4 +16,5 @@ pub mod error;
 pub mod rows;
 pub mod runtime;
 pub mod state;
+pub mod templates;
 pub mod tx;
