@@ -25,7 +25,7 @@ use mjolnir_core::retry::RetryPolicy;
 use mjolnir_core::{ClientMessage, Key, ServerMessage, TxnId, WriteOp};
 use serde_json::Value;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::{Rc, Weak};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::spawn_local;
@@ -110,6 +110,8 @@ pub struct Runtime {
     pub(crate) tables: RefCell<BTreeMap<String, TableInfo>>,
     pub(crate) user: RefCell<Option<String>>,
     jobs: RefCell<VecDeque<Rc<Job>>>,
+    /// Keys being fetched for reads outside a transaction.
+    loading: RefCell<HashSet<Key>>,
     reads: RefCell<HashMap<u32, ReadWaiter>>,
     commits: RefCell<HashMap<TxnId, CommitWaiter>>,
     listeners: RefCell<Vec<(String, Function)>>,
@@ -134,6 +136,7 @@ impl Runtime {
             tables: RefCell::new(BTreeMap::new()),
             user: RefCell::new(user),
             jobs: RefCell::new(VecDeque::new()),
+            loading: RefCell::new(HashSet::new()),
             reads: RefCell::new(HashMap::new()),
             commits: RefCell::new(HashMap::new()),
             listeners: RefCell::new(Vec::new()),
@@ -707,12 +710,16 @@ impl Runtime {
                 match cached {
                     Some(v) => Ok(v),
                     None => {
-                        // Outside a transaction nothing waits: load it for next time.
-                        let rt = self.rc();
-                        let key = key.clone();
-                        spawn_local(async move {
-                            let _ = rt.fetch(vec![key]).await;
-                        });
+                        // Outside a transaction nothing waits: load it for next time, once
+                        // (templates read the same missing key on every render).
+                        if self.loading.borrow_mut().insert(key.clone()) {
+                            let rt = self.rc();
+                            let key = key.clone();
+                            spawn_local(async move {
+                                let _ = rt.fetch(vec![key.clone()]).await;
+                                rt.loading.borrow_mut().remove(&key);
+                            });
+                        }
                         Ok(None)
                     }
                 }

@@ -4,16 +4,17 @@
 
 #![cfg(target_arch = "wasm32")]
 
-use js_sys::{Promise, Reflect};
-use mjolnir_wasm::api::connect;
+use js_sys::Promise;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 
-wasm_bindgen_test_configure!(run_in_browser);
+mod support;
 
-const WS_URL: Option<&str> = option_env!("MJOLNIR_TEST_WS_URL");
+use support::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
 
 #[wasm_bindgen(inline_js = r#"
 export function setup(m) {
@@ -59,7 +60,6 @@ export function listen_async(el) {
 }
 export function timer_bump() { setTimeout(function () { bump(); }, 0); }
 export function get_outcomes() { return globalThis.outcomes.slice(); }
-export function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
 "#)]
 extern "C" {
     fn setup(m: &JsValue);
@@ -70,11 +70,6 @@ extern "C" {
     fn timer_bump();
     #[wasm_bindgen(js_name = get_outcomes)]
     fn outcomes() -> js_sys::Array;
-    fn sleep(ms: u32) -> Promise;
-}
-
-fn get(obj: &JsValue, name: &str) -> JsValue {
-    Reflect::get(obj, &name.into()).unwrap()
 }
 
 async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
@@ -82,7 +77,7 @@ async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
         if ok() {
             return;
         }
-        JsFuture::from(sleep(25)).await.unwrap();
+        pause(25).await;
     }
     let seen: Vec<String> = outcomes().iter().filter_map(|o| o.as_string()).collect();
     panic!("timed out waiting for {what}; outcomes so far: {seen:?}");
@@ -90,16 +85,7 @@ async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
 
 /// A runtime in automatic mode.
 async fn auto_runtime() -> JsValue {
-    let url = WS_URL
-        .expect("MJOLNIR_TEST_WS_URL: run these tests with scripts/test.sh")
-        .to_owned();
-    let m: JsValue = connect(Some(url), Some("alice".into()))
-        .expect("connect")
-        .into();
-    wait_until("the connection", || {
-        get(&m, "connection").as_string().as_deref() == Some("open")
-    })
-    .await;
+    let m = connected("alice").await;
     setup(&m);
     let auto: js_sys::Function = get(&m, "auto").dyn_into().unwrap();
     auto.call0(&m).unwrap();
@@ -137,7 +123,7 @@ async fn handlers_listeners_and_timers_are_transactions_unless_opted_out() {
 
     // An inline onclick attribute added after auto() is wrapped too.
     let button = element(r#"<button onclick="bump()">bump</button>"#);
-    JsFuture::from(sleep(0)).await.unwrap(); // the page settles before anyone clicks
+    pause(0).await; // the page settles before anyone clicks
     let handler = js_sys::JSON::stringify(
         &get(&button, "onclick")
             .unchecked_into::<js_sys::Function>()

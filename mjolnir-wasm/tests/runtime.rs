@@ -5,15 +5,16 @@
 #![cfg(target_arch = "wasm32")]
 
 use js_sys::{Array, Function, Promise, Reflect};
-use mjolnir_wasm::api::connect;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 
-wasm_bindgen_test_configure!(run_in_browser);
+mod support;
 
-const WS_URL: Option<&str> = option_env!("MJOLNIR_TEST_WS_URL");
+use support::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
 
 #[wasm_bindgen(inline_js = r#"
 // The paper's Figure 4, as printed.
@@ -103,7 +104,6 @@ export function async_counter(m) {
   });
 }
 
-export function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
 "#)]
 extern "C" {
     fn run_send() -> Promise;
@@ -116,28 +116,6 @@ extern "C" {
     fn fill_state(m: &JsValue, n: u32);
     fn async_transfer(m: &JsValue, amount: u32) -> Function;
     fn async_counter(m: &JsValue) -> Function;
-    fn sleep(ms: u32) -> Promise;
-}
-
-fn get(obj: &JsValue, name: &str) -> JsValue {
-    Reflect::get(obj, &name.into()).unwrap()
-}
-
-/// A runtime connected as `user`, as a JavaScript value.
-async fn connected(user: &str) -> JsValue {
-    let url = WS_URL
-        .expect("MJOLNIR_TEST_WS_URL: run these tests with scripts/test.sh")
-        .to_owned();
-    let m: JsValue = connect(Some(url), Some(user.to_owned()))
-        .expect("connect")
-        .into();
-    for _ in 0..400 {
-        if get(&m, "connection").as_string().as_deref() == Some("open") {
-            return m;
-        }
-        JsFuture::from(sleep(25)).await.unwrap();
-    }
-    panic!("no connection to the test server");
 }
 
 fn document() -> web_sys::Document {

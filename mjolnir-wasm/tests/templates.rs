@@ -3,46 +3,25 @@
 
 #![cfg(target_arch = "wasm32")]
 
-use js_sys::{Function, Promise, Reflect};
-use mjolnir_wasm::api::connect;
+use js_sys::{Function, Promise};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 
-wasm_bindgen_test_configure!(run_in_browser);
+mod support;
 
-const WS_URL: Option<&str> = option_env!("MJOLNIR_TEST_WS_URL");
+use support::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
 
 #[wasm_bindgen(inline_js = r#"
 export function give_alice(m, amount) {
   return m.atomic(function () { m.table('users').find('alice').balance += amount; })();
 }
-export function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
 "#)]
 extern "C" {
     fn give_alice(m: &JsValue, amount: u32) -> Promise;
-    fn sleep(ms: u32) -> Promise;
-}
-
-fn get(obj: &JsValue, name: &str) -> JsValue {
-    Reflect::get(obj, &name.into()).unwrap()
-}
-
-async fn connected(user: &str) -> JsValue {
-    let url = WS_URL
-        .expect("MJOLNIR_TEST_WS_URL: run these tests with scripts/test.sh")
-        .to_owned();
-    let m: JsValue = connect(Some(url), Some(user.to_owned()))
-        .expect("connect")
-        .into();
-    for _ in 0..400 {
-        if get(&m, "connection").as_string().as_deref() == Some("open") {
-            return m;
-        }
-        JsFuture::from(sleep(25)).await.unwrap();
-    }
-    panic!("no connection to the test server");
 }
 
 async fn wait_for(el: &web_sys::Element, what: &str, ok: impl Fn(&str) -> bool) -> String {
@@ -51,7 +30,7 @@ async fn wait_for(el: &web_sys::Element, what: &str, ok: impl Fn(&str) -> bool) 
         if ok(&text) {
             return text;
         }
-        JsFuture::from(sleep(25)).await.unwrap();
+        pause(25).await;
     }
     panic!(
         "timed out waiting for {what}; shows {:?}",

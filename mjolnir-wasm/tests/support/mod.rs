@@ -1,0 +1,43 @@
+//! What the browser tests share: a runtime connected to the test server, and small waits.
+
+#![allow(dead_code)]
+
+use js_sys::{Promise, Reflect};
+use mjolnir_wasm::api::connect;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+
+/// The server `scripts/test.sh` starts, passed at build time.
+pub const WS_URL: Option<&str> = option_env!("MJOLNIR_TEST_WS_URL");
+
+#[wasm_bindgen(
+    inline_js = "export function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }"
+)]
+extern "C" {
+    fn sleep(ms: u32) -> Promise;
+}
+
+pub async fn pause(ms: u32) {
+    JsFuture::from(sleep(ms)).await.unwrap();
+}
+
+pub fn get(obj: &JsValue, name: &str) -> JsValue {
+    Reflect::get(obj, &name.into()).unwrap()
+}
+
+/// A runtime connected as `user`, as a JavaScript value (the tests drive it as pages do).
+pub async fn connected(user: &str) -> JsValue {
+    let url = WS_URL
+        .expect("MJOLNIR_TEST_WS_URL: run these tests with scripts/test.sh")
+        .to_owned();
+    let m: JsValue = connect(Some(url), Some(user.to_owned()))
+        .expect("connect")
+        .into();
+    for _ in 0..400 {
+        if get(&m, "connection").as_string().as_deref() == Some("open") {
+            return m;
+        }
+        pause(25).await;
+    }
+    panic!("no connection to the test server");
+}
