@@ -69,8 +69,8 @@ echo "MJOLNIR_TEST_WS_URL=$MJOLNIR_TEST_WS_URL"
 
 step "cargo test -p mjolnir-wasm --target wasm32-unknown-unknown (headless Chromium)"
 # wasm-bindgen-test-runner starts chromedriver, which starts Chromium headless with the
-# flags in mjolnir-wasm/webdriver.json.
-CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+# flags in mjolnir-wasm/webdriver.json; scripts/lib/wasm-test-runner.sh bounds it in time.
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$PWD/scripts/lib/wasm-test-runner.sh" \
     CHROMEDRIVER="${CHROMEDRIVER:-$(command -v chromedriver || echo /usr/bin/chromedriver)}" \
     cargo test -p mjolnir-wasm --target wasm32-unknown-unknown
 
