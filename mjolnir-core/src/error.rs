@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// that caused it: retrying the same attempt gives the same answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum ErrorKind {
     /// The frame is not valid JSON or not a valid message of a known type.
     #[error("malformed message")]

@@ -10,8 +10,9 @@ use std::fmt;
 /// through JavaScript; the server rejects larger ones with a typed error.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum Pk {
-    Int(i64),
+    Int(#[cfg_attr(feature = "ts", ts(type = "number"))] i64),
     Text(String),
 }
 
@@ -49,6 +50,7 @@ impl From<i64> for Pk {
 /// sets always serialize the same way.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum Key {
     /// A row of an app table, by primary key.
     Row { table: String, pk: Pk },

@@ -28,6 +28,7 @@ pub mod close_code {
 /// A value of one key at one version. `value: null` means absent (never written, or
 /// deleted at `version`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Entry {
     pub key: Key,
     pub version: Version,
@@ -36,6 +37,7 @@ pub struct Entry {
 
 /// What a client needs to know of one app table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct TableInfo {
     /// The primary-key column.
     pub pk: String,
@@ -45,6 +47,7 @@ pub struct TableInfo {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum PkKind {
     Text,
     Integer,
@@ -53,6 +56,7 @@ pub enum PkKind {
 
 /// A typed refusal. `message` is for people; programs match on `code`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct ErrorReply {
     pub code: ErrorKind,
     pub message: String,
@@ -79,6 +83,7 @@ impl ErrorReply {
 /// What a client sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum ClientMessage {
     /// First message on every connection.
     Hello {
@@ -104,6 +109,7 @@ pub enum ClientMessage {
 /// What the server sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum ServerMessage {
     /// Answer to a hello: the identity the server confirmed.
     Welcome {

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 /// Absent keys are recorded too (at [`Version::ABSENT`] or the version of the delete that
 /// removed them): that is what makes two racing inserts of one key conflict.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(as = "Vec<ReadEntry>"))]
 pub struct ReadSet(BTreeMap<Key, Version>);
 
 impl ReadSet {
@@ -57,6 +59,7 @@ impl FromIterator<(Key, Version)> for ReadSet {
 /// One buffered change to one key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum WriteOp {
     /// Create a row (all columns the app sets; the database fills defaults).
     Insert { row: Map<String, Value> },
@@ -108,6 +111,7 @@ impl WriteOp {
 
 /// One entry of a [`WriteSet`] on the wire.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Write {
     pub key: Key,
     #[serde(flatten)]
@@ -116,6 +120,8 @@ pub struct Write {
 
 /// Every change an attempt buffered, at most one (merged) op per key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(as = "Vec<Write>"))]
 pub struct WriteSet(BTreeMap<Key, WriteOp>);
 
 impl WriteSet {
@@ -165,10 +171,11 @@ impl IntoIterator for WriteSet {
 }
 
 /// Wire form of a read: `{"key": …, "version": "12"}`.
-#[derive(Serialize, Deserialize)]
-struct ReadEntry {
-    key: Key,
-    version: Version,
+#[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct ReadEntry {
+    pub key: Key,
+    pub version: Version,
 }
 
 impl Serialize for ReadSet {

@@ -12,6 +12,7 @@ use std::fmt;
 /// after a conflict are new attempts and take new ids.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct TxnId(pub String);
 
 impl TxnId {

@@ -13,6 +13,8 @@ use std::fmt;
 /// On the wire a version is a decimal string, never a JSON number: JavaScript numbers lose
 /// precision above 2^53 and a long-lived database will get there.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(type = "string"))]
 pub struct Version(pub u64);
 
 impl Version {

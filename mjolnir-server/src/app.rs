@@ -31,13 +31,26 @@ pub struct AppState {
     pub instance: String,
 }
 
+/// Where pages find the browser client: `<script src="/_mjolnir/mjolnir.js">`. A fixed path
+/// on every app's origin, so a static site needs nothing but that tag; the underscore keeps
+/// it out of the way of an app's own folders.
+pub const CLIENT_PATH: &str = "/_mjolnir";
+
 /// The router of one instance. `static_dir` is the app directory whose files are served
-/// (see [`hide_private_files`]).
-pub fn router(state: Arc<AppState>, static_dir: Option<PathBuf>) -> Router {
+/// (see [`hide_private_files`]); `client_dir` holds the built browser client.
+pub fn router(
+    state: Arc<AppState>,
+    static_dir: Option<PathBuf>,
+    client_dir: Option<PathBuf>,
+) -> Router {
     let mut router = Router::new()
         .route("/ws", get(ws))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }));
+    router = match client_dir {
+        Some(dir) => router.nest_service(CLIENT_PATH, tower_http::services::ServeDir::new(dir)),
+        None => router.route(&format!("{CLIENT_PATH}/{{*file}}"), get(client_missing)),
+    };
     if let Some(dir) = static_dir {
         let files = tower_http::services::ServeDir::new(dir).append_index_html_on_directories(true);
         router = router
@@ -59,6 +72,19 @@ async fn hide_private_files(req: Request, next: Next) -> Response {
         return StatusCode::NOT_FOUND.into_response();
     }
     next.run(req).await
+}
+
+/// Without a built client the drop-in's URL still answers, with a script that says why
+/// nothing works, rather than a 404 a developer would have to go looking for.
+async fn client_missing() -> Response {
+    const MESSAGE: &str = "Mjölnir: this server has no browser client to serve. Build it with \
+                           `node js/build.mjs` (scripts/setup.sh does) or pass --client-dir.";
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [("content-type", "text/javascript; charset=utf-8")],
+        format!("console.error({MESSAGE:?});"),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {

@@ -62,6 +62,10 @@ struct Common {
     /// Database connections of this instance.
     #[arg(long, default_value_t = Knobs::default().pool_size)]
     pool_size: u32,
+    /// The built browser client served at /_mjolnir/ (default: `mjolnir-web` beside this
+    /// executable, else the repository's js/dist).
+    #[arg(long, env = "MJOLNIR_CLIENT_DIR")]
+    client_dir: Option<PathBuf>,
 }
 
 impl Common {
@@ -148,7 +152,24 @@ fn config(url: &str, app_dir: PathBuf, common: &Common, identity: Identity) -> C
     config.listen = SocketAddr::new(common.listen, common.port);
     config.identity = identity;
     config.knobs = common.knobs();
+    config.client_dir = common.client_dir.clone().or_else(default_client_dir);
+    if config.client_dir.is_none() {
+        tracing::warn!("no built browser client found: /_mjolnir/mjolnir.js will not work");
+    }
     config
+}
+
+/// An installed server keeps the client beside its executable; one run from the repository
+/// finds the one `js/build.mjs` built.
+fn default_client_dir() -> Option<PathBuf> {
+    let beside_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("mjolnir-web")));
+    let in_repo = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../js/dist"));
+    [beside_exe, Some(in_repo)]
+        .into_iter()
+        .flatten()
+        .find(|dir| dir.join("mjolnir.js").is_file())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

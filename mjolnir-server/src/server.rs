@@ -23,6 +23,9 @@ pub struct Config {
     pub database_url: String,
     /// The app directory: static files, and `migrations/` applied at start.
     pub app_dir: Option<PathBuf>,
+    /// The built browser client (`js/dist`: `mjolnir.js` and its wasm), served at
+    /// [`crate::app::CLIENT_PATH`].
+    pub client_dir: Option<PathBuf>,
     /// The schema of the app's tables.
     pub app_schema: String,
     pub listen: SocketAddr,
@@ -36,6 +39,7 @@ impl Config {
         Config {
             database_url: database_url.into(),
             app_dir: None,
+            client_dir: None,
             app_schema: "public".to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             identity: Identity::TrustClaim,
@@ -120,7 +124,11 @@ pub async fn start(
     });
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let app = router(state.clone(), config.app_dir.clone());
+    let app = router(
+        state.clone(),
+        config.app_dir.clone(),
+        config.client_dir.clone(),
+    );
     let (stop, stopped) = oneshot::channel::<()>();
     let going_away = Arc::new(Notify::new());
     let signal = {

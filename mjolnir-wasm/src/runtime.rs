@@ -271,7 +271,7 @@ impl Runtime {
                     self.finish_job(&job, Ok(value));
                 }
                 Outcome::Threw(err) => {
-                    self.emit_abort("error", None);
+                    self.emit_abort("error", None, Some(&err));
                     self.finish_job(&job, Err(err));
                 }
                 Outcome::Stale(key) => return self.retry_after_conflict(job, key),
@@ -422,7 +422,7 @@ impl Runtime {
                         }
                         return self.drive();
                     }
-                    self.emit_abort("error", None);
+                    self.emit_abort("error", None, Some(&err));
                     self.finish_job(&job, Err(err));
                     return self.drive();
                 }
@@ -458,7 +458,7 @@ impl Runtime {
     async fn wait_before_retry(&self, job: &Rc<Job>, key: Option<Key>) -> bool {
         let conflicts = job.conflicts.get() + 1;
         job.conflicts.set(conflicts);
-        self.emit_abort("conflict", key.as_ref());
+        self.emit_abort("conflict", key.as_ref(), None);
         let delay = self
             .policy
             .borrow()
@@ -533,11 +533,14 @@ impl Runtime {
             }
             ServerMessage::Rejected { error, .. } => {
                 self.revert(effects);
-                self.emit_abort(
-                    &format!("{:?}", error.code).to_lowercase(),
-                    error.key.as_ref(),
-                );
-                self.finish_job(&job, Err(RuntimeError::Rejected(error).into()));
+                let reason = serde_json::to_value(error.code)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let key = error.key.clone();
+                let err: JsValue = RuntimeError::Rejected(error).into();
+                self.emit_abort(&reason, key.as_ref(), Some(&err));
+                self.finish_job(&job, Err(err));
                 self.drive();
             }
             other => {
@@ -564,11 +567,17 @@ impl Runtime {
         });
     }
 
-    fn emit_abort(&self, reason: &str, key: Option<&Key>) {
+    /// `reason` is `conflict` (retried), `error` (the handler threw) or the server's error
+    /// code; `error` is the error the handler's promise is rejected with, when it is final,
+    /// so a page can show its message.
+    fn emit_abort(&self, reason: &str, key: Option<&Key>, error: Option<&JsValue>) {
         let detail = js_sys::Object::new();
         let _ = js_sys::Reflect::set(&detail, &"reason".into(), &reason.into());
         if let Some(k) = key {
             let _ = js_sys::Reflect::set(&detail, &"key".into(), &to_js(k));
+        }
+        if let Some(e) = error {
+            let _ = js_sys::Reflect::set(&detail, &"error".into(), e);
         }
         self.emit("abort", &detail);
     }
