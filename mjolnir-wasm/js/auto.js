@@ -22,7 +22,15 @@ export function install(run) {
   }
 }
 
+// The runtime's own timers (retry delays, reconnects) must not become transactions: one
+// would queue behind the very handler that waits for it. They use the unpatched function.
+export function runtimeTimeout(callback, ms) {
+  const s = globalThis[STATE];
+  return ((s && s.setTimeout) || globalThis.setTimeout).call(globalThis, callback, ms);
+}
+
 function patch(s) {
+  s.setTimeout = globalThis.setTimeout;
   const wrapped = new WeakMap();
   const ours = new WeakSet();
   function wrap(f) {

@@ -19,6 +19,14 @@ use wasm_bindgen::prelude::*;
 #[wasm_bindgen(module = "/js/auto.js")]
 extern "C" {
     fn install(run: &JsValue);
+    #[wasm_bindgen(js_name = runtimeTimeout)]
+    fn runtime_timeout(callback: &JsValue, ms: i32);
+}
+
+/// `setTimeout` for the runtime's own timers (retry delays, reconnects): never wrapped as
+/// a transaction, which would queue it behind the handler that is waiting for it.
+pub fn set_timeout(callback: &JsValue, ms: i32) {
+    runtime_timeout(callback, ms);
 }
 
 /// Turns automatic mode on for the whole page. Call it once.

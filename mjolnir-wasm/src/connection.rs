@@ -186,12 +186,7 @@ pub fn open<E: Events + 'static>(
                     let _ = open(&conn, owner, wc.clone());
                 }
             });
-            if let Some(window) = web_sys::window() {
-                let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(
-                    retry.unchecked_ref(),
-                    delay as i32,
-                );
-            }
+            crate::auto::set_timeout(&retry, delay as i32);
         })
     };
     ws.set_onopen(Some(onopen.as_ref().unchecked_ref()));

@@ -477,11 +477,7 @@ impl Runtime {
             return false;
         };
         let ms = delay.as_millis() as i32;
-        let sleep = Promise::new(&mut |resolve, _| {
-            if let Some(w) = web_sys::window() {
-                let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
-            }
-        });
+        let sleep = Promise::new(&mut |resolve, _| crate::auto::set_timeout(&resolve, ms));
         let _ = wasm_bindgen_futures::JsFuture::from(sleep).await;
         true
     }
