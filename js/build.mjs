@@ -53,9 +53,9 @@ run('cargo', ['run', '-q', '-p', 'mjolnir-core', '--features', 'ts', '--example'
 // auto.js is imported by the wasm glue from wasm-bindgen's snippets folder (its path holds a
 // hash) and by the drop-in, which installs it before the wasm has loaded.
 const snippets = join(build, 'wasm', 'snippets');
-const autoJs = readdirSync(snippets, { recursive: true })
-  .map((f) => join(snippets, f))
-  .find((f) => f.endsWith(join('js', 'auto.js')));
+const autoJs = readdirSync(snippets)
+  .map((crate) => join(snippets, crate, 'js', 'auto.js'))
+  .find((f) => existsSync(f));
 const aliases = {
   name: 'mjolnir-aliases',
   setup(b) {
@@ -63,7 +63,7 @@ const aliases = {
     b.onResolve({ filter: /^#wasm$/ }, () => ({ path: join(build, 'wasm', 'mjolnir.js') }));
   },
 };
-// The drop-in always passes its wasm URL, so the glue's import.meta.url default is unused;
+// The drop-in always passes its wasm URL, so the glue's import.meta.url default is unused.
 const common = {
   bundle: true, minify: !debug, sourcemap: true, target: 'es2022', plugins: [aliases], logLevel: 'warning',
   // wasm-bindgen lists the one snippet module once per imported function: the same object.

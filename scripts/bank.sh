@@ -7,5 +7,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH" # wasm-bindgen, installed by setup.sh
+node js/build.mjs # the browser client, served at /_mjolnir/ from js/dist
 cargo build --release -p mjolnir-server --bin mjolnir
 exec "${CARGO_TARGET_DIR:-target}/release/mjolnir" dev examples/bank "$@"

@@ -103,7 +103,17 @@ case ":$PATH:" in
 *) say "note: add $cargo_bin to PATH (scripts/test.sh does)" ;;
 esac
 
-# TODO(later issues): node tools. Add each one here, guarded by a check that skips it when
-# already installed.
+# Node runs the JavaScript package's build (esbuild) and its browser tests (playwright-core
+# driving the Chromium above: nothing downloads a browser). Debian's nodejs is enough.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    ensure_debian_packages nodejs npm
+fi
+# The package's dev tools, exactly as js/package-lock.json pins them.
+if [[ -f js/node_modules/.package-lock.json ]] && cmp -s js/package-lock.json js/node_modules/.mjolnir-lock; then
+    say "js/node_modules present"
+else
+    say "installing js/node_modules (npm ci)"
+    (cd js && npm ci --no-audit --no-fund && cp package-lock.json node_modules/.mjolnir-lock)
+fi
 
 say "done"

@@ -30,6 +30,9 @@ cargo check -p mjolnir-core --target wasm32-unknown-unknown
 step "cargo clippy -p mjolnir-wasm --target wasm32-unknown-unknown --all-targets -- -D warnings"
 cargo clippy -p mjolnir-wasm --target wasm32-unknown-unknown --all-targets -- -D warnings
 
+step "node js/build.mjs (the npm package and the <script> drop-in)"
+node js/build.mjs
+
 step "PostgreSQL for the tests"
 # The EXIT trap stops the test server and then the cluster however the script ends; INT and
 # TERM go through exit so that it runs for them too.
@@ -73,5 +76,15 @@ step "cargo test -p mjolnir-wasm --target wasm32-unknown-unknown (headless Chrom
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$PWD/scripts/lib/wasm-test-runner.sh" \
     CHROMEDRIVER="${CHROMEDRIVER:-$(command -v chromedriver || echo /usr/bin/chromedriver)}" \
     cargo test -p mjolnir-wasm --target wasm32-unknown-unknown
+
+step "browser tests of the package and the examples (playwright-core, headless Chromium)"
+# Each test file starts its own `mjolnir dev` on a fresh database of the test cluster. One
+# file at a time: they share two cores with PostgreSQL and the servers.
+MJOLNIR_BIN=$(realpath "$target_dir/debug/mjolnir")
+export MJOLNIR_BIN
+for file in js/test/*.test.mjs; do
+    echo "--- $file"
+    timeout 600 node --test "$file" 9>&-
+done
 
 step "all checks passed"

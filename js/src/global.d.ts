@@ -1,3 +1,5 @@
+// wasm-bindgen's classes are disposable (`using m = …`): Symbol.dispose.
+/// <reference lib="esnext.disposable" />
 // The global of the <script> drop-in, for pages type-checked with
 // `/// <reference types="mjolnir-web/global" />`.
 import type { Mjolnir } from './wasm.js';

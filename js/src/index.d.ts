@@ -1,3 +1,5 @@
+// wasm-bindgen's classes are disposable (`using m = …`): Symbol.dispose.
+/// <reference lib="esnext.disposable" />
 // Types of the npm entry. The runtime's classes (Mjolnir, Table, Kv, …) are declared by
 // wasm-bindgen from the Rust source (wasm.d.ts); the wire types by mjolnir-core
 // (protocol.d.ts). Only the two loader functions below are declared here.

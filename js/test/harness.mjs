@@ -64,10 +64,11 @@ export function makeApp(files, migrationsOf = 'bank') {
 
 /**
  * Starts `mjolnir dev APP_DIR` on `database` (a URL) and `port` (0: any free one); resolves
- * once it prints its URL. The server is killed after `limitMs` at the latest.
+ * once it prints its URL. `args` are more options of `mjolnir dev`. The server is killed
+ * after `limitMs` at the latest.
  */
-export function startServer(appDir, database, { port = 0, limitMs = 600_000 } = {}) {
-  const child = spawn(bin, ['dev', '--database-url', database, '--listen', '127.0.0.1', '--port', String(port), appDir], {
+export function startServer(appDir, database, { port = 0, limitMs = 600_000, args = [] } = {}) {
+  const child = spawn(bin, ['dev', '--database-url', database, '--listen', '127.0.0.1', '--port', String(port), ...args, appDir], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
   });

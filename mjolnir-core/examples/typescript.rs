@@ -5,7 +5,9 @@
 
 use mjolnir_core::protocol::{Entry, ErrorReply, PkKind, TableInfo};
 use mjolnir_core::sets::{ReadEntry, Write};
-use mjolnir_core::{ClientMessage, ErrorKind, Key, Pk, ServerMessage, TxnId, Version, WriteOp};
+use mjolnir_core::{
+    ClientMessage, ErrorKind, Key, Pk, ReadSet, ServerMessage, TxnId, Version, WriteOp, WriteSet,
+};
 use ts_rs::{Config, TS};
 
 fn decl<T: TS>(cfg: &Config, out: &mut String) {
@@ -37,8 +39,10 @@ fn main() -> std::io::Result<()> {
     decl::<TableInfo>(&cfg, &mut out);
     decl::<Entry>(&cfg, &mut out);
     decl::<ReadEntry>(&cfg, &mut out);
+    decl::<ReadSet>(&cfg, &mut out);
     decl::<WriteOp>(&cfg, &mut out);
     decl::<Write>(&cfg, &mut out);
+    decl::<WriteSet>(&cfg, &mut out);
     decl::<ClientMessage>(&cfg, &mut out);
     decl::<ServerMessage>(&cfg, &mut out);
     std::fs::write(&path, out)

@@ -66,6 +66,10 @@ struct Common {
     /// executable, else the repository's js/dist).
     #[arg(long, env = "MJOLNIR_CLIENT_DIR")]
     client_dir: Option<PathBuf>,
+    /// A Content-Security-Policy header for every response, for example
+    /// "script-src 'self' 'wasm-unsafe-eval'" (what Mjölnir pages need at the least).
+    #[arg(long, env = "MJOLNIR_CONTENT_SECURITY_POLICY")]
+    content_security_policy: Option<String>,
 }
 
 impl Common {
@@ -153,6 +157,7 @@ fn config(url: &str, app_dir: PathBuf, common: &Common, identity: Identity) -> C
     config.identity = identity;
     config.knobs = common.knobs();
     config.client_dir = common.client_dir.clone().or_else(default_client_dir);
+    config.content_security_policy = common.content_security_policy.clone();
     if config.client_dir.is_none() {
         tracing::warn!("no built browser client found: /_mjolnir/mjolnir.js will not work");
     }

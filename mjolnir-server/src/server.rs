@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 /// How long a stopping server waits for its connections to close.
 pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
@@ -26,6 +27,8 @@ pub struct Config {
     /// The built browser client (`js/dist`: `mjolnir.js` and its wasm), served at
     /// [`crate::app::CLIENT_PATH`].
     pub client_dir: Option<PathBuf>,
+    /// A `Content-Security-Policy` header for the app's pages, when set.
+    pub content_security_policy: Option<String>,
     /// The schema of the app's tables.
     pub app_schema: String,
     pub listen: SocketAddr,
@@ -40,6 +43,7 @@ impl Config {
             database_url: database_url.into(),
             app_dir: None,
             client_dir: None,
+            content_security_policy: None,
             app_schema: "public".to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             identity: Identity::TrustClaim,
@@ -129,6 +133,14 @@ pub async fn start(
         config.app_dir.clone(),
         config.client_dir.clone(),
     );
+    let app = match &config.content_security_policy {
+        Some(policy) => app.layer(SetResponseHeaderLayer::if_not_present(
+            axum::http::header::CONTENT_SECURITY_POLICY,
+            axum::http::HeaderValue::from_str(policy)
+                .map_err(|e| anyhow::anyhow!("invalid Content-Security-Policy {policy:?}: {e}"))?,
+        )),
+        None => app,
+    };
     let (stop, stopped) = oneshot::channel::<()>();
     let going_away = Arc::new(Notify::new());
     let signal = {
