@@ -50,11 +50,13 @@ export function freshDatabase(name) {
 
 /**
  * A throwaway app directory: `files` (name → content) plus the migrations of the example
- * `migrationsOf` (a directory of examples/).
+ * `migrationsOf` (a directory of examples/; none when null).
  */
 export function makeApp(files, migrationsOf = 'bank') {
   const dir = mkdtempSync(join(tmpdir(), 'mjolnir-app-'));
-  cpSync(join(repo, 'examples', migrationsOf, 'migrations'), join(dir, 'migrations'), { recursive: true });
+  if (migrationsOf) {
+    cpSync(join(repo, 'examples', migrationsOf, 'migrations'), join(dir, 'migrations'), { recursive: true });
+  }
   for (const [name, content] of Object.entries(files)) {
     mkdirSync(dirname(join(dir, name)), { recursive: true });
     writeFileSync(join(dir, name), content);

@@ -1,0 +1,222 @@
+// The shared todo list (examples/todo), as its users would use it: pages in headless
+// Chromium against `mjolnir dev` and a real PostgreSQL. It shows inserts, deletes, a kv
+// entry kept in step with them, row-level security and mjolnir.state.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { freshDatabase, launchBrowser, openPage, repo, sql, startServer, until } from './harness.mjs';
+import { join } from 'node:path';
+
+const DB = 'js_todo_test';
+let server;
+let browser;
+
+/** The items a page lists, in order: { title, done, by, visible }. */
+const items = (page) =>
+  page.$$eval('#todos li', (lis) => lis.map((li) => ({
+    title: li.querySelector('.title').textContent,
+    done: li.dataset.done,
+    by: li.querySelector('small').textContent,
+    visible: li.offsetParent !== null,
+  })));
+const titles = async (page) => (await items(page)).map((i) => i.title);
+
+/** The page's summary line, rendered from `{{ state.filter }}`, `kv('todos')` and `{{ state.added }}`. */
+const summary = (page) => page.locator('#summary').innerText();
+
+/** Rows and the kv list in the database itself. */
+const rows = () => {
+  const out = sql(DB, "SELECT id, title, done, created_by FROM todos ORDER BY title");
+  return out ? out.split('\n').map((l) => l.split('|')).map(([id, title, done, by]) => ({ id, title, done: done === 't', by })) : [];
+};
+const listed = () => JSON.parse(sql(DB, "SELECT value FROM mjolnir.kv WHERE key = 'todos'") || '[]');
+
+/** Opens the list as `user` in its own browser context, once the list has loaded. */
+async function todoPage(user) {
+  const context = await browser.newContext();
+  const page = await openPage(context, `${server.url}/?user=${user}`);
+  await until(() => summary(page), (s) => /Showing all of \d+ items; you added 0\./.test(s), { what: `${user}'s list` });
+  // Every transaction's outcome, for the assertions.
+  await page.evaluate(() => {
+    window.aborts = [];
+    mjolnir.on('abort', (e) => window.aborts.push(e.reason));
+  });
+  return page;
+}
+
+/** What a user does: type a title and press Enter. */
+async function typeTodo(page, title) {
+  await page.fill('#title', title);
+  await page.press('#title', 'Enter');
+}
+
+const itemNamed = (page, title) => page.locator('#todos li', { has: page.locator('.title', { hasText: title }) });
+const settled = (page) => until(() => page.evaluate(() => mjolnir.pending), (n) => n === 0, { what: 'the page’s transactions to finish' });
+
+/** A failed handler in automatic mode is also an unhandled rejection: the one problem a refusal may leave. */
+const unexpected = (page, allowed = /^$/) => page.problems.filter((p) => !allowed.test(p));
+
+before(async () => {
+  server = await startServer(join(repo, 'examples', 'todo'), freshDatabase(DB));
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+describe('the shared todo list', () => {
+  test('an item alice types shows up on bob’s page live; bob ticks it off and alice sees it', async () => {
+    const alice = await todoPage('alice');
+    const bob = await todoPage('bob');
+    await bob.evaluate(() => { window.notReloaded = true; });
+
+    await typeTodo(alice, 'buy milk');
+    assert.deepEqual(await until(() => titles(bob), (t) => t.length === 1, { what: 'the item on bob’s page' }), ['buy milk']);
+    assert.deepEqual(await titles(alice), ['buy milk']);
+    assert.equal(await alice.inputValue('#title'), '', 'the box is emptied');
+    assert.deepEqual((await items(bob))[0], { title: 'buy milk', done: 'false', by: 'alice', visible: true });
+    assert.match(await summary(alice), /of 1 items; you added 1\./);
+    assert.match(await summary(bob), /of 1 items; you added 0\./);
+
+    await itemNamed(bob, 'buy milk').locator('.tick').click();
+    await until(async () => (await items(alice))[0].done, (d) => d === 'true', { what: 'the tick on alice’s page' });
+    assert.equal(await itemNamed(alice, 'buy milk').locator('.tick').innerText(), '☑');
+
+    const [row] = rows();
+    assert.deepEqual({ ...row, id: undefined }, { id: undefined, title: 'buy milk', done: true, by: 'alice' });
+    assert.match(row.id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$/, 'the page made a uuid key');
+    assert.deepEqual(listed(), [row.id]);
+    assert.equal(await bob.evaluate(() => window.notReloaded), true);
+    assert.deepEqual([...alice.problems, ...bob.problems], []);
+    assert.deepEqual([...await alice.evaluate(() => window.aborts), ...await bob.evaluate(() => window.aborts)], []);
+    await alice.context().close();
+    await bob.context().close();
+  });
+
+  test('10 inserts from each of two pages at once: the kv list keeps all 20', async (t) => {
+    const before = rows().length;
+    const pages = [await todoPage('alice'), await todoPage('bob')];
+    // All 20 fired at once: each page queues its 10 (a page runs its transactions one at a
+    // time), and the two pages race for the 'todos' entry, so the loser of each race
+    // conflicts and runs addTodo again on the new list.
+    const results = await Promise.all(pages.map((page, p) => page.evaluate(async (who) => {
+      const adds = Array.from({ length: 10 }, (_, i) => mjolnir.atomic(addTodo)(`${who} ${String(i).padStart(2, '0')}`));
+      return (await Promise.allSettled(adds)).map((r) => (r.status === 'fulfilled' ? 'ok' : `${r.reason.name}: ${r.reason.message}`));
+    }, ['alice', 'bob'][p])));
+    const conflicts = (await Promise.all(pages.map((p) => p.evaluate(() => window.aborts))))
+      .flat().filter((r) => r === 'conflict').length;
+    t.diagnostic(`20 inserts committed after ${conflicts} conflicts`);
+    assert.deepEqual(results, [Array(10).fill('ok'), Array(10).fill('ok')]);
+
+    const expected = [...['alice', 'bob'].flatMap((who) => Array.from({ length: 10 }, (_, i) => `${who} ${String(i).padStart(2, '0')}`))];
+    const inDb = rows();
+    assert.equal(inDb.length, before + 20);
+    const ids = listed();
+    assert.equal(ids.length, before + 20, 'the list has every row');
+    assert.deepEqual(new Set(ids), new Set(inDb.map((r) => r.id)), 'the list and the table agree');
+    for (const page of pages) {
+      const shown = await until(() => titles(page), (s) => s.length === before + 20 && !s.includes('…'), { what: '20 new items' });
+      assert.deepEqual(shown.filter((s) => / \d\d$/.test(s)).sort(), expected);
+      // Conflicted attempts' increments were rolled back: each page counts its 10 once.
+      assert.equal(await page.evaluate(() => mjolnir.state.added), 10);
+      assert.match(await summary(page), new RegExp(`of ${before + 20} items; you added 10\\.`));
+    }
+    // Both pages list the items in the same order: the order of the kv entry.
+    assert.deepEqual(await titles(pages[0]), await titles(pages[1]));
+    assert.deepEqual(pages.flatMap((p) => p.problems), []);
+    for (const page of pages) await page.context().close();
+  });
+
+  test('the creator deletes an item everywhere; anyone else’s delete is refused and changes nothing', async () => {
+    const alice = await todoPage('alice');
+    const bob = await todoPage('bob');
+    await typeTodo(alice, 'alice’s chore');
+    await typeTodo(bob, 'bob’s chore');
+    for (const page of [alice, bob]) {
+      await until(() => titles(page), (t) => t.includes('alice’s chore') && t.includes('bob’s chore'), { what: 'both chores' });
+    }
+    const start = rows();
+
+    // Alice deletes her own item: gone on both pages, from the table and from the list.
+    const mine = start.find((r) => r.title === 'alice’s chore');
+    await itemNamed(alice, 'alice’s chore').locator('.delete').click();
+    for (const page of [alice, bob]) {
+      await until(() => titles(page), (t) => !t.includes('alice’s chore'), { what: 'the deleted item to go' });
+    }
+    assert.deepEqual(rows(), start.filter((r) => r.id !== mine.id));
+    assert.equal(listed().includes(mine.id), false);
+    assert.equal(listed().length, start.length - 1);
+
+    // Alice tries to delete bob's: the policy refuses, the page says so, nothing changes.
+    const before = { rows: rows(), listed: listed(), titles: await titles(alice) };
+    await itemNamed(alice, 'bob’s chore').locator('.delete').click();
+    await settled(alice);
+    assert.match(await alice.locator('#error').innerText(), /^Not done: the policies on todos do not let this user delete/);
+    assert.deepEqual(await alice.evaluate(() => window.aborts), ['forbidden']);
+    assert.deepEqual(rows(), before.rows);
+    assert.deepEqual(listed(), before.listed, 'the list update was rolled back with the delete');
+    assert.deepEqual(await titles(alice), before.titles);
+    assert.deepEqual(await titles(bob), before.titles);
+    assert.deepEqual(unexpected(alice, /policies on todos/), []);
+    assert.deepEqual(bob.problems, []);
+    await alice.context().close();
+    await bob.context().close();
+  });
+
+  test('mjolnir.state is part of each transaction: a refused or failed handler leaves it as it was', async () => {
+    const alice = await todoPage('alice');
+    await typeTodo(alice, 'water plants');
+    await itemNamed(alice, 'water plants').locator('.tick').click();
+    await until(async () => (await items(alice)).find((i) => i.title === 'water plants')?.done, (d) => d === 'true');
+    await typeTodo(alice, 'call mum');
+    await until(() => titles(alice), (t) => t.includes('call mum'));
+    await settled(alice);
+
+    // The filter is page state, shown by templates: `done` items are hidden under `open`.
+    await alice.click('#filters >> text=open');
+    await until(() => summary(alice), (s) => s.startsWith('Showing open'), { what: 'the filter template' });
+    assert.equal(await alice.getAttribute('#todos', 'data-filter'), 'open');
+    assert.equal(await itemNamed(alice, 'water plants').isVisible(), false);
+    assert.equal(await itemNamed(alice, 'call mum').isVisible(), true);
+    const count = rows().length;
+    const stateBefore = await alice.evaluate(() => ({ ...mjolnir.state }));
+    assert.deepEqual(stateBefore, { filter: 'open', added: 2 });
+
+    // A title of spaces: addTodo counts it in state.added and empties the box, then the
+    // table's CHECK refuses the commit, and all of it is rolled back.
+    await typeTodo(alice, '   ');
+    await settled(alice);
+    assert.match(await alice.locator('#error').innerText(), /^Not done: .*todos_title_check/);
+    assert.deepEqual(await alice.evaluate(() => ({ ...mjolnir.state })), stateBefore);
+    assert.equal(await alice.inputValue('#title'), '   ', 'the box holds what was typed again');
+    assert.match(await summary(alice), /you added 2\./);
+    // Too long (201 characters): refused the same way.
+    await typeTodo(alice, 'x'.repeat(201));
+    await settled(alice);
+    assert.deepEqual(await alice.evaluate(() => ({ ...mjolnir.state })), stateBefore);
+
+    // A handler that changes the filter and then throws: the filter stays `open`.
+    const thrown = await alice.evaluate(async () => {
+      try {
+        await mjolnir.atomic(() => { show('done'); addTodo('never'); throw new Error('changed my mind'); })();
+        return 'committed';
+      } catch (e) {
+        return e.message;
+      }
+    });
+    assert.equal(thrown, 'changed my mind');
+    assert.deepEqual(await alice.evaluate(() => ({ ...mjolnir.state })), stateBefore);
+    assert.deepEqual(await alice.evaluate(() => window.aborts), ['constraint_violation', 'constraint_violation', 'error']);
+    assert.equal(rows().length, count, 'nothing reached the database');
+    assert.equal(await alice.getAttribute('#todos', 'data-filter'), 'open');
+
+    // And a handler that commits keeps its state change.
+    await alice.click('#filters >> text=done');
+    await until(() => summary(alice), (s) => s.startsWith('Showing done'), { what: 'the filter template' });
+    assert.equal(await itemNamed(alice, 'water plants').isVisible(), true);
+    assert.equal(await itemNamed(alice, 'call mum').isVisible(), false);
+    assert.deepEqual(unexpected(alice, /todos_title_check/), []);
+    await alice.context().close();
+  });
+});
