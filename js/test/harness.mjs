@@ -103,6 +103,10 @@ export function startServer(appDir, database, { port = 0, limitMs = 600_000, arg
         });
       }
     });
+    child.once('error', (e) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot run ${bin}: ${e.message}`));
+    });
     exited.then(({ code, signal }) => {
       clearTimeout(timer);
       reject(new Error(`server exited (${code ?? signal}) before it started:\n${log}`));

@@ -175,6 +175,13 @@ impl Runtime {
         self.listeners.borrow_mut().push((event, f));
     }
 
+    /// `mjolnir.state` was assigned to: a `state` event, so templates that show it
+    /// re-render (a handler that touches only page state sends nothing and brings no
+    /// `commit` or `change`). A rollback of the state is reported by `abort`.
+    pub fn state_changed(&self) {
+        self.emit("state", &JsValue::UNDEFINED);
+    }
+
     /// Calls the listeners of `event` with `detail`. Never while a borrow is held.
     fn emit(&self, event: &str, detail: &JsValue) {
         let fs: Vec<Function> = self

@@ -68,6 +68,7 @@ pub fn proxy(rt: &Rc<Runtime>) -> JsValue {
                     Object::freeze(value.unchecked_ref::<Object>());
                 }
                 rt.state.borrow_mut().set(name, value);
+                rt.state_changed();
                 true
             },
         )
@@ -77,6 +78,7 @@ pub fn proxy(rt: &Rc<Runtime>) -> JsValue {
         Closure::<dyn Fn(JsValue, JsValue) -> bool>::new(move |_target: JsValue, prop: JsValue| {
             if let Some(name) = prop.as_string() {
                 rt.state.borrow_mut().remove(&name);
+                rt.state_changed();
             }
             true
         })

@@ -184,7 +184,7 @@ pub fn bind(rt: &Rc<Runtime>, root: &Node) -> Rc<Templates> {
     });
     templates.adopt_tree(&mut templates.bindings.borrow_mut(), root);
     // The runtime's listeners own the templates from here on: they live as long as the page.
-    for event in ["change", "commit", "abort", "connection"] {
+    for event in ["change", "commit", "abort", "connection", "state"] {
         let t = templates.clone();
         let listener = Closure::<dyn Fn(JsValue)>::new(move |_| t.schedule());
         rt.on(event.to_owned(), listener.into_js_value().unchecked_into());
