@@ -70,7 +70,7 @@ pub struct DomChanges {
     changes: Vec<Change>,
     /// The form controls whose properties differed at the end of the attempt, with the
     /// values they had before it.
-    controls: Vec<(Element, ControlState)>,
+    controls: Vec<ControlChange>,
 }
 
 /// One mutation record, in the terms needed to undo it.
@@ -94,6 +94,15 @@ enum Change {
         /// The node after the added or removed ones, `None` at the end of the list.
         next: Option<Node>,
     },
+}
+
+/// A form control the attempt changed: its properties before, and as the attempt left
+/// them.
+#[derive(Debug)]
+struct ControlChange {
+    element: Element,
+    before: ControlState,
+    after: ControlState,
 }
 
 /// The properties of a form control that change without a mutation record.
@@ -149,7 +158,14 @@ impl DomJournal {
             .collect();
         let controls = std::mem::take(&mut self.controls)
             .into_iter()
-            .filter(|(element, before)| ControlState::read(element).as_ref() != Some(before))
+            .filter_map(|(element, before)| {
+                let after = ControlState::read(&element)?;
+                (after != before).then_some(ControlChange {
+                    element,
+                    before,
+                    after,
+                })
+            })
             .collect();
         Ok(DomChanges { changes, controls })
     }
@@ -170,7 +186,9 @@ impl DomChanges {
     }
 
     /// Undoes the attempt's changes: the records in reverse order, then the form controls'
-    /// properties that still differ from before the attempt.
+    /// properties, for each control that still shows what the attempt left. One that
+    /// differs was changed since, by the user typing while the commit was in flight, say:
+    /// putting back the value from before the attempt would throw that typing away.
     ///
     /// Best effort: a step that the DOM refuses (because something outside the attempt
     /// changed the same nodes since) is reported on the console and skipped, and the rest
@@ -181,9 +199,9 @@ impl DomChanges {
                 warn("could not undo a DOM change", &err);
             }
         }
-        for (element, before) in &self.controls {
-            if ControlState::read(element).as_ref() != Some(before)
-                && let Err(err) = before.restore(element)
+        for c in &self.controls {
+            if ControlState::read(&c.element).as_ref() == Some(&c.after)
+                && let Err(err) = c.before.restore(&c.element)
             {
                 warn("could not restore a form control", &err);
             }

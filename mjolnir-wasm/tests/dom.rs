@@ -240,6 +240,32 @@ fn typed_values_are_restored_too() {
 }
 
 #[wasm_bindgen_test]
+fn typing_after_the_attempt_survives_its_rollback() {
+    // The handler cleared the box and its commit is in flight; the user types the next
+    // item; then the commit conflicts and the attempt is rolled back. The new typing stays
+    // (only a control that still shows what the attempt left is restored).
+    let root = fixture(r#"<input value=""><textarea></textarea>"#);
+    let input: web_sys::HtmlInputElement = root
+        .query_selector("input")
+        .unwrap()
+        .unwrap()
+        .unchecked_into();
+    input.set_value("first item");
+    let changes = record(&root, |root| {
+        let input: web_sys::HtmlInputElement = root
+            .query_selector("input")
+            .unwrap()
+            .unwrap()
+            .unchecked_into();
+        input.set_value("");
+    });
+    input.set_value("second item");
+    changes.revert();
+    assert_eq!(input.value(), "second item");
+    discard(&root);
+}
+
+#[wasm_bindgen_test]
 fn an_attempt_that_changes_nothing_is_empty() {
     let root = fixture(r#"<input value="same"><p title="t">text</p>"#);
     let before = outer(&root);
