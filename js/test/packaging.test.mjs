@@ -1,11 +1,12 @@
 // The package as a user gets it: `npm pack`, installed offline into a fresh project, then
-// loaded by a plain ESM page (import map, no bundler) and by a static page with only the
+// loaded by a plain ESM page (import map, no bundler, the README's quick start) and by a
+// static page with only the
 // <script> tag from the tarball. Both commit a transaction against the real server; the
 // tarball's TypeScript types resolve through its exports map.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { readdirSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { freshDatabase, launchBrowser, makeApp, openPage, repo, sql, startServer, until } from './harness.mjs';
 
@@ -15,23 +16,17 @@ let app;
 let server;
 let browser;
 
+// The README's npm quick start, as printed there, in a page with an import map.
+const readme = readFileSync(join(repo, 'README.md'), 'utf8');
+const quickStart = /```js\n(import \{ connect \} from 'mjolnir-web';[\s\S]*?)```/.exec(readme)[1];
 const ESM_PAGE = `<!doctype html>
 <html><head><meta charset="utf-8">
 <script type="importmap">{ "imports": { "mjolnir-web": "./node_modules/mjolnir-web/dist/index.js" } }</script>
 <script type="module">
-  import { connect } from 'mjolnir-web';
-  const mjolnir = await connect({ user: 'alice' });
-  mjolnir.templates();
-  const pay = mjolnir.atomic((amount) => {
-    const alice = mjolnir.table('users').find('alice');
-    const bob = mjolnir.table('users').find('bob');
-    alice.balance -= amount;
-    bob.balance += amount;
-    return alice.balance;
-  });
-  window.result = await pay(3);
+${quickStart}
+window.result = 'paid';
 </script>
-</head><body><p id="balance">{{ table('users').find('alice').balance }}</p></body></html>`;
+</head><body><p id="balance">{{ table('users').find(user).balance }}</p></body></html>`;
 
 // Nothing but the drop-in from the tarball; the wasm comes from beside it.
 const SCRIPT_PAGE = `<!doctype html>
@@ -106,11 +101,12 @@ test('its types resolve through the exports map and type-check a consumer', () =
   }
 });
 
-test('a plain ESM page imports the package and commits', async () => {
-  const page = await openPage(await browser.newContext(), `${server.url}/esm.html`);
-  assert.equal(await until(() => page.evaluate(() => window.result), (r) => r !== undefined, { what: 'the commit' }), 97);
-  assert.equal(sql(DB, "SELECT balance FROM users WHERE name = 'alice'"), '97');
-  await until(() => page.locator('#balance').innerText(), (t) => t === '97', { what: 'the template' });
+test('a plain ESM page runs the README’s npm quick start and commits', async () => {
+  const page = await openPage(await browser.newContext(), `${server.url}/esm.html?user=alice`);
+  assert.equal(await until(() => page.evaluate(() => window.result), (r) => r !== undefined, { what: 'the commit' }), 'paid');
+  assert.equal(sql(DB, "SELECT balance FROM users WHERE name = 'alice'"), '90');
+  assert.equal(sql(DB, "SELECT balance FROM users WHERE name = 'bob'"), '110');
+  await until(() => page.locator('#balance').innerText(), (t) => t === '90', { what: 'the template' });
   assert.deepEqual(page.problems, []);
   await page.context().close();
 });
