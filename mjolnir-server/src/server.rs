@@ -7,6 +7,7 @@ use crate::identity::Identity;
 use crate::knobs::Knobs;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -157,6 +158,14 @@ pub async fn start(
         }
     };
     let task = tokio::spawn(async move {
+        // No Nagle: a reply is one small frame the client waits for, and Nagle's algorithm
+        // with the peer's delayed ACK held each one back ~40 ms (the benchmark's one-client
+        // latency).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
         tokio::select! {
             done = serve => done,

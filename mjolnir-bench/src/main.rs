@@ -1,0 +1,198 @@
+//! `mjolnir-bench`: the bank-transfer benchmark of Mjölnir against pgbench and a
+//! hand-written axum + sqlx endpoint. `scripts/bench.sh` starts PostgreSQL and the servers,
+//! calls `run` for every system and point, interleaved, and then `report`.
+
+mod driver;
+mod report;
+mod stats;
+mod systems;
+mod workload;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use driver::Window;
+use stats::{RunLabel, RunResult, System};
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+use systems::endpoint::{self, EndpointWorker};
+use systems::mjolnir::MjolnirWorker;
+use systems::pgbench::Pgbench;
+use workload::Workload;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mjolnir-bench",
+    about = "Bank transfers: Mjölnir vs pgbench vs a hand-written endpoint"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the hand-written baseline: `POST /transfer` as one SQL transaction.
+    Endpoint {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[arg(long, default_value = "127.0.0.1")]
+        listen: IpAddr,
+        #[arg(long)]
+        port: u16,
+        /// Database connections; Mjölnir's default is 16, so is this.
+        #[arg(long, default_value_t = 16)]
+        pool_size: u32,
+    },
+    /// Measure one system at one point and append the result to a JSON-lines file.
+    Run(RunArgs),
+    /// Write the Markdown report from a results file.
+    Report {
+        #[arg(long)]
+        results: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// The command line that produced the results, quoted in the report.
+        #[arg(long)]
+        command: String,
+        /// Free text about the run (date, machine, mode), quoted in the report.
+        #[arg(long, default_value = "")]
+        environment: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[arg(long, value_enum)]
+    system: System,
+    #[arg(long, value_enum, default_value = "uniform")]
+    workload: Workload,
+    #[arg(long, default_value_t = 8)]
+    clients: u32,
+    /// Length of the measured window.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Load before the window, not measured (connections warm, caches filled).
+    #[arg(long, default_value_t = 1)]
+    warmup: u64,
+    /// The server's synchronous_commit during the run; only recorded, set by the caller.
+    #[arg(long, default_value = "on")]
+    sync: String,
+    #[arg(long, default_value_t = 1)]
+    round: u32,
+    /// Mjölnir's WebSocket URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    mjolnir_url: String,
+    /// Keep the keys each transfer read subscribed, as `Client::run` alone does.
+    #[arg(long)]
+    keep_subscriptions: bool,
+    /// The endpoint's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    endpoint_url: String,
+    /// The database, for pgbench.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    #[arg(long, default_value = "/usr/lib/postgresql/15/bin/pgbench")]
+    pgbench: PathBuf,
+    /// Scratch directory for pgbench's script and logs.
+    #[arg(long, default_value = "/tmp/mjolnir-bench")]
+    work_dir: PathBuf,
+    /// Where to append the result line.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Endpoint {
+            database_url,
+            listen,
+            port,
+            pool_size,
+        } => endpoint::serve(&database_url, SocketAddr::new(listen, port), pool_size).await,
+        Command::Run(args) => run(args).await,
+        Command::Report {
+            results,
+            out,
+            command,
+            environment,
+        } => {
+            let results =
+                report::load(&results).with_context(|| format!("reading {}", results.display()))?;
+            let doc = report::render(
+                &results,
+                &report::Context {
+                    command,
+                    environment,
+                },
+            );
+            std::fs::write(&out, doc).with_context(|| format!("writing {}", out.display()))?;
+            Ok(())
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let window = Window {
+        warmup: Duration::from_secs(args.warmup),
+        measure: Duration::from_secs(args.seconds),
+    };
+    let rec = match args.system {
+        System::Mjolnir => {
+            let workers = MjolnirWorker::connect_all(
+                &args.mjolnir_url,
+                args.clients,
+                args.keep_subscriptions,
+            )
+            .await?;
+            driver::drive(workers, args.workload, window).await?
+        }
+        System::Endpoint => {
+            let workers = EndpointWorker::all(&args.endpoint_url, args.clients)?;
+            driver::drive(workers, args.workload, window).await?
+        }
+        System::Pgbench => {
+            let database_url = args
+                .database_url
+                .clone()
+                .context("--database-url (or DATABASE_URL) is needed for pgbench")?;
+            let pgbench = Pgbench {
+                bin: args.pgbench.clone(),
+                database_url,
+                work_dir: args.work_dir.clone(),
+            };
+            pgbench.run(args.workload, args.clients, window).await?
+        }
+    };
+    let label = RunLabel {
+        system: args.system,
+        workload: args.workload,
+        clients: args.clients,
+        sync: args.sync.clone(),
+        round: args.round,
+    };
+    let result = RunResult::new(label, window.measure, &rec);
+    println!(
+        "{:>8} {:>7} {:>3} clients sync={:<3} round {}: {:>7.0} TPS, abort {:>5.1} %, p50 {:.2} ms, p99 {:.2} ms, max attempts {}, gave up {}",
+        result.label.system.name(),
+        result.label.workload.name(),
+        result.label.clients,
+        result.label.sync,
+        result.label.round,
+        result.tps,
+        100.0 * result.abort_rate,
+        result.p50_us as f64 / 1000.0,
+        result.p99_us as f64 / 1000.0,
+        result.max_attempts,
+        result.failed,
+    );
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.out)
+        .with_context(|| format!("opening {}", args.out.display()))?;
+    writeln!(out, "{}", serde_json::to_string(&result)?)?;
+    Ok(())
+}

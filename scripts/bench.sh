@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# The bank-transfer benchmark: pgbench (the database's ceiling), a hand-written axum + sqlx
+# endpoint and Mjölnir, on one private PostgreSQL, interleaved over several rounds, with
+# synchronous_commit on and then off. Writes docs/benchmarks.md (see mjolnir-bench/).
+#
+#   scripts/bench.sh                 the full comparison (about 12 minutes on 2 cores)
+#   scripts/bench.sh --quick         a smoke check (about 1 minute once built)
+#   options: --seconds N  --warmup N  --rounds N  --clients "1 8 32 64"  --out FILE
+#
+# Everything it starts (PostgreSQL as `postgres`, the two servers on 127.0.0.1) is stopped
+# when it exits, and every measurement is bounded in time.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+INVOKED="scripts/bench.sh${*:+ $*}"
+
+MODE=full SECONDS_PER_RUN=3 WARMUP=1 ROUNDS=3 CLIENTS="1 8 32 64" OUT=docs/benchmarks.md
+while (($#)); do
+    case $1 in
+    --quick) MODE=quick SECONDS_PER_RUN=1 ROUNDS=1 CLIENTS="1 32" ;;
+    --seconds) SECONDS_PER_RUN=$2 && shift ;;
+    --warmup) WARMUP=$2 && shift ;;
+    --rounds) ROUNDS=$2 && shift ;;
+    --clients) CLIENTS=$2 && shift ;;
+    --out) OUT=$2 && shift ;;
+    *) echo "unknown option $1 (see the top of $0)" >&2 && exit 2 ;;
+    esac
+    shift
+done
+
+say() { printf 'bench: %s\n' "$*"; }
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+say "building (release) into $CARGO_TARGET_DIR"
+cargo build --release -p mjolnir-server --bin mjolnir -p mjolnir-bench --bin mjolnir-bench
+MJOLNIR=$CARGO_TARGET_DIR/release/mjolnir
+BENCH=$CARGO_TARGET_DIR/release/mjolnir-bench
+
+WORK=$(mktemp -d /tmp/mjolnir-bench.XXXXXX)
+chmod 755 "$WORK" # the cluster below belongs to `postgres`, which must reach it
+RESULTS=$WORK/results.jsonl
+
+# shellcheck source=lib/pg.sh
+source scripts/lib/pg.sh
+# shellcheck source=lib/server.sh
+source scripts/lib/server.sh
+
+ENDPOINT_PID="" ENDPOINT_PORT=""
+
+endpoint_stop() {
+    if [[ -n "$ENDPOINT_PID" ]] && kill -0 "$ENDPOINT_PID" 2>/dev/null; then
+        kill -TERM "$ENDPOINT_PID" 2>/dev/null || true
+        timeout 10 tail --pid="$ENDPOINT_PID" -f /dev/null || kill -KILL "$ENDPOINT_PID" 2>/dev/null || true
+        wait "$ENDPOINT_PID" 2>/dev/null || true
+    fi
+    ENDPOINT_PID=""
+}
+
+cleanup() {
+    endpoint_stop
+    server_stop
+    pg_stop
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+pg_start "$WORK/pg"
+pg_create_database bench
+DB_URL="postgres://postgres@127.0.0.1:$PG_PORT/bench"
+
+psql_bench() { "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d bench "$@"; }
+
+# The endpoint on a free port; waits (at most 30 s) for /healthz.
+endpoint_start() {
+    local attempt waited
+    for attempt in 1 2 3 4 5; do
+        ENDPOINT_PORT=$((20000 + RANDOM % 40000))
+        if (exec 3<>"/dev/tcp/127.0.0.1/$ENDPOINT_PORT") 2>/dev/null; then
+            continue
+        fi
+        "$BENCH" endpoint --database-url "$DB_URL" --port "$ENDPOINT_PORT" >"$WORK/endpoint.log" 2>&1 &
+        ENDPOINT_PID=$!
+        for ((waited = 0; waited < 120; waited++)); do
+            curl -fs "http://127.0.0.1:$ENDPOINT_PORT/healthz" >/dev/null && return 0
+            kill -0 "$ENDPOINT_PID" 2>/dev/null || break
+            sleep 0.25
+        done
+        endpoint_stop
+    done
+    say "could not start the endpoint:" >&2
+    tail -n 20 "$WORK/endpoint.log" >&2
+    return 1
+}
+
+# Sets synchronous_commit for every session of the cluster, then (re)starts both servers so
+# that every pooled connection is new and runs with it.
+use_sync() {
+    local mode=$1
+    endpoint_stop
+    server_stop
+    psql_bench -c "ALTER SYSTEM SET synchronous_commit = $mode" -c "SELECT pg_reload_conf()" >/dev/null
+    # Mjölnir applies the benchmark's migration (mjolnir-bench/app/migrations) at start, so
+    # it starts first: the endpoint and pgbench use its accounts table.
+    RUST_LOG=warn server_start "$MJOLNIR" mjolnir-bench/app "$DB_URL" "$WORK/mjolnir-$mode.log"
+    endpoint_start
+    say "synchronous_commit = $(psql_bench -At -c 'SHOW synchronous_commit')"
+}
+
+run_one() {
+    local system=$1 workload=$2 clients=$3 sync=$4 round=$5
+    timeout --kill-after=5 $((WARMUP + SECONDS_PER_RUN + 60)) \
+        "$BENCH" run --system "$system" --workload "$workload" --clients "$clients" \
+        --seconds "$SECONDS_PER_RUN" --warmup "$WARMUP" --sync "$sync" --round "$round" \
+        --mjolnir-url "ws://127.0.0.1:$SERVER_PORT/ws" \
+        --endpoint-url "http://127.0.0.1:$ENDPOINT_PORT" \
+        --database-url "$DB_URL" --pgbench "$PG_BIN/pgbench" \
+        --work-dir "$WORK" --out "$RESULTS"
+}
+
+SYSTEMS=(pgbench endpoint mjolnir)
+started=$(date +%s)
+# Nothing else is stopped: the load average tells the reader whether the machine was shared.
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+for sync in on off; do
+    use_sync "$sync"
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for workload in uniform hot; do
+            for clients in $CLIENTS; do
+                # Rotate the order each round, so no system always runs right after another.
+                for ((i = 0; i < ${#SYSTEMS[@]}; i++)); do
+                    run_one "${SYSTEMS[(i + round - 1) % ${#SYSTEMS[@]}]}" "$workload" "$clients" "$sync" "$round"
+                done
+            done
+        done
+    done
+    curl -fs "http://127.0.0.1:$SERVER_PORT/metrics" >"$WORK/metrics-$sync.txt" || true
+done
+psql_bench -c "ALTER SYSTEM RESET synchronous_commit" -c "SELECT pg_reload_conf()" >/dev/null
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+say "measured in $(($(date +%s) - started)) s"
+
+# The money is conserved whatever the systems did: a cheap check that they really transferred.
+total=$(psql_bench -At -c 'SELECT sum(balance) FROM accounts')
+if [[ "$total" != 1000000000 ]]; then
+    say "the accounts hold $total instead of 1000000000" >&2
+    exit 1
+fi
+
+environment="Mode: **$MODE** ($ROUNDS round(s), ${SECONDS_PER_RUN} s measured after ${WARMUP} s of warm-up per run; \
+clients: ${CLIENTS// /, }). Run on $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores \
+($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)), $("$PG_BIN/postgres" --version), \
+one private cluster (default settings, max_connections 300; fsync on). \
+Mjölnir and the endpoint each use a pool of 16 database connections; all processes share the machine \
+(load average before: $load_before, after: $load_after)."
+"$BENCH" report --results "$RESULTS" --out "$OUT" --command "$INVOKED" --environment "$environment"
+say "wrote $OUT"
