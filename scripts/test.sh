@@ -58,6 +58,11 @@ echo "MJOLNIR_TEST_DATABASE_URL=$MJOLNIR_TEST_DATABASE_URL"
 step "cargo test --workspace"
 cargo test --workspace
 
+step "the commit-path tests again with group commit off"
+# Correctness must not depend on batching: the bank, the anomalies and the batch scenarios
+# also pass when every commit is its own PostgreSQL transaction.
+MJOLNIR_TEST_GROUP_COMMIT=off cargo test -p mjolnir-server --test bank --test anomalies --test group_commit
+
 step "Mjölnir server for the browser tests"
 # mjolnir-wasm's browser tests talk to a real server, serving mjolnir-wasm/tests/app on a
 # fresh database of the test cluster. Its address is compiled into the tests

@@ -25,6 +25,14 @@ pub struct Knobs {
     pub commit_db_retries: u32,
     /// How long a new connection may take to say hello.
     pub hello_timeout: Duration,
+    /// Group commit: the most client transactions validated and applied together in one
+    /// PostgreSQL transaction, sharing its round trips and its fsync. Commits that arrive
+    /// while a batch runs form the next one; nothing waits for a batch to fill. 1 (or 0)
+    /// turns batching off: every commit is then its own PostgreSQL transaction.
+    pub group_commit: usize,
+    /// Batches of this instance that may run at once, each on its own connection. They
+    /// take their key locks in one ascending sweep, so they cannot deadlock each other.
+    pub group_commit_lanes: usize,
 }
 
 impl Default for Knobs {
@@ -37,6 +45,8 @@ impl Default for Knobs {
             pool_size: 16,
             commit_db_retries: 5,
             hello_timeout: Duration::from_secs(10),
+            group_commit: 64,
+            group_commit_lanes: 2,
         }
     }
 }

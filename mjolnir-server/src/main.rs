@@ -62,6 +62,13 @@ struct Common {
     /// Database connections of this instance.
     #[arg(long, default_value_t = Knobs::default().pool_size)]
     pool_size: u32,
+    /// Group commit: the most transactions committed together in one PostgreSQL
+    /// transaction (1 turns batching off).
+    #[arg(long, env = "MJOLNIR_GROUP_COMMIT", default_value_t = Knobs::default().group_commit)]
+    group_commit: usize,
+    /// Group-commit batches that may run at once.
+    #[arg(long, env = "MJOLNIR_GROUP_COMMIT_LANES", default_value_t = Knobs::default().group_commit_lanes)]
+    group_commit_lanes: usize,
     /// The built browser client served at /_mjolnir/ (default: `mjolnir-web` beside this
     /// executable, else the repository's js/dist).
     #[arg(long, env = "MJOLNIR_CLIENT_DIR")]
@@ -77,6 +84,8 @@ impl Common {
         Knobs {
             max_message_bytes: self.max_message_bytes,
             pool_size: self.pool_size,
+            group_commit: self.group_commit,
+            group_commit_lanes: self.group_commit_lanes,
             ..Knobs::default()
         }
     }

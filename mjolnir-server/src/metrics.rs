@@ -23,6 +23,8 @@ pub struct Metrics {
     pub duplicates: Counter,
     /// Seconds from receiving a commit to knowing its outcome.
     pub commit_latency: Histogram,
+    /// Transactions per group-commit batch (1: committed alone while batching is on).
+    pub commit_batch_size: Histogram,
     pub open_connections: Gauge,
     pub pushes: Counter,
     pub slow_consumers: Counter,
@@ -38,6 +40,8 @@ impl Default for Metrics {
             duplicates: Counter::default(),
             // 100 µs to about 3 s.
             commit_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            // 1 to 64 (the default largest batch) and beyond.
+            commit_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             open_connections: Gauge::default(),
             pushes: Counter::default(),
             slow_consumers: Counter::default(),
@@ -63,6 +67,11 @@ impl Default for Metrics {
             "commit_latency_seconds",
             "Time to decide a commit",
             m.commit_latency.clone(),
+        );
+        registry.register(
+            "commit_batch_size",
+            "Transactions per group-commit batch",
+            m.commit_batch_size.clone(),
         );
         registry.register(
             "open_connections",

@@ -108,10 +108,17 @@ pub async fn start(
     let pool = db::connect(&config.database_url, config.knobs.pool_size).await?;
     let migrations = config.app_dir.as_ref().map(|d| d.join("migrations"));
     db::migrate(&pool, migrations.as_deref(), &config.app_schema).await?;
-    let store =
-        Arc::new(Store::open(pool.clone(), &config.app_schema, config.knobs.clone()).await?);
-    let feed = Arc::new(Feed::default());
     let metrics = Arc::new(Metrics::default());
+    let store = Arc::new(
+        Store::open(
+            pool.clone(),
+            &config.app_schema,
+            config.knobs.clone(),
+            metrics.commit_batch_size.clone(),
+        )
+        .await?,
+    );
+    let feed = Arc::new(Feed::default());
     let commits = feed::listen(&pool).await?;
     let feed_task = tokio::spawn(feed::follow(
         commits,

@@ -197,3 +197,40 @@ async fn hot_account_transfers_conflict_and_still_conserve_money() {
         run.conflicts, run.max_attempts
     );
 }
+
+/// The bank again with batches of at most 4 and one lane per instance, so that batches
+/// hold several transfers, some of them conflicting inside their batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_account_transfers_in_small_batches_conserve_money() {
+    let (db, app) = bank("hot_batched").await;
+    let tweak = |c: &mut mjolnir_server::server::Config| {
+        c.knobs.group_commit = 4;
+        c.knobs.group_commit_lanes = 1;
+    };
+    let a = db.start_with(app.path(), tweak).await;
+    let b = db.start_with(app.path(), tweak).await;
+    let run = run_transfers(&[a.ws_url(), b.ws_url()], |rng| {
+        let other = rng.random_range(2..=ACCOUNTS);
+        if rng.random_bool(0.5) {
+            (1, other)
+        } else {
+            (other, 1)
+        }
+    })
+    .await;
+    check_bank(&db, &run).await;
+    let metrics = a.state.metrics.render();
+    let batched = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mjolnir_commit_batch_size_bucket{le=\"1.0\"} "))
+        .zip(
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("mjolnir_commit_batch_size_count ")),
+        )
+        .is_some_and(|(ones, all)| ones != all);
+    assert!(
+        batched,
+        "some batches must hold several transfers: {metrics}"
+    );
+}

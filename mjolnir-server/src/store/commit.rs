@@ -12,7 +12,12 @@
 //! 5. `COMMIT`: **the commit point**. Before it nothing is visible and nothing is decided;
 //!    after it the writes, the versions, the dedup record and the notification are all
 //!    durable together.
+//!
+//! Under load, writing commits are batched instead (`batch.rs`): the same steps for each
+//! transaction, several transactions in one PostgreSQL transaction. This path remains for
+//! read-only commits, batches of one, batching turned off, and what a batch hands back.
 
+use super::batch::Committer;
 use super::read::{act_as, read_entries};
 use super::{Resolved, Store, locks};
 use crate::catalog::{Table, quote_ident};
@@ -43,7 +48,7 @@ pub enum Outcome {
 
 /// SQLSTATE raised by `mjolnir.begin_commit` and `mjolnir.finish_commit` for a transaction
 /// id that already committed.
-const ALREADY_COMMITTED: &str = "MJ001";
+pub(super) const ALREADY_COMMITTED: &str = "MJ001";
 
 impl Store {
     pub async fn commit(
@@ -73,9 +78,48 @@ impl Store {
             Err(ServerError::Reply(r)) => return Ok(Outcome::Rejected(r)),
             Err(e) => return Err(e),
         };
+        // Read-only commits write nothing and need no fsync: batching would only delay them.
+        if plan.writes.is_empty() || self.knobs.group_commit <= 1 {
+            return self.committer.commit_alone(user, txn, &plan).await;
+        }
+        self.committer
+            .submit(user.map(str::to_owned), txn.clone(), plan)
+            .await
+    }
+
+    /// Resolves and checks everything that can be checked without the database, so a bad
+    /// commit is refused before it takes a lock.
+    async fn plan(&self, reads: &ReadSet, writes: &WriteSet) -> Result<Plan> {
+        let read_keys = self.resolve(reads.keys()).await?;
+        let write_keys = self.resolve(writes.keys()).await?;
+        for (r, (_, op)) in write_keys.iter().zip(writes.iter()) {
+            check_write(r, op)?;
+        }
+        Ok(Plan {
+            reads: read_keys
+                .into_iter()
+                .zip(reads.iter().map(|(_, v)| v))
+                .collect(),
+            writes: write_keys
+                .into_iter()
+                .zip(writes.iter().map(|(_, op)| op.clone()))
+                .collect(),
+        })
+    }
+}
+
+impl Committer {
+    /// Commits one transaction as its own PostgreSQL transaction, re-running it after a
+    /// deadlock or serialization failure.
+    pub(super) async fn commit_alone(
+        &self,
+        user: Option<&str>,
+        txn: &TxnId,
+        plan: &Plan,
+    ) -> Result<Outcome> {
         let mut attempt = 0;
         loop {
-            match self.try_commit(user, txn, &plan).await {
+            match self.try_commit(user, txn, plan).await {
                 Err(ServerError::Db(e))
                     if is_transient(&e) && attempt < self.knobs.commit_db_retries =>
                 {
@@ -104,26 +148,6 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|(v,)| Version(v as u64)))
-    }
-
-    /// Resolves and checks everything that can be checked without the database, so a bad
-    /// commit is refused before it takes a lock.
-    async fn plan(&self, reads: &ReadSet, writes: &WriteSet) -> Result<Plan> {
-        let read_keys = self.resolve(reads.keys()).await?;
-        let write_keys = self.resolve(writes.keys()).await?;
-        for (r, (_, op)) in write_keys.iter().zip(writes.iter()) {
-            check_write(r, op)?;
-        }
-        Ok(Plan {
-            reads: read_keys
-                .into_iter()
-                .zip(reads.iter().map(|(_, v)| v))
-                .collect(),
-            writes: write_keys
-                .into_iter()
-                .zip(writes.iter().map(|(_, op)| op.clone()))
-                .collect(),
-        })
     }
 
     async fn try_commit(&self, user: Option<&str>, txn: &TxnId, plan: &Plan) -> Result<Outcome> {
@@ -207,12 +231,12 @@ impl Store {
 
 /// A commit checked and resolved against the catalog.
 #[derive(Debug)]
-struct Plan {
-    reads: Vec<(Resolved, Version)>,
-    writes: Vec<(Resolved, WriteOp)>,
+pub(super) struct Plan {
+    pub(super) reads: Vec<(Resolved, Version)>,
+    pub(super) writes: Vec<(Resolved, WriteOp)>,
 }
 
-fn space_pk_arrays(keys: &[Resolved]) -> (Vec<&str>, Vec<&str>) {
+pub(super) fn space_pk_arrays(keys: &[Resolved]) -> (Vec<&str>, Vec<&str>) {
     keys.iter()
         .map(|r| (r.space.as_str(), r.pk.as_str()))
         .unzip()
@@ -272,7 +296,7 @@ fn pk_matches(pk_text: &str, v: &Value) -> bool {
 
 /// Applies one write as the app's role. A refusal the app's rules make (no row matched an
 /// update under the policies, a missing row) is returned as `Err(reply)` in `Ok`.
-async fn apply(
+pub(super) async fn apply(
     conn: &mut PgConnection,
     r: &Resolved,
     op: &WriteOp,
@@ -439,7 +463,7 @@ fn column_list(row: &Map<String, Value>) -> String {
         .join(", ")
 }
 
-fn sqlstate(e: &sqlx::Error) -> Option<String> {
+pub(super) fn sqlstate(e: &sqlx::Error) -> Option<String> {
     e.as_database_error()
         .and_then(|d| d.code())
         .map(|c| c.into_owned())
@@ -447,12 +471,12 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
 
 /// Deadlocks and serialization failures roll the whole transaction back: re-running it is
 /// safe and usually succeeds.
-fn is_transient(e: &sqlx::Error) -> bool {
+pub(super) fn is_transient(e: &sqlx::Error) -> bool {
     matches!(sqlstate(e).as_deref(), Some("40001" | "40P01"))
 }
 
 /// The typed refusal for an error the app's schema or policies raised, if it is one.
-fn classify(e: &sqlx::Error) -> Option<ErrorReply> {
+pub(super) fn classify(e: &sqlx::Error) -> Option<ErrorReply> {
     let db = e.as_database_error()?;
     let code = db.code()?;
     let kind = match &*code {

@@ -4,6 +4,7 @@
 //! memory that another instance would need: versions, deduplication records and the
 //! change feed all live in the `mjolnir` schema.
 
+mod batch;
 mod commit;
 mod locks;
 mod read;
@@ -14,6 +15,7 @@ use crate::catalog::{Catalog, KV_SPACE, Table};
 use crate::error::Result;
 use crate::knobs::Knobs;
 use mjolnir_core::Key;
+use prometheus_client::metrics::histogram::Histogram;
 use sqlx::PgPool;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -39,13 +41,25 @@ pub struct Store {
     schema: String,
     knobs: Knobs,
     catalog: RwLock<(Arc<Catalog>, Instant)>,
+    committer: Arc<batch::Committer>,
 }
 
 impl Store {
     /// Opens the store over an already-migrated database (see [`crate::db::migrate`]).
-    pub async fn open(pool: PgPool, schema: &str, knobs: Knobs) -> Result<Store> {
+    /// `batch_sizes` observes the size of every group-commit batch.
+    pub async fn open(
+        pool: PgPool,
+        schema: &str,
+        knobs: Knobs,
+        batch_sizes: Histogram,
+    ) -> Result<Store> {
         let catalog = Catalog::load(&pool, schema).await?;
         Ok(Store {
+            committer: Arc::new(batch::Committer::new(
+                pool.clone(),
+                knobs.clone(),
+                batch_sizes,
+            )),
             pool,
             schema: schema.to_owned(),
             knobs,

@@ -58,14 +58,28 @@ impl TestDb {
         self.start_with(app_dir, |_| {}).await
     }
 
+    /// Like [`TestDb::start`], after `tweak` changed the configuration. Group commit is on
+    /// (the default knobs) unless `MJOLNIR_TEST_GROUP_COMMIT=off`; `tweak` may override it.
     pub async fn start_with(&self, app_dir: &Path, tweak: impl FnOnce(&mut Config)) -> Running {
         let mut config = Config::new(&self.url);
         config.app_dir = Some(app_dir.to_owned());
+        if !group_commit_from_env() {
+            config.knobs.group_commit = 1;
+        }
         tweak(&mut config);
         server::start(config, std::future::pending())
             .await
             .expect("start a server instance")
     }
+}
+
+/// Whether the tests run with group commit: on unless `MJOLNIR_TEST_GROUP_COMMIT` is
+/// `off` (or `0`, `false`).
+pub fn group_commit_from_env() -> bool {
+    !matches!(
+        std::env::var("MJOLNIR_TEST_GROUP_COMMIT").as_deref(),
+        Ok("off" | "0" | "false")
+    )
 }
 
 /// Replaces the database name in a PostgreSQL URL.

@@ -1,0 +1,452 @@
+//! Group commit: transactions that queue up while a batch commits are validated and applied
+//! together, in one PostgreSQL transaction, and each still gets exactly the outcome it
+//! would get alone. The batch is forced: a first commit blocks on a row lock the test
+//! holds, so the only lane is busy while the others queue up behind it.
+
+mod support;
+
+use mjolnir_client::{Client, CommitOutcome, RetryPolicy, TxAbort};
+use mjolnir_core::{ErrorKind, Key, ReadSet, TxnId, WriteOp, WriteSet};
+use mjolnir_server::server::Running;
+use rand::Rng;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use std::time::{Duration, Instant};
+use support::{TestDb, app_with_schema, obj, writes};
+
+const SCHEMA: &str = "
+CREATE TABLE gate (id integer PRIMARY KEY, n integer NOT NULL);
+INSERT INTO gate VALUES (1, 0);
+CREATE TABLE accounts (id integer PRIMARY KEY, balance integer NOT NULL CHECK (balance >= 0));
+INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 10) g;
+CREATE TABLE bank_total (total integer NOT NULL);
+INSERT INTO bank_total VALUES (1000);
+CREATE FUNCTION conserve() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF (SELECT sum(balance) FROM accounts) IS DISTINCT FROM (SELECT total FROM bank_total) THEN
+        RAISE EXCEPTION 'money must be conserved' USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE CONSTRAINT TRIGGER conserve AFTER UPDATE ON accounts
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION conserve();
+CREATE TABLE profiles (name text PRIMARY KEY, motto text NOT NULL);
+INSERT INTO profiles VALUES ('alice', 'hi'), ('bob', 'yo');
+ALTER TABLE profiles ENABLE ROW LEVEL SECURITY;
+CREATE POLICY read_all ON profiles FOR SELECT USING (true);
+CREATE POLICY own_row ON profiles FOR UPDATE USING (name = mjolnir.user_id());
+";
+
+fn acct(id: i64) -> Key {
+    Key::row("accounts", id)
+}
+
+fn set_balances(pairs: &[(i64, i64)]) -> WriteSet {
+    writes(
+        pairs
+            .iter()
+            .map(|&(id, b)| {
+                (
+                    acct(id),
+                    WriteOp::Update {
+                        set: obj(json!({ "balance": b })),
+                    },
+                )
+            })
+            .collect(),
+    )
+}
+
+async fn read_set(client: &Client, keys: &[Key]) -> ReadSet {
+    let entries = client.read(keys.to_vec()).await.unwrap();
+    entries.iter().map(|e| (e.key.clone(), e.version)).collect()
+}
+
+/// Transactions per batch seen by `server`: (batches, transactions, batches of more than 4).
+fn batches(server: &Running) -> (u64, u64, u64) {
+    let text = server.state.metrics.render();
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    };
+    let count = value("mjolnir_commit_batch_size_count ") as u64;
+    let sum = value("mjolnir_commit_batch_size_sum ") as u64;
+    let upto4 = value("mjolnir_commit_batch_size_bucket{le=\"4.0\"} ") as u64;
+    (count, sum, count - upto4)
+}
+
+/// One batch holding: a commit, a conflict with it, a deferred-constraint failure, a
+/// forbidden write, a transfer whose intermediate state breaks the deferred constraint, a
+/// re-send of that transfer under the same txn id, an immediate CHECK failure, and a commit
+/// after it. Each must get its own outcome.
+async fn mixed_batch(group_commit: usize) {
+    let db = TestDb::new(&format!("gc_mixed_{group_commit}")).await;
+    let app = app_with_schema(SCHEMA);
+    let server = db
+        .start_with(app.path(), |c| {
+            c.knobs.group_commit = group_commit;
+            c.knobs.group_commit_lanes = 1;
+        })
+        .await;
+    let url = server.ws_url();
+    let connect = async |user: &str| Client::connect(&url, Some(user)).await.unwrap();
+
+    // Hold the gate row, so the first commit (the gate's) keeps the only lane busy.
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut hold = holder.begin().await.unwrap();
+    sqlx::query("SELECT n FROM gate WHERE id = 1 FOR UPDATE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+
+    let gate = connect("gatekeeper").await;
+    let gate_writes = writes(vec![(
+        Key::row("gate", 1),
+        WriteOp::Update {
+            set: obj(json!({"n": 1})),
+        },
+    )]);
+    let gate_txn = gate.next_txn_id();
+    let gate_commit =
+        tokio::spawn(async move { gate.commit(gate_txn, ReadSet::new(), gate_writes).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (alice, bob, carol, dave, dave2, erin) = (
+        connect("alice").await,
+        connect("bob").await,
+        connect("carol").await,
+        connect("dave").await,
+        connect("dave").await,
+        connect("erin").await,
+    );
+    let r1 = read_set(&alice, &[acct(1), acct(2)]).await;
+    let r2 = read_set(&bob, &[acct(1), acct(3)]).await;
+    let r3 = read_set(&carol, &[acct(4)]).await;
+    let r4 = read_set(&alice, &[Key::row("profiles", "bob")]).await;
+    let r5 = read_set(&dave, &[acct(5), acct(6)]).await;
+    let r8 = read_set(&erin, &[acct(7), acct(8)]).await;
+    let t5 = dave.next_txn_id();
+
+    let deface = writes(vec![(
+        Key::row("profiles", "bob"),
+        WriteOp::Update {
+            set: obj(json!({"motto": "pwned"})),
+        },
+    )]);
+    let txns: Vec<(Client, TxnId, ReadSet, WriteSet)> = vec![
+        // 1: a transfer.
+        (
+            alice.clone(),
+            alice.next_txn_id(),
+            r1,
+            set_balances(&[(1, 90), (2, 110)]),
+        ),
+        // 2: read account 1 before 1 wrote it: a conflict, answered with 1's value.
+        (
+            bob.clone(),
+            bob.next_txn_id(),
+            r2,
+            set_balances(&[(1, 80), (3, 120)]),
+        ),
+        // 3: creates money: the deferred trigger refuses it.
+        (
+            carol.clone(),
+            carol.next_txn_id(),
+            r3,
+            set_balances(&[(4, 150)]),
+        ),
+        // 4: someone else's row: forbidden by the policies.
+        (alice.clone(), alice.next_txn_id(), r4, deface),
+        // 5: a transfer; after its first update the total is off, so it commits only if
+        // the conservation trigger is deferred again after 3's check.
+        (
+            dave.clone(),
+            t5.clone(),
+            r5.clone(),
+            set_balances(&[(5, 60), (6, 140)]),
+        ),
+        // 6: 5 again, re-sent under the same txn id from another connection.
+        (dave2.clone(), t5, r5, set_balances(&[(5, 60), (6, 140)])),
+        // 7: a negative balance: the immediate CHECK refuses it.
+        (
+            erin.clone(),
+            erin.next_txn_id(),
+            r8.clone(),
+            set_balances(&[(7, -5), (8, 205)]),
+        ),
+        // 8: reads what 7 would have written: current, since 7 was undone.
+        (
+            erin.clone(),
+            erin.next_txn_id(),
+            r8,
+            set_balances(&[(7, 50), (8, 150)]),
+        ),
+    ];
+    let mut running = Vec::new();
+    for (client, txn, reads, w) in txns {
+        running.push(tokio::spawn(
+            async move { client.commit(txn, reads, w).await },
+        ));
+        // Queue them in this order.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    hold.rollback().await.unwrap();
+    assert!(matches!(
+        gate_commit.await.unwrap().unwrap(),
+        CommitOutcome::Committed(_)
+    ));
+    let mut outcomes = Vec::new();
+    for r in running {
+        outcomes.push(r.await.unwrap().unwrap());
+    }
+
+    let CommitOutcome::Committed(v1) = outcomes[0] else {
+        panic!("1 commits: {outcomes:?}")
+    };
+    let CommitOutcome::Conflict(stale) = &outcomes[1] else {
+        panic!("2 conflicts: {outcomes:?}")
+    };
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    assert_eq!(stale[0].key, acct(1));
+    assert_eq!(stale[0].version, v1, "the conflict carries 1's version");
+    assert_eq!(stale[0].value.as_ref().unwrap()["balance"], 90);
+    assert!(
+        matches!(&outcomes[2], CommitOutcome::Rejected(e) if e.code == ErrorKind::ConstraintViolation),
+        "3: {outcomes:?}"
+    );
+    assert!(
+        matches!(&outcomes[3], CommitOutcome::Rejected(e) if e.code == ErrorKind::Forbidden),
+        "4: {outcomes:?}"
+    );
+    let CommitOutcome::Committed(v5) = outcomes[4] else {
+        panic!("5 commits: {outcomes:?}")
+    };
+    assert_eq!(
+        outcomes[5],
+        CommitOutcome::Committed(v5),
+        "the re-send answers 5's version"
+    );
+    assert!(
+        matches!(&outcomes[6], CommitOutcome::Rejected(e) if e.code == ErrorKind::ConstraintViolation),
+        "7: {outcomes:?}"
+    );
+    let CommitOutcome::Committed(v8) = outcomes[7] else {
+        panic!("8 commits: {outcomes:?}")
+    };
+    assert!(v1 < v5 && v5 < v8, "versions follow commit order");
+
+    let pool = db.pool().await;
+    let balances: Vec<(i32, i32)> = sqlx::query_as("SELECT id, balance FROM accounts ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let expected = [90, 110, 100, 100, 60, 140, 50, 150, 100, 100];
+    assert_eq!(
+        balances,
+        expected
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| (i as i32 + 1, b))
+            .collect::<Vec<_>>()
+    );
+    let (motto,): (String,) = sqlx::query_as("SELECT motto FROM profiles WHERE name = 'bob'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(motto, "yo");
+    let (recorded,): (i64,) = sqlx::query_as("SELECT count(*) FROM mjolnir.txns")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 4, "the gate, 1, 5 and 8");
+    let versions: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT pk, version FROM mjolnir.versions WHERE space = 'accounts' ORDER BY pk::int",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let v = |n: u64| n as i64;
+    assert_eq!(
+        versions,
+        vec![
+            ("1".into(), v(v1.0)),
+            ("2".into(), v(v1.0)),
+            ("5".into(), v(v5.0)),
+            ("6".into(), v(v5.0)),
+            ("7".into(), v(v8.0)),
+            ("8".into(), v(v8.0)),
+        ]
+    );
+
+    let (_, _, big) = batches(&server);
+    if group_commit > 1 {
+        assert!(big >= 1, "the 8 transactions must have formed one batch");
+    } else {
+        assert_eq!(big, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_batch_gives_each_transaction_its_own_outcome() {
+    mixed_batch(64).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_transactions_without_group_commit() {
+    mixed_batch(1).await;
+}
+
+/// Counters bumped by many clients through two instances, in batches of at most 3: every
+/// acknowledged increment is there exactly once, and the conflicts inside batches are
+/// answered and retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn small_batches_from_many_clients_lose_no_increment() {
+    const CLIENTS: usize = 12;
+    const BUMPS: usize = 40;
+    let db = TestDb::new("gc_small").await;
+    let app = app_with_schema(
+        "CREATE TABLE counters (id integer PRIMARY KEY, n integer NOT NULL);
+         INSERT INTO counters SELECT g, 0 FROM generate_series(1, 3) g;",
+    );
+    let tweak = |c: &mut mjolnir_server::server::Config| {
+        c.knobs.group_commit = 3;
+        c.knobs.group_commit_lanes = 1;
+    };
+    let a = db.start_with(app.path(), tweak).await;
+    let b = db.start_with(app.path(), tweak).await;
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let url = if c % 2 == 0 { a.ws_url() } else { b.ws_url() };
+        tasks.push(tokio::spawn(async move {
+            let client = Client::connect(&url, Some(&format!("c{c}"))).await.unwrap();
+            let policy = RetryPolicy {
+                max_attempts: 1000,
+                base_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(20),
+            };
+            let mut conflicts = 0;
+            for _ in 0..BUMPS {
+                let id = rand::rng().random_range(1..=3i64);
+                let done = client
+                    .run(&policy, async move |tx| {
+                        let k = Key::row("counters", id);
+                        let row = tx.get(k.clone()).await?;
+                        let n = row.as_ref().and_then(|r| r["n"].as_i64()).unwrap();
+                        tx.update(k, obj(json!({ "n": n + 1 })));
+                        Ok::<(), TxAbort>(())
+                    })
+                    .await
+                    .unwrap();
+                conflicts += done.attempts - 1;
+            }
+            conflicts
+        }));
+    }
+    let mut conflicts = 0;
+    for t in tasks {
+        conflicts += t.await.unwrap();
+    }
+    let (total,): (i64,) = sqlx::query_as("SELECT sum(n)::bigint FROM counters")
+        .fetch_one(&db.pool().await)
+        .await
+        .unwrap();
+    assert_eq!(total, (CLIENTS * BUMPS) as i64, "an increment was lost");
+    let (count_a, sum_a, _) = batches(&a);
+    let (count_b, sum_b, _) = batches(&b);
+    eprintln!(
+        "{} transactions in {} batches, {conflicts} conflicts",
+        sum_a + sum_b,
+        count_a + count_b
+    );
+    assert!(
+        sum_a + sum_b > count_a + count_b,
+        "some batches must hold several transactions"
+    );
+}
+
+/// Throughput: 32 clients doing transfers between 1,000 accounts (read both, update both:
+/// what pgbench's transfer does) for a few seconds, with and without group commit.
+/// `cargo test -p mjolnir-server --release --test group_commit -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, not a check"]
+async fn throughput_at_32_clients() {
+    for (label, group_commit, lanes) in [
+        ("off", 1, 1),
+        ("on, 1 lane", 64, 1),
+        ("on, 2 lanes", 64, 2),
+        ("on, 4 lanes", 64, 4),
+    ] {
+        let db = TestDb::new("gc_tput").await;
+        let app = app_with_schema(
+            "CREATE TABLE accounts (id integer PRIMARY KEY, balance integer NOT NULL);
+             INSERT INTO accounts SELECT g, 100000 FROM generate_series(1, 1000) g;",
+        );
+        let server = db
+            .start_with(app.path(), |c| {
+                c.knobs.group_commit = group_commit;
+                c.knobs.group_commit_lanes = lanes;
+                c.knobs.pool_size = 40;
+            })
+            .await;
+        let secs = std::env::var("MJOLNIR_TPUT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5u64);
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut tasks = Vec::new();
+        for c in 0..32 {
+            let url = server.ws_url();
+            tasks.push(tokio::spawn(async move {
+                let client = Client::connect(&url, Some(&format!("c{c}"))).await.unwrap();
+                let policy = RetryPolicy::default();
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    let (from, to) = {
+                        let mut rng = rand::rng();
+                        let from = rng.random_range(1..=1000i64);
+                        let mut to = rng.random_range(1..=1000i64);
+                        while to == from {
+                            to = rng.random_range(1..=1000i64);
+                        }
+                        (from, to)
+                    };
+                    client
+                        .run(&policy, async move |tx| {
+                            let rows = tx.get_many(vec![acct(from), acct(to)]).await?;
+                            let b = |r: &Option<Value>| {
+                                r.as_ref().unwrap()["balance"].as_i64().unwrap()
+                            };
+                            let (fb, tb) = (b(&rows[0]), b(&rows[1]));
+                            tx.update(acct(from), obj(json!({ "balance": fb - 1 })));
+                            tx.update(acct(to), obj(json!({ "balance": tb + 1 })));
+                            Ok::<(), TxAbort>(())
+                        })
+                        .await
+                        .unwrap();
+                    done += 1;
+                }
+                done
+            }));
+        }
+        let started = Instant::now();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        let (count, sum, _) = batches(&server);
+        eprintln!(
+            "group commit {label}: {:.0} transfers/s ({total} in {:.1} s), mean batch {:.1}",
+            total as f64 / started.elapsed().as_secs_f64(),
+            started.elapsed().as_secs_f64(),
+            if count > 0 {
+                sum as f64 / count as f64
+            } else {
+                1.0
+            }
+        );
+    }
+}
