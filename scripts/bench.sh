@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The bank-transfer benchmark: pgbench (the database's ceiling), a hand-written axum + sqlx
 # endpoint and Mjölnir, on one private PostgreSQL, interleaved over several rounds, with
-# synchronous_commit on and then off. Writes docs/benchmarks.md (see mjolnir-bench/).
+# synchronous_commit on and then off, then the browser runtime's client benchmark
+# (js/bench/client.mjs). Writes docs/benchmarks.md (see mjolnir-bench/).
 #
-#   scripts/bench.sh                 the full comparison (about 12 minutes on 2 cores)
+#   scripts/bench.sh                 the full comparison (about 15 minutes on 2 cores)
 #   scripts/bench.sh --quick         a smoke check (about 1 minute once built)
 #   options: --seconds N  --warmup N  --rounds N  --clients "1 8 32 64"  --out FILE
 #
@@ -155,4 +156,14 @@ one private cluster (default settings, max_connections 300; fsync on). \
 Mjölnir and the endpoint each use a pool of 16 database connections; all processes share the machine \
 (load average before: $load_before, after: $load_after)."
 "$BENCH" report --results "$RESULTS" --out "$OUT" --command "$INVOKED" --environment "$environment"
+
+# The client half: the browser runtime in headless Chromium (js/bench/client.mjs), served
+# by the same release server; its section is appended to the same document.
+say "client benchmark (headless Chromium)"
+PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH" node js/build.mjs >"$WORK/js-build.log" 2>&1 ||
+    { tail -n 20 "$WORK/js-build.log" >&2 && exit 1; }
+client_args=()
+[[ $MODE == quick ]] && client_args=(--quick)
+MJOLNIR_BIN=$MJOLNIR timeout 1500 node js/bench/client.mjs "${client_args[@]}" | sed 's/^/  /'
+{ echo && cat js/bench/client-results.md; } >>"$OUT"
 say "wrote $OUT"

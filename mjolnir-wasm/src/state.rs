@@ -14,16 +14,19 @@ use std::rc::Rc;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
+/// Keys and values are reference-counted: a write copies the path to its entry in the
+/// map, and copying an entry is then a count bump, not a new string and a new JS value
+/// slot (a call out of wasm) per entry on the path.
 #[derive(Clone, Debug, Default)]
-pub struct PageState(imbl::HashMap<String, JsValue>);
+pub struct PageState(imbl::HashMap<Rc<str>, Rc<JsValue>>);
 
 impl PageState {
     pub fn get(&self, name: &str) -> Option<&JsValue> {
-        self.0.get(name)
+        self.0.get(name).map(|v| &**v)
     }
 
     pub fn set(&mut self, name: String, value: JsValue) {
-        self.0.insert(name, value);
+        self.0.insert(name.into(), Rc::new(value));
     }
 
     pub fn remove(&mut self, name: &str) {
@@ -38,8 +41,8 @@ impl PageState {
         self.0.is_empty()
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &String> {
-        self.0.keys()
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(|k| &**k)
     }
 }
 
@@ -96,7 +99,7 @@ pub fn proxy(rt: &Rc<Runtime>) -> JsValue {
             rt.state
                 .borrow()
                 .names()
-                .map(|n| JsValue::from_str(n))
+                .map(JsValue::from_str)
                 .collect::<js_sys::Array>()
                 .into()
         })
