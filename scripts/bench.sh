@@ -157,6 +157,12 @@ Mjölnir and the endpoint each use a pool of 16 database connections; all proces
 (load average before: $load_before, after: $load_after)."
 "$BENCH" report --results "$RESULTS" --out "$OUT" --command "$INVOKED" --environment "$environment"
 
+# The server's memory: 1,000 idle connections, then 100,000 subscribed keys between them,
+# on the Mjölnir server still running from the last setting.
+say "server memory"
+"$BENCH" memory --mjolnir-url "ws://127.0.0.1:$SERVER_PORT/ws" --pid "$SERVER_PID" --out "$OUT" |
+    sed 's/^/  /'
+
 # The client half: the browser runtime in headless Chromium (js/bench/client.mjs), served
 # by the same release server; its section is appended to the same document.
 say "client benchmark (headless Chromium)"

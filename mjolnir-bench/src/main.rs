@@ -3,6 +3,7 @@
 //! calls `run` for every system and point, interleaved, and then `report`.
 
 mod driver;
+mod memory;
 mod report;
 mod stats;
 mod systems;
@@ -47,6 +48,22 @@ enum Command {
     },
     /// Measure one system at one point and append the result to a JSON-lines file.
     Run(RunArgs),
+    /// Measure the running server's memory with idle connections and subscribed keys, and
+    /// append a Markdown section to `out`.
+    Memory {
+        /// Mjölnir's WebSocket URL.
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        mjolnir_url: String,
+        /// The server's process id (its RSS is read from /proc).
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value_t = 1000)]
+        connections: u32,
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write the Markdown report from a results file.
     Report {
         #[arg(long)]
@@ -113,6 +130,23 @@ async fn main() -> anyhow::Result<()> {
             pool_size,
         } => endpoint::serve(&database_url, SocketAddr::new(listen, port), pool_size).await,
         Command::Run(args) => run(args).await,
+        Command::Memory {
+            mjolnir_url,
+            pid,
+            connections,
+            keys,
+            out,
+        } => {
+            let section = memory::measure(&mjolnir_url, pid, connections, keys).await?;
+            print!("{section}");
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&out)
+                .with_context(|| format!("opening {}", out.display()))?;
+            writeln!(file, "\n{section}")?;
+            Ok(())
+        }
         Command::Report {
             results,
             out,
