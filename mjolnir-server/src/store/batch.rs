@@ -21,7 +21,9 @@
 //! [`Committer::commit_alone`]: that is always safe, because a transaction that did commit
 //! is found by its txn id and answered from the dedup record.
 
-use super::commit::{ALREADY_COMMITTED, Outcome, Plan, apply, classify, space_pk_arrays, sqlstate};
+use super::commit::{
+    ALREADY_COMMITTED, Outcome, Plan, classify, space_pk_arrays, sqlstate, write_and_finish,
+};
 use super::read::{act_as, read_entries};
 use super::{Resolved, locks};
 use crate::error::{Result, ServerError};
@@ -290,24 +292,11 @@ async fn apply_one(
     version: Version,
     check_constraints: &str,
 ) -> Result<std::result::Result<Outcome, ErrorReply>> {
-    act_as(conn, p.user.as_deref()).await?;
-    let mut changes = Vec::with_capacity(p.plan.writes.len());
-    for (r, op) in &p.plan.writes {
-        if let Err(reply) = apply(conn, r, op, &mut changes, version).await? {
-            return Ok(Err(reply));
-        }
-    }
-    let write_keys: Vec<Resolved> = p.plan.writes.iter().map(|(r, _)| r.clone()).collect();
-    let (spaces, pks) = space_pk_arrays(&write_keys);
-    let payload = serde_json::json!({ "version": version, "changes": changes }).to_string();
-    sqlx::query("SELECT mjolnir.finish_commit($1, $2, $3, $4, $5)")
-        .bind(version.0 as i64)
-        .bind(&spaces)
-        .bind(&pks)
-        .bind(&p.txn.0)
-        .bind(&payload)
-        .execute(&mut *conn)
-        .await?;
+    let changes =
+        match write_and_finish(conn, p.user.as_deref(), &p.txn, &p.plan.writes, version).await? {
+            Ok(changes) => changes,
+            Err(reply) => return Ok(Err(reply)),
+        };
     // Built from constraint names PostgreSQL quoted (format('%I.%I')).
     sqlx::raw_sql(AssertSqlSafe(check_constraints.to_owned()))
         .execute(&mut *conn)

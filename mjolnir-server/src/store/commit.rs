@@ -205,28 +205,50 @@ impl Committer {
                 .expect("begin_commit appends the commit version") as u64,
         );
 
-        act_as(&mut tx, user).await?;
-        let mut changes = Vec::with_capacity(plan.writes.len());
-        for (r, op) in &plan.writes {
-            if let Err(reply) = apply(&mut tx, r, op, &mut changes, version).await? {
+        match write_and_finish(&mut tx, user, txn, &plan.writes, version).await? {
+            Ok(changes) => {
+                tx.commit().await?; // The commit point.
+                Ok(Outcome::Committed { version, changes })
+            }
+            Err(reply) => {
                 tx.rollback().await?;
-                return Ok(Outcome::Rejected(reply));
+                Ok(Outcome::Rejected(reply))
             }
         }
-
-        let (spaces, pks) = space_pk_arrays(&write_keys);
-        let payload = serde_json::json!({ "version": version, "changes": changes }).to_string();
-        sqlx::query("SELECT mjolnir.finish_commit($1, $2, $3, $4, $5)")
-            .bind(version.0 as i64)
-            .bind(&spaces)
-            .bind(&pks)
-            .bind(&txn.0)
-            .bind(&payload)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?; // The commit point.
-        Ok(Outcome::Committed { version, changes })
     }
+}
+
+/// Steps 3 and 4 of a commit, shared by the one-by-one path and group commit: the writes
+/// as `mjolnir_app` with the transaction's user, then `mjolnir.finish_commit`. Returns the
+/// new values, or the refusal of a write (the caller undoes the transaction).
+pub(super) async fn write_and_finish(
+    conn: &mut PgConnection,
+    user: Option<&str>,
+    txn: &TxnId,
+    writes: &[(Resolved, WriteOp)],
+    version: Version,
+) -> Result<std::result::Result<Vec<Entry>, ErrorReply>> {
+    act_as(conn, user).await?;
+    let mut changes = Vec::with_capacity(writes.len());
+    for (r, op) in writes {
+        if let Err(reply) = apply(conn, r, op, &mut changes, version).await? {
+            return Ok(Err(reply));
+        }
+    }
+    let (spaces, pks): (Vec<&str>, Vec<&str>) = writes
+        .iter()
+        .map(|(r, _)| (r.space.as_str(), r.pk.as_str()))
+        .unzip();
+    let payload = serde_json::json!({ "version": version, "changes": changes }).to_string();
+    sqlx::query("SELECT mjolnir.finish_commit($1, $2, $3, $4, $5)")
+        .bind(version.0 as i64)
+        .bind(&spaces)
+        .bind(&pks)
+        .bind(&txn.0)
+        .bind(&payload)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Ok(changes))
 }
 
 /// A commit checked and resolved against the catalog.
