@@ -108,6 +108,13 @@ esac
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     ensure_debian_packages nodejs npm
 fi
+# playwright-core needs Node 20 or later; Debian 12's own nodejs is 18 (NodeSource's
+# Debian package, or Debian 13's, is recent enough).
+node_major=$(node --version | sed 's/^v\([0-9]*\).*/\1/')
+if ((node_major < 20)); then
+    say "Node $(node --version) is too old: the browser tests' playwright-core needs Node 20 or later" >&2
+    exit 1
+fi
 # The package's dev tools, exactly as js/package-lock.json pins them.
 if [[ -f js/node_modules/.package-lock.json ]] && cmp -s js/package-lock.json js/node_modules/.mjolnir-lock; then
     say "js/node_modules present"
