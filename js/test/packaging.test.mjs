@@ -32,6 +32,7 @@ window.result = 'paid';
 const SCRIPT_PAGE = `<!doctype html>
 <html><head><meta charset="utf-8"><script src="node_modules/mjolnir-web/dist/mjolnir.js"></script></head>
 <body>
+<script>document.addEventListener('DOMContentLoaded', function () { window.early = [mjolnir.connection, typeof mjolnir.table]; });</script>
 <p id="balance">Balance: {{ table('users').find(user).balance }}</p>
 <button onclick="var me = mjolnir.table('users').find(mjolnir.user); me.balance -= 2; mjolnir.table('users').find('bob').balance += 2;">pay bob 2</button>
 </body></html>`;
@@ -120,4 +121,20 @@ test('a static page with only the <script> tag loads the drop-in and commits', a
   await until(() => sql(DB, "SELECT balance FROM users WHERE name = 'carol'"), (b) => b === '98', { what: 'the commit' });
   assert.deepEqual(page.problems, []);
   await page.context().close();
+});
+
+test('a handler that fires before the wasm has loaded runs, as a transaction, once it has', async () => {
+  const context = await browser.newContext();
+  // Hold the wasm back, so DOMContentLoaded surely fires before the runtime exists.
+  await context.route('**/mjolnir_bg.wasm', async (route) => {
+    await new Promise((r) => setTimeout(r, 500));
+    await route.continue();
+  });
+  const page = await openPage(context, `${server.url}/script.html?user=carol`);
+  const early = await until(() => page.evaluate(() => window.early), (e) => e !== undefined, { what: 'the early handler' });
+  // It ran once the runtime was the global: a plain call would have seen the placeholder.
+  assert.equal(early[1], 'function');
+  assert.notEqual(early[0], 'loading');
+  assert.deepEqual(page.problems, []);
+  await context.close();
 });
