@@ -12,6 +12,10 @@ pub enum ServerError {
     /// A database failure. Logged with its details; the client only learns `internal`.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// A database error caught inside a commit function (`mjolnir.commit_batch`), by its
+    /// SQLSTATE. Logged like [`ServerError::Db`].
+    #[error("database error {code}: {message}")]
+    Database { code: String, message: String },
 }
 
 impl ServerError {
@@ -24,6 +28,10 @@ impl ServerError {
         match self {
             ServerError::Reply(r) => r,
             ServerError::Db(e) => {
+                tracing::error!(error = %e, "database error");
+                ErrorReply::new(ErrorKind::Internal, "internal error")
+            }
+            e @ ServerError::Database { .. } => {
                 tracing::error!(error = %e, "database error");
                 ErrorReply::new(ErrorKind::Internal, "internal error")
             }

@@ -1,38 +1,34 @@
 //! Group commit: the client transactions that arrive while a batch is being committed are
-//! validated and applied together, in order, in one PostgreSQL transaction, so they share
-//! its round trips and its fsync.
+//! validated and applied together, in order, in one call of `mjolnir.commit_batch` (one
+//! statement, one PostgreSQL transaction), so they share its round trip and its fsync.
 //!
-//! The batch is one PostgreSQL transaction:
-//! 1. `mjolnir.begin_batch`: lock the union of the batch's keys (one ascending sweep),
-//!    look every txn id up, read the current versions of every key read, draw one commit
-//!    version per transaction;
-//! 2. for each transaction, in batch order: validate its reads against those versions and
-//!    the writes of the batch's earlier transactions; on a conflict, read the stale keys'
-//!    values (which include the earlier transactions' writes) in a savepoint rolled back;
-//!    else, in a savepoint, as `mjolnir_app` with its user: its writes,
-//!    `mjolnir.finish_commit`, `SET CONSTRAINTS ALL IMMEDIATE` (its deferred constraints
-//!    are checked now, not at the batch's COMMIT), then deferred again. A refused write
-//!    rolls back to the savepoint: that transaction alone is rejected;
-//! 3. `COMMIT`: **the commit point of every transaction of the batch**. Outcomes are
-//!    answered only after it.
+//! Inside the call (migration 0004), for each transaction in batch order: validate its
+//! reads against the database, which by then holds the versions of the batch's earlier
+//! transactions; on a conflict, apply nothing; else, in a PL/pgSQL exception block (a
+//! subtransaction), as `mjolnir_app` with its user: its writes, `mjolnir.finish_commit`,
+//! and its deferred constraints checked then and there. A refused write undoes that
+//! transaction alone. The end of the call is **the commit point of every transaction of
+//! the batch**; outcomes are answered only after it, and a conflict's fresh values are
+//! read after it too.
 //!
-//! If anything fails outside one transaction's savepoint (the batch's COMMIT included),
-//! each transaction of the batch is committed again on its own with
-//! [`Committer::commit_alone`]: that is always safe, because a transaction that did commit
-//! is found by its txn id and answered from the dedup record.
+//! If the call fails as a whole, each transaction of the batch is committed again on its
+//! own with [`Committer::commit_alone`]: that is always safe, because a transaction that
+//! did commit is found by its txn id and answered from the dedup record.
 
 use super::commit::{
-    ALREADY_COMMITTED, Outcome, Plan, classify, space_pk_arrays, sqlstate, write_and_finish,
+    ALREADY_COMMITTED, HIDDEN_ROW, MISSING_ROW, Outcome, Plan, classify, classify_code,
+    is_transient_code, missing_row, sqlstate, statement,
 };
-use super::read::{act_as, read_entries};
+use super::read::read_as;
 use super::{Resolved, locks};
 use crate::error::{Result, ServerError};
 use crate::knobs::Knobs;
-use mjolnir_core::protocol::ErrorReply;
-use mjolnir_core::{ErrorKind, Key, ReadSet, TxnId, Version, find_stale};
+use mjolnir_core::protocol::{Entry, ErrorReply};
+use mjolnir_core::{ErrorKind, TxnId, Version, WriteOp};
 use prometheus_client::metrics::histogram::Histogram;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool};
-use std::collections::{HashMap, VecDeque};
+use serde_json::Value;
+use sqlx::PgPool;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
@@ -60,16 +56,14 @@ struct Pending {
     reply: oneshot::Sender<Result<Outcome>>,
 }
 
-/// What a transaction of a batch came to, before the batch's COMMIT.
+/// What a transaction of a batch came to.
 enum Decided {
     Outcome(Outcome),
     /// Failed in a way the batch does not classify (a deadlock, a concurrent commit of its
-    /// txn id, …): nothing of it was applied; it is committed again on its own afterwards.
-    Alone,
+    /// txn id, …), with the error's SQLSTATE and message, or with the whole batch (`None`):
+    /// nothing of it was applied; it is committed again on its own.
+    Alone(Option<(String, String)>),
 }
-
-const SAVEPOINT: &str = "SAVEPOINT mjolnir_txn";
-const UNDO: &str = "ROLLBACK TO SAVEPOINT mjolnir_txn; RELEASE SAVEPOINT mjolnir_txn";
 
 impl Committer {
     pub(super) fn new(pool: PgPool, knobs: Knobs, batch_sizes: Histogram) -> Committer {
@@ -140,11 +134,19 @@ impl Committer {
     }
 
     async fn run_batch(self: &Arc<Self>, batch: Vec<Pending>) {
-        let decided = match self.try_batch(&batch).await {
+        let members: Vec<Member<'_>> = batch
+            .iter()
+            .map(|p| Member {
+                user: p.user.as_deref(),
+                txn: &p.txn,
+                plan: &p.plan,
+            })
+            .collect();
+        let decided = match self.call(&members).await {
             Ok(decided) => decided,
             Err(e) => {
                 tracing::warn!(error = %e, size = batch.len(), "batch failed, committing its transactions one by one");
-                batch.iter().map(|_| Decided::Alone).collect()
+                batch.iter().map(|_| Decided::Alone(None)).collect()
             }
         };
         let mut alone = Vec::new();
@@ -153,7 +155,7 @@ impl Committer {
                 Decided::Outcome(o) => {
                     let _ = p.reply.send(Ok(o));
                 }
-                Decided::Alone => alone.push(p),
+                Decided::Alone(_) => alone.push(p),
             }
         }
         // Concurrently, so one slow transaction does not hold the others' replies.
@@ -169,159 +171,223 @@ impl Committer {
         }
     }
 
-    /// Validates and applies the batch in one PostgreSQL transaction. `Err` means nothing
-    /// of the batch is known to be committed.
-    async fn try_batch(&self, batch: &[Pending]) -> Result<Vec<Decided>> {
-        let mut tx = self.pool.begin().await?;
-        let all_reads: Vec<Resolved> = batch
-            .iter()
-            .flat_map(|p| p.plan.reads.iter().map(|(r, _)| r.clone()))
-            .collect();
-        let all_writes: Vec<Resolved> = batch
-            .iter()
-            .flat_map(|p| p.plan.writes.iter().map(|(r, _)| r.clone()))
-            .collect();
-        let (hashes, exclusive) = locks::plan(&all_reads, &all_writes);
-        // Each read key once.
-        let mut read_keys: Vec<Resolved> = Vec::new();
-        let mut seen: HashMap<&Key, ()> = HashMap::new();
-        for r in &all_reads {
-            if seen.insert(&r.key, ()).is_none() {
-                read_keys.push(r.clone());
-            }
-        }
-        let (spaces, pks) = space_pk_arrays(&read_keys);
-        let txn_ids: Vec<&str> = batch.iter().map(|p| p.txn.0.as_str()).collect();
-        let (done, current, fresh, deferred): (
-            Vec<Option<i64>>,
-            Vec<i64>,
-            Vec<i64>,
-            Option<String>,
-        ) = sqlx::query_as("SELECT * FROM mjolnir.begin_batch($1, $2, $3, $4, $5, $6)")
-            .bind(&hashes)
-            .bind(&exclusive)
-            .bind(&txn_ids)
-            .bind(&spaces)
-            .bind(&pks)
-            .bind(batch.len() as i32)
-            .fetch_one(&mut *tx)
-            .await?;
-        // The versions as the batch's next transaction sees them: the database's, then
-        // each earlier transaction's writes.
-        let mut versions: HashMap<Key, Version> = read_keys
-            .iter()
-            .zip(&current)
-            .map(|(r, v)| (r.key.clone(), Version(*v as u64)))
-            .collect();
-        let mut committed: HashMap<&str, Version> = HashMap::new();
-        // After its writes, a transaction checks its deferred constraints, then defers them
-        // again for the next one.
-        let check_constraints = match &deferred {
-            Some(list) => format!(
-                "SET CONSTRAINTS ALL IMMEDIATE; SET CONSTRAINTS {list} DEFERRED; RELEASE SAVEPOINT mjolnir_txn"
-            ),
-            None => "SET CONSTRAINTS ALL IMMEDIATE; RELEASE SAVEPOINT mjolnir_txn".to_owned(),
-        };
-
-        let mut decided = Vec::with_capacity(batch.len());
-        for (i, p) in batch.iter().enumerate() {
-            if let Some(v) = done[i] {
-                decided.push(Decided::Outcome(Outcome::Duplicate {
-                    version: Version(v as u64),
-                }));
-                continue;
-            }
-            if let Some(&version) = committed.get(p.txn.0.as_str()) {
-                decided.push(Decided::Outcome(Outcome::Duplicate { version }));
-                continue;
-            }
-            let version = Version(fresh[i] as u64);
-            let read_set: ReadSet = p
-                .plan
-                .reads
-                .iter()
-                .map(|(r, v)| (r.key.clone(), *v))
-                .collect();
-            let stale = find_stale(&read_set, |k| versions[k]);
-            sqlx::raw_sql(SAVEPOINT).execute(&mut *tx).await?;
-            let result = if stale.is_empty() {
-                apply_one(&mut tx, p, version, &check_constraints).await
-            } else {
-                conflict(&mut tx, p, &stale).await
-            };
-            match result {
-                Ok(Ok(Outcome::Committed { version, changes })) => {
-                    for (r, _) in &p.plan.writes {
-                        versions.insert(r.key.clone(), version);
-                    }
-                    committed.insert(&p.txn.0, version);
-                    decided.push(Decided::Outcome(Outcome::Committed { version, changes }));
-                }
-                Ok(Ok(outcome)) => decided.push(Decided::Outcome(outcome)),
-                Ok(Err(reply)) => {
-                    sqlx::raw_sql(UNDO).execute(&mut *tx).await?;
-                    decided.push(Decided::Outcome(Outcome::Rejected(reply)));
-                }
-                Err(ServerError::Db(e)) => {
-                    // The savepoint undoes this transaction alone; if even that fails,
-                    // the connection is gone and the whole batch with it.
-                    sqlx::raw_sql(UNDO).execute(&mut *tx).await?;
-                    match classify(&e) {
-                        Some(reply) if sqlstate(&e).as_deref() != Some(ALREADY_COMMITTED) => {
-                            decided.push(Decided::Outcome(Outcome::Rejected(reply)))
-                        }
-                        _ => {
-                            tracing::debug!(txn = %p.txn, error = %e, "committing alone after a database error in its batch");
-                            decided.push(Decided::Alone);
-                        }
-                    }
-                }
+    /// Commits one transaction as a batch of its own, re-running it after a deadlock or
+    /// serialization failure.
+    pub(super) async fn commit_alone(
+        &self,
+        user: Option<&str>,
+        txn: &TxnId,
+        plan: &Plan,
+    ) -> Result<Outcome> {
+        let member = [Member { user, txn, plan }];
+        let mut attempt = 0;
+        loop {
+            let (code, message) = match self.call(&member).await {
+                Ok(mut decided) => match decided.pop().expect("one outcome per member") {
+                    Decided::Outcome(o) => return Ok(o),
+                    Decided::Alone(Some(error)) => error,
+                    Decided::Alone(None) => unreachable!("only a failed batch leaves no error"),
+                },
+                Err(ServerError::Db(e)) => match sqlstate(&e) {
+                    Some(code) if is_transient_code(&code) => (code, e.to_string()),
+                    // An error at the statement's end is its COMMIT refusing: a deferred
+                    // constraint of the app.
+                    _ => match classify(&e) {
+                        Some(reply) => return Ok(Outcome::Rejected(reply)),
+                        None => return Err(ServerError::Db(e)),
+                    },
+                },
                 Err(e) => return Err(e),
+            };
+            if is_transient_code(&code) && attempt < self.knobs.commit_db_retries {
+                attempt += 1;
+                tracing::debug!(%txn, attempt, %code, %message, "transient database error, re-running commit");
+                continue;
             }
+            if code == ALREADY_COMMITTED
+                && let Some(version) = self.committed_version(txn).await?
+            {
+                return Ok(Outcome::Duplicate { version });
+            }
+            return Err(ServerError::Database { code, message });
         }
-        tx.commit().await?; // The commit point of the whole batch.
+    }
+
+    async fn committed_version(&self, txn: &TxnId) -> Result<Option<Version>> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT version FROM mjolnir.txns WHERE txn = $1")
+            .bind(&txn.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(v,)| Version(v as u64)))
+    }
+
+    /// Validates and applies `batch` in one call of `mjolnir.commit_batch`, one statement
+    /// and so one PostgreSQL transaction. `Err` means nothing of the batch is known to be
+    /// committed.
+    async fn call(&self, batch: &[Member<'_>]) -> Result<Vec<Decided>> {
+        let reads: Vec<&Resolved> = batch
+            .iter()
+            .flat_map(|m| &m.plan.reads)
+            .map(|(r, _)| r)
+            .collect();
+        let writes: Vec<&Resolved> = batch
+            .iter()
+            .flat_map(|m| &m.plan.writes)
+            .map(|(r, _)| r)
+            .collect();
+        let (hashes, exclusive) = locks::plan(reads, writes);
+        let mut a = Arrays::default();
+        for m in batch {
+            a.txn_ids.push(&m.txn.0);
+            a.users.push(m.user.unwrap_or(""));
+            for (r, version) in &m.plan.reads {
+                a.read_spaces.push(&r.space);
+                a.read_pks.push(&r.pk);
+                a.read_versions.push(version.0 as i64);
+            }
+            for (r, op) in &m.plan.writes {
+                let s = statement(r, op);
+                a.write_spaces.push(&r.space);
+                a.write_pks.push(&r.pk);
+                a.write_keys
+                    .push(serde_json::to_string(&r.key).expect("keys serialize"));
+                a.write_sqls.push(s.sql);
+                a.write_args.push(s.arg);
+                a.write_checks.push(s.check);
+            }
+            a.read_ends.push(a.read_pks.len() as i32);
+            a.write_ends.push(a.write_pks.len() as i32);
+        }
+        type Row = (
+            String,
+            Option<i64>,
+            Option<Vec<i32>>,
+            Option<Value>,
+            Option<String>,
+            Option<String>,
+            Option<i32>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT * FROM mjolnir.commit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(&hashes)
+        .bind(&exclusive)
+        .bind(&a.txn_ids)
+        .bind(&a.users)
+        .bind(&a.read_ends)
+        .bind(&a.write_ends)
+        .bind(&a.read_spaces)
+        .bind(&a.read_pks)
+        .bind(&a.read_versions)
+        .bind(&a.write_spaces)
+        .bind(&a.write_pks)
+        .bind(&a.write_keys)
+        .bind(&a.write_sqls)
+        .bind(&a.write_args)
+        .bind(&a.write_checks)
+        .fetch_all(&self.pool)
+        .await?;
+        // The batch has committed (or decided nothing at all): now the answers.
+        let mut decided = Vec::with_capacity(batch.len());
+        for (m, (outcome, version, stale, values, code, message, failed)) in batch.iter().zip(rows)
+        {
+            decided.push(match outcome.as_str() {
+                "duplicate" => Decided::Outcome(Outcome::Duplicate {
+                    version: Version(version.unwrap_or(0) as u64),
+                }),
+                "conflict" => {
+                    // Read after the batch: the stale keys' values are at least as new as
+                    // the versions that made them stale.
+                    let keys: Vec<Resolved> = stale
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|i| m.plan.reads.get((i as usize).wrapping_sub(1)))
+                        .map(|(r, _)| r.clone())
+                        .collect();
+                    let stale = read_as(&self.pool, m.user, &keys).await?;
+                    Decided::Outcome(Outcome::Conflict { stale })
+                }
+                "committed" => Decided::Outcome(committed(m.plan, version, values)),
+                _ => {
+                    let code = code.unwrap_or_default();
+                    let message = message.unwrap_or_default();
+                    let write = failed.and_then(|i| m.plan.writes.get((i as usize).wrapping_sub(1)));
+                    match (code.as_str(), write) {
+                        (HIDDEN_ROW | MISSING_ROW, Some((r, op))) => Decided::Outcome(
+                            Outcome::Rejected(missing_row(r, op, code == HIDDEN_ROW)),
+                        ),
+                        (ALREADY_COMMITTED, _) => Decided::Alone(Some((code, message))),
+                        _ => match classify_code(&code, &message) {
+                            Some(reply) => Decided::Outcome(Outcome::Rejected(reply)),
+                            None => {
+                                tracing::debug!(txn = %m.txn, %code, %message, "committing alone after a database error in its batch");
+                                Decided::Alone(Some((code, message)))
+                            }
+                        },
+                    }
+                }
+            });
+        }
         Ok(decided)
     }
 }
 
-/// Applies one transaction of a batch inside the open savepoint, and releases it.
-/// `Ok(Err(reply))`: a refusal; the caller rolls back to the savepoint.
-async fn apply_one(
-    conn: &mut PgConnection,
-    p: &Pending,
-    version: Version,
-    check_constraints: &str,
-) -> Result<std::result::Result<Outcome, ErrorReply>> {
-    let changes =
-        match write_and_finish(conn, p.user.as_deref(), &p.txn, &p.plan.writes, version).await? {
-            Ok(changes) => changes,
-            Err(reply) => return Ok(Err(reply)),
-        };
-    // Built from constraint names PostgreSQL quoted (format('%I.%I')).
-    sqlx::raw_sql(AssertSqlSafe(check_constraints.to_owned()))
-        .execute(&mut *conn)
-        .await?;
-    Ok(Ok(Outcome::Committed { version, changes }))
+/// One transaction of a call of `mjolnir.commit_batch`.
+struct Member<'a> {
+    user: Option<&'a str>,
+    txn: &'a TxnId,
+    plan: &'a Plan,
 }
 
-/// A stale transaction of a batch: the stale keys' current values as its user sees them,
-/// including the writes of the batch's earlier transactions, then the savepoint undone.
-async fn conflict(
-    conn: &mut PgConnection,
-    p: &Pending,
-    stale: &[mjolnir_core::Stale],
-) -> Result<std::result::Result<Outcome, ErrorReply>> {
-    let stale_keys: Vec<Resolved> = p
-        .plan
-        .reads
+/// The parameter arrays of `mjolnir.commit_batch` (see its migration for their meaning).
+#[derive(Default)]
+struct Arrays<'a> {
+    txn_ids: Vec<&'a str>,
+    users: Vec<&'a str>,
+    read_ends: Vec<i32>,
+    write_ends: Vec<i32>,
+    read_spaces: Vec<&'a str>,
+    read_pks: Vec<&'a str>,
+    read_versions: Vec<i64>,
+    write_spaces: Vec<&'a str>,
+    write_pks: Vec<&'a str>,
+    write_keys: Vec<String>,
+    write_sqls: Vec<String>,
+    write_args: Vec<Value>,
+    write_checks: Vec<Option<String>>,
+}
+
+/// The outcome of a transaction `mjolnir.commit_batch` committed: the change set as the
+/// feed carries it, or for a read-only transaction, the newest version it read.
+fn committed(plan: &Plan, version: Option<i64>, values: Option<Value>) -> Outcome {
+    let Some(version) = version else {
+        let newest = plan.reads.iter().map(|(_, v)| v.0).max().unwrap_or(0);
+        return Outcome::Committed {
+            version: Version(newest),
+            changes: Vec::new(),
+        };
+    };
+    let version = Version(version as u64);
+    let values = match values {
+        Some(Value::Array(values)) => values,
+        _ => Vec::new(),
+    };
+    let changes = plan
+        .writes
         .iter()
-        .filter(|(r, _)| stale.iter().any(|s| s.key == r.key))
-        .map(|(r, _)| r.clone())
+        .zip(values.into_iter().chain(std::iter::repeat(Value::Null)))
+        .map(|((r, op), value)| Entry {
+            key: r.key.clone(),
+            version,
+            value: match op {
+                WriteOp::Delete => None,
+                // The kv value as the client sent it, not as jsonb re-spelled it.
+                WriteOp::Put { value } => Some(value.clone()),
+                _ => Some(value),
+            },
+        })
         .collect();
-    act_as(conn, p.user.as_deref()).await?;
-    let stale = read_entries(conn, &stale_keys).await?;
-    sqlx::raw_sql(UNDO).execute(&mut *conn).await?;
-    Ok(Ok(Outcome::Conflict { stale }))
+    Outcome::Committed { version, changes }
 }
 
 /// Keeps the lane count right if a lane panics: the next submission starts a new lane.

@@ -1,34 +1,31 @@
-//! Committing one transaction: validate its reads, apply its writes, announce the change.
+//! What a commit is made of: checking a transaction against the catalog, and the
+//! statements its writes run as.
 //!
-//! The whole commit is one PostgreSQL transaction:
-//! 1. `mjolnir.begin_commit`: lock every key (advisory locks in hash order), check the
-//!    transaction id was not already committed, read the current versions of the keys
-//!    read, draw the commit version;
-//! 2. [`find_stale`]: if any read is stale, read the stale keys' current values and roll
-//!    back (a conflict);
-//! 3. as `mjolnir_app` with the connection's user: one statement per write, so the app's
-//!    row-level security, CHECK constraints and triggers apply;
+//! A commit is one call of `mjolnir.commit_batch` (migration 0004), outside any explicit
+//! transaction, so PostgreSQL commits it the moment the call returns:
+//! 1. lock every key (advisory locks in hash order) and check the transaction id was not
+//!    already committed;
+//! 2. [`find_stale`]'s rule, in SQL: a read is stale if the key's version is not the one
+//!    read. If any is, nothing is applied (a conflict), and the server then reads the stale
+//!    keys' current values for the client;
+//! 3. as `mjolnir_app` with the connection's user: the [`Statement`] of each write, so the
+//!    app's row-level security, CHECK constraints and triggers apply;
 //! 4. `mjolnir.finish_commit`: new versions, the transaction id, the NOTIFY;
-//! 5. `COMMIT`: **the commit point**. Before it nothing is visible and nothing is decided;
-//!    after it the writes, the versions, the dedup record and the notification are all
-//!    durable together.
+//! 5. the end of the statement is **the commit point**. Before it nothing is visible and
+//!    nothing is decided; after it the writes, the versions, the dedup record and the
+//!    notification are all durable together.
 //!
-//! Under load, writing commits are batched instead (`batch.rs`): the same steps for each
-//! transaction, several transactions in one PostgreSQL transaction. This path remains for
-//! read-only commits, batches of one, batching turned off, and what a batch hands back.
+//! Under load, commits are batched (`batch.rs`): the same steps for each transaction,
+//! several transactions in one call. A lone commit is a batch of one.
+//!
+//! [`find_stale`]: mjolnir_core::find_stale
 
-use super::batch::Committer;
-use super::read::{act_as, read_entries};
-use super::{Resolved, Store, locks};
+use super::{Resolved, Store};
 use crate::catalog::{Table, quote_ident};
 use crate::error::{Result, ServerError};
 use mjolnir_core::protocol::{Entry, ErrorReply};
-use mjolnir_core::{ErrorKind, Key, ReadSet, TxnId, Version, WriteOp, WriteSet, find_stale};
+use mjolnir_core::{ErrorKind, ReadSet, TxnId, Version, WriteOp, WriteSet};
 use serde_json::{Map, Value};
-// Statements are built only from names the catalog read from PostgreSQL, quoted with
-// `quote_ident`; every value is a bind parameter.
-use sqlx::{AssertSqlSafe, PgConnection};
-use std::collections::HashMap;
 
 /// How a commit ended.
 #[derive(Debug)]
@@ -46,9 +43,13 @@ pub enum Outcome {
     Rejected(ErrorReply),
 }
 
-/// SQLSTATE raised by `mjolnir.begin_commit` and `mjolnir.finish_commit` for a transaction
-/// id that already committed.
+/// SQLSTATE raised by `mjolnir.finish_commit` for a transaction id that already committed
+/// (a re-sent commit racing its first attempt on another connection).
 pub(super) const ALREADY_COMMITTED: &str = "MJ001";
+/// SQLSTATEs `mjolnir.commit_batch` raises when an update or delete matched no row: the
+/// row exists but the app's policies hide it from the user, or it does not exist.
+pub(super) const HIDDEN_ROW: &str = "MJ403";
+pub(super) const MISSING_ROW: &str = "MJ404";
 
 impl Store {
     pub async fn commit(
@@ -108,160 +109,11 @@ impl Store {
     }
 }
 
-impl Committer {
-    /// Commits one transaction as its own PostgreSQL transaction, re-running it after a
-    /// deadlock or serialization failure.
-    pub(super) async fn commit_alone(
-        &self,
-        user: Option<&str>,
-        txn: &TxnId,
-        plan: &Plan,
-    ) -> Result<Outcome> {
-        let mut attempt = 0;
-        loop {
-            match self.try_commit(user, txn, plan).await {
-                Err(ServerError::Db(e))
-                    if is_transient(&e) && attempt < self.knobs.commit_db_retries =>
-                {
-                    attempt += 1;
-                    tracing::debug!(%txn, attempt, error = %e, "transient database error, re-running commit");
-                }
-                Err(ServerError::Db(e)) if sqlstate(&e).as_deref() == Some(ALREADY_COMMITTED) => {
-                    let version = self
-                        .committed_version(txn)
-                        .await?
-                        .ok_or(ServerError::Db(e))?;
-                    return Ok(Outcome::Duplicate { version });
-                }
-                Err(ServerError::Db(e)) => match classify(&e) {
-                    Some(reply) => return Ok(Outcome::Rejected(reply)),
-                    None => return Err(ServerError::Db(e)),
-                },
-                other => return other,
-            }
-        }
-    }
-
-    async fn committed_version(&self, txn: &TxnId) -> Result<Option<Version>> {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT version FROM mjolnir.txns WHERE txn = $1")
-            .bind(&txn.0)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|(v,)| Version(v as u64)))
-    }
-
-    async fn try_commit(&self, user: Option<&str>, txn: &TxnId, plan: &Plan) -> Result<Outcome> {
-        let mut tx = self.pool.begin().await?;
-        let read_keys: Vec<Resolved> = plan.reads.iter().map(|(r, _)| r.clone()).collect();
-        let write_keys: Vec<Resolved> = plan.writes.iter().map(|(r, _)| r.clone()).collect();
-        let (hashes, exclusive) = locks::plan(&read_keys, &write_keys);
-        let (spaces, pks) = space_pk_arrays(&read_keys);
-        let (versions,): (Vec<i64>,) =
-            sqlx::query_as("SELECT mjolnir.begin_commit($1, $2, $3, $4, $5, $6)")
-                .bind(&txn.0)
-                .bind(&hashes)
-                .bind(&exclusive)
-                .bind(&spaces)
-                .bind(&pks)
-                .bind(!plan.writes.is_empty())
-                .fetch_one(&mut *tx)
-                .await?;
-
-        let current: HashMap<&Key, Version> = read_keys
-            .iter()
-            .zip(&versions)
-            .map(|(r, v)| (&r.key, Version(*v as u64)))
-            .collect();
-        let read_set: ReadSet = plan
-            .reads
-            .iter()
-            .map(|(r, v)| (r.key.clone(), *v))
-            .collect();
-        let stale = find_stale(&read_set, |k| current[k]);
-        if !stale.is_empty() {
-            let stale_keys: Vec<Resolved> = read_keys
-                .iter()
-                .filter(|r| stale.iter().any(|s| s.key == r.key))
-                .cloned()
-                .collect();
-            act_as(&mut tx, user).await?;
-            let stale = read_entries(&mut tx, &stale_keys).await?;
-            tx.rollback().await?;
-            return Ok(Outcome::Conflict { stale });
-        }
-        if plan.writes.is_empty() {
-            // A read-only transaction whose reads are all current: serializable at this
-            // instant, nothing to apply or announce.
-            tx.rollback().await?;
-            let version = versions.iter().copied().max().unwrap_or(0);
-            return Ok(Outcome::Committed {
-                version: Version(version as u64),
-                changes: Vec::new(),
-            });
-        }
-        let version = Version(
-            *versions
-                .last()
-                .expect("begin_commit appends the commit version") as u64,
-        );
-
-        match write_and_finish(&mut tx, user, txn, &plan.writes, version).await? {
-            Ok(changes) => {
-                tx.commit().await?; // The commit point.
-                Ok(Outcome::Committed { version, changes })
-            }
-            Err(reply) => {
-                tx.rollback().await?;
-                Ok(Outcome::Rejected(reply))
-            }
-        }
-    }
-}
-
-/// Steps 3 and 4 of a commit, shared by the one-by-one path and group commit: the writes
-/// as `mjolnir_app` with the transaction's user, then `mjolnir.finish_commit`. Returns the
-/// new values, or the refusal of a write (the caller undoes the transaction).
-pub(super) async fn write_and_finish(
-    conn: &mut PgConnection,
-    user: Option<&str>,
-    txn: &TxnId,
-    writes: &[(Resolved, WriteOp)],
-    version: Version,
-) -> Result<std::result::Result<Vec<Entry>, ErrorReply>> {
-    act_as(conn, user).await?;
-    let mut changes = Vec::with_capacity(writes.len());
-    for (r, op) in writes {
-        if let Err(reply) = apply(conn, r, op, &mut changes, version).await? {
-            return Ok(Err(reply));
-        }
-    }
-    let (spaces, pks): (Vec<&str>, Vec<&str>) = writes
-        .iter()
-        .map(|(r, _)| (r.space.as_str(), r.pk.as_str()))
-        .unzip();
-    let payload = serde_json::json!({ "version": version, "changes": changes }).to_string();
-    sqlx::query("SELECT mjolnir.finish_commit($1, $2, $3, $4, $5)")
-        .bind(version.0 as i64)
-        .bind(&spaces)
-        .bind(&pks)
-        .bind(&txn.0)
-        .bind(&payload)
-        .execute(&mut *conn)
-        .await?;
-    Ok(Ok(changes))
-}
-
 /// A commit checked and resolved against the catalog.
 #[derive(Debug)]
 pub(super) struct Plan {
     pub(super) reads: Vec<(Resolved, Version)>,
     pub(super) writes: Vec<(Resolved, WriteOp)>,
-}
-
-pub(super) fn space_pk_arrays(keys: &[Resolved]) -> (Vec<&str>, Vec<&str>) {
-    keys.iter()
-        .map(|r| (r.space.as_str(), r.pk.as_str()))
-        .unzip()
 }
 
 /// Checks that `op` fits its key: the op's kind, the columns and their types, and that an
@@ -316,146 +168,101 @@ fn pk_matches(pk_text: &str, v: &Value) -> bool {
     }
 }
 
-/// Applies one write as the app's role. A refusal the app's rules make (no row matched an
-/// update under the policies, a missing row) is returned as `Err(reply)` in `Ok`.
-pub(super) async fn apply(
-    conn: &mut PgConnection,
-    r: &Resolved,
-    op: &WriteOp,
-    changes: &mut Vec<Entry>,
-    version: Version,
-) -> Result<Result<(), ErrorReply>> {
+/// The statement one write runs as, with its parameters: `$1` a jsonb (the row, the
+/// changed columns, or the kv value), `$2` the primary key as text. It returns the new
+/// value as jsonb (`NULL` for a delete).
+#[derive(Debug)]
+pub(super) struct Statement {
+    pub(super) sql: String,
+    pub(super) arg: Value,
+    /// For an update or delete of a row: whether the row exists past the app's policies,
+    /// run only when the write matched no row.
+    pub(super) check: Option<String>,
+}
+
+pub(super) fn statement(r: &Resolved, op: &WriteOp) -> Statement {
     let Some(t) = &r.table else {
-        match op {
-            WriteOp::Put { value } => {
-                sqlx::query(
-                    "INSERT INTO mjolnir.kv (key, value) VALUES ($1, $2)
-                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                )
-                .bind(&r.pk)
-                .bind(value)
-                .execute(&mut *conn)
-                .await?;
-                changes.push(Entry {
-                    key: r.key.clone(),
-                    version,
-                    value: Some(value.clone()),
-                });
-            }
-            _ => {
-                sqlx::query("DELETE FROM mjolnir.kv WHERE key = $1")
-                    .bind(&r.pk)
-                    .execute(&mut *conn)
-                    .await?;
-                changes.push(Entry {
-                    key: r.key.clone(),
-                    version,
-                    value: None,
-                });
-            }
-        }
-        return Ok(Ok(()));
+        return match op {
+            WriteOp::Put { value } => Statement {
+                sql: "INSERT INTO mjolnir.kv (key, value) VALUES ($2, $1)
+                      ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING value"
+                    .to_owned(),
+                arg: value.clone(),
+                check: None,
+            },
+            // Deleting an absent kv entry is not an error.
+            _ => Statement {
+                sql: "DELETE FROM mjolnir.kv WHERE key = $2 RETURNING NULL::jsonb".to_owned(),
+                arg: Value::Null,
+                check: None,
+            },
+        };
     };
     let pk_col = quote_ident(&t.pk_column().name);
     let pk_ty = &t.pk_column().sql_type;
+    let table = &t.qualified;
+    let json = &t.row_json;
+    let check = || {
+        Some(format!(
+            "SELECT EXISTS (SELECT 1 FROM {table} WHERE {pk_col} = $2::{pk_ty})"
+        ))
+    };
     match op {
         WriteOp::Insert { row } => {
             let mut row = row.clone();
             row.insert(t.pk_column().name.clone(), pk_value(t, &r.pk));
             let cols = column_list(&row);
-            let sql = format!(
-                "INSERT INTO {table} AS r ({cols}) SELECT {cols} FROM jsonb_populate_record(NULL::{table}, $1) RETURNING {json}",
-                table = t.qualified,
-                json = t.row_json,
-            );
-            let (value,): (Value,) = sqlx::query_as(AssertSqlSafe(sql))
-                .bind(Value::Object(row))
-                .fetch_one(&mut *conn)
-                .await?;
-            changes.push(Entry {
-                key: r.key.clone(),
-                version,
-                value: Some(value),
-            });
+            Statement {
+                sql: format!(
+                    "INSERT INTO {table} AS r ({cols}) SELECT {cols} FROM jsonb_populate_record(NULL::{table}, $1) RETURNING {json}"
+                ),
+                arg: Value::Object(row),
+                check: None,
+            }
         }
+        // An empty update still locks the row and checks the user may see it.
+        WriteOp::Update { set } if set.is_empty() => Statement {
+            sql: format!("SELECT {json} FROM {table} r WHERE r.{pk_col} = $2::{pk_ty} FOR UPDATE"),
+            arg: Value::Null,
+            check: check(),
+        },
         WriteOp::Update { set } => {
-            let sql = if set.is_empty() {
-                format!(
-                    "SELECT {json} FROM {table} r WHERE r.{pk_col} = $2::{pk_ty} FOR UPDATE",
-                    table = t.qualified,
-                    json = t.row_json
-                )
-            } else {
-                let cols = column_list(set);
-                format!(
+            let cols = column_list(set);
+            Statement {
+                sql: format!(
                     "UPDATE {table} AS r SET ({cols}) = (SELECT {cols} FROM jsonb_populate_record(NULL::{table}, $1))
-                     WHERE r.{pk_col} = $2::{pk_ty} RETURNING {json}",
-                    table = t.qualified,
-                    json = t.row_json,
-                )
-            };
-            let row: Option<(Value,)> = sqlx::query_as(AssertSqlSafe(sql))
-                .bind(Value::Object(set.clone()))
-                .bind(&r.pk)
-                .fetch_optional(&mut *conn)
-                .await?;
-            match row {
-                Some((value,)) => changes.push(Entry {
-                    key: r.key.clone(),
-                    version,
-                    value: Some(value),
-                }),
-                None => return Ok(Err(missing_row(conn, t, r, "update").await?)),
+                     WHERE r.{pk_col} = $2::{pk_ty} RETURNING {json}"
+                ),
+                arg: Value::Object(set.clone()),
+                check: check(),
             }
         }
-        WriteOp::Delete => {
-            let sql = format!(
-                "DELETE FROM {table} AS r WHERE r.{pk_col} = $1::{pk_ty} RETURNING 1",
-                table = t.qualified
-            );
-            let row: Option<(i32,)> = sqlx::query_as(AssertSqlSafe(sql))
-                .bind(&r.pk)
-                .fetch_optional(&mut *conn)
-                .await?;
-            match row {
-                Some(_) => changes.push(Entry {
-                    key: r.key.clone(),
-                    version,
-                    value: None,
-                }),
-                None => return Ok(Err(missing_row(conn, t, r, "delete").await?)),
-            }
-        }
+        WriteOp::Delete => Statement {
+            sql: format!(
+                "DELETE FROM {table} AS r WHERE r.{pk_col} = $2::{pk_ty} RETURNING NULL::jsonb"
+            ),
+            arg: Value::Null,
+            check: check(),
+        },
         WriteOp::Put { .. } => unreachable!("check_write refuses put on rows"),
     }
-    Ok(Ok(()))
 }
 
-/// Why an update or delete matched no row: the row is missing (a blind write; a read would
-/// have made it a conflict), or the app's policies hid it from this user.
-async fn missing_row(
-    conn: &mut PgConnection,
-    t: &Table,
-    r: &Resolved,
-    what: &str,
-) -> Result<ErrorReply> {
-    // Look as Mjölnir itself, past the app's policies.
-    sqlx::query("RESET ROLE").execute(&mut *conn).await?;
-    let exists: (bool,) = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT EXISTS (SELECT 1 FROM {table} WHERE {pk} = $1::{ty})",
-        table = t.qualified,
-        pk = quote_ident(&t.pk_column().name),
-        ty = t.pk_column().sql_type,
-    )))
-    .bind(&r.pk)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(if exists.0 {
+/// The refusal for an update or delete that matched no row (`MJ403`/`MJ404` from
+/// `mjolnir.commit_batch`): a blind write of a missing row (a read would have made it a
+/// conflict), or a row the app's policies hide from this user.
+pub(super) fn missing_row(r: &Resolved, op: &WriteOp, hidden: bool) -> ErrorReply {
+    let what = match op {
+        WriteOp::Delete => "delete",
+        _ => "update",
+    };
+    if hidden {
+        let table = r.table.as_ref().map_or("", |t| t.name.as_str());
         ErrorReply::new(
             ErrorKind::Forbidden,
             format!(
-                "the policies on {} do not let this user {what} {}",
-                t.name, r.key
+                "the policies on {table} do not let this user {what} {}",
+                r.key
             ),
         )
     } else {
@@ -464,9 +271,8 @@ async fn missing_row(
             format!("cannot {what} {}: no such row", r.key),
         )
     }
-    .with_key(r.key.clone()))
+    .with_key(r.key.clone())
 }
-
 /// The primary key as a JSON value of its column's type, for inserts that leave it out.
 fn pk_value(t: &Table, pk: &str) -> Value {
     match t.pk_column().ty {
@@ -493,15 +299,19 @@ pub(super) fn sqlstate(e: &sqlx::Error) -> Option<String> {
 
 /// Deadlocks and serialization failures roll the whole transaction back: re-running it is
 /// safe and usually succeeds.
-pub(super) fn is_transient(e: &sqlx::Error) -> bool {
-    matches!(sqlstate(e).as_deref(), Some("40001" | "40P01"))
+pub(super) fn is_transient_code(code: &str) -> bool {
+    matches!(code, "40001" | "40P01")
 }
 
 /// The typed refusal for an error the app's schema or policies raised, if it is one.
 pub(super) fn classify(e: &sqlx::Error) -> Option<ErrorReply> {
     let db = e.as_database_error()?;
-    let code = db.code()?;
-    let kind = match &*code {
+    classify_code(&db.code()?, db.message())
+}
+
+/// [`classify`] for an error caught inside `mjolnir.commit_batch`: its SQLSTATE and message.
+pub(super) fn classify_code(code: &str, message: &str) -> Option<ErrorReply> {
+    let kind = match code {
         // insufficient_privilege: a row-level-security WITH CHECK, or no grant.
         "42501" => ErrorKind::Forbidden,
         c if c.starts_with("23") => ErrorKind::ConstraintViolation,
@@ -512,5 +322,5 @@ pub(super) fn classify(e: &sqlx::Error) -> Option<ErrorReply> {
         "P0001" => ErrorKind::ConstraintViolation,
         _ => return None,
     };
-    Some(ErrorReply::new(kind, db.message().to_owned()))
+    Some(ErrorReply::new(kind, message.to_owned()))
 }

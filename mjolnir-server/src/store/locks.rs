@@ -19,7 +19,10 @@ pub fn lock_hash(space: &str, pk: &str) -> i32 {
 /// The locks for a commit, in the order they must be taken (ascending hash): exclusive for
 /// written keys, shared for keys only read. Two keys with one hash share one lock, taken
 /// exclusively if either needs it.
-pub fn plan(reads: &[Resolved], writes: &[Resolved]) -> (Vec<i32>, Vec<bool>) {
+pub fn plan<'a>(
+    reads: impl IntoIterator<Item = &'a Resolved>,
+    writes: impl IntoIterator<Item = &'a Resolved>,
+) -> (Vec<i32>, Vec<bool>) {
     let mut locks: BTreeMap<i32, bool> = BTreeMap::new();
     for r in reads {
         locks.entry(lock_hash(&r.space, &r.pk)).or_insert(false);

@@ -3,83 +3,80 @@
 use super::{Resolved, Store};
 use crate::catalog::quote_ident;
 use crate::error::Result;
+use mjolnir_core::Version;
 use mjolnir_core::protocol::Entry;
-use mjolnir_core::{Key, Version};
 use serde_json::Value;
-// Statements are built only from names the catalog read from PostgreSQL, quoted with
-// `quote_ident`; every value is a bind parameter.
-use sqlx::{AssertSqlSafe, PgConnection};
-use std::collections::BTreeMap;
+use sqlx::PgPool;
 
 impl Store {
     /// Reads `keys` as `user` sees them, from one snapshot.
     ///
     /// A row the app's policies hide from `user` reads as absent, at its real version.
-    pub async fn read(&self, user: Option<&str>, keys: &[Key]) -> Result<Vec<Entry>> {
+    pub async fn read(&self, user: Option<&str>, keys: &[mjolnir_core::Key]) -> Result<Vec<Entry>> {
         let resolved = self.resolve(keys).await?;
-        let mut tx = self.pool.begin().await?;
-        // One snapshot for every statement below, so versions and values of different
-        // tables belong to the same moment.
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        act_as(&mut tx, user).await?;
-        let entries = read_entries(&mut tx, &resolved).await?;
-        tx.commit().await?;
-        Ok(entries)
+        read_as(&self.pool, user, &resolved).await
     }
 }
 
-/// Makes the rest of the transaction run as the app's role and `user`, so the app's
-/// row-level-security policies and privileges apply.
-pub(super) async fn act_as(conn: &mut PgConnection, user: Option<&str>) -> Result<()> {
-    sqlx::query(
-        "SELECT set_config('role', 'mjolnir_app', true), set_config('mjolnir.user', $1, true)",
-    )
-    .bind(user.unwrap_or(""))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Reads the current version and value of each key, in the order given, within the
-/// caller's transaction. One statement per table.
-pub(super) async fn read_entries(conn: &mut PgConnection, keys: &[Resolved]) -> Result<Vec<Entry>> {
-    let mut by_space: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, r) in keys.iter().enumerate() {
-        by_space.entry(&r.space).or_default().push(i);
+/// Reads the current version and value of each key, in the order given, in one statement
+/// (`mjolnir.read_as`, one round trip and one snapshot): as `mjolnir_app` with `user`, so
+/// the app's row-level-security policies and privileges apply.
+pub(super) async fn read_as(
+    pool: &PgPool,
+    user: Option<&str>,
+    keys: &[Resolved],
+) -> Result<Vec<Entry>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
     }
-    let mut found: Vec<Option<(Version, Option<Value>)>> = vec![None; keys.len()];
-    for (space, idx) in by_space {
-        let first = &keys[idx[0]];
-        let sql = match &first.table {
+    // Keys grouped by space, each group a slice of the parameter arrays, with one SELECT
+    // per group. The statement is built only from names the catalog read from PostgreSQL,
+    // quoted with `quote_ident`, and the slice bounds; every value is a parameter.
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by(|&a, &b| keys[a].space.cmp(&keys[b].space));
+    let pks: Vec<&str> = order.iter().map(|&i| keys[i].pk.as_str()).collect();
+    let spaces: Vec<&str> = order.iter().map(|&i| keys[i].space.as_str()).collect();
+    let mut selects = Vec::new();
+    let mut lo = 0;
+    while lo < order.len() {
+        let space = &keys[order[lo]].space;
+        let hi = lo
+            + order[lo..]
+                .iter()
+                .take_while(|&&i| &keys[i].space == space)
+                .count();
+        let value = match &keys[order[lo]].table {
             Some(t) => format!(
-                "SELECT k.pk, coalesce(v.version, 0), (SELECT {json} FROM {table} r WHERE r.{pk} = k.pk::{ty})
-                 FROM unnest($1::text[]) AS k(pk)
-                 LEFT JOIN mjolnir.versions v ON v.space = $2 AND v.pk = k.pk",
+                "(SELECT {json} FROM {table} r WHERE r.{pk} = k.pk::{ty})",
                 json = t.row_json,
                 table = t.qualified,
                 pk = quote_ident(&t.pk_column().name),
                 ty = t.pk_column().sql_type,
             ),
-            None => "SELECT k.pk, coalesce(v.version, 0), kv.value
-                 FROM unnest($1::text[]) AS k(pk)
-                 LEFT JOIN mjolnir.versions v ON v.space = $2 AND v.pk = k.pk
-                 LEFT JOIN mjolnir.kv kv ON kv.key = k.pk"
-                .to_owned(),
+            None => "(SELECT kv.value FROM mjolnir.kv kv WHERE kv.key = k.pk)".to_owned(),
         };
-        let pks: Vec<&str> = idx.iter().map(|&i| keys[i].pk.as_str()).collect();
-        let rows: Vec<(String, i64, Option<Value>)> = sqlx::query_as(AssertSqlSafe(sql))
+        // PostgreSQL arrays are 1-based and slices inclusive.
+        selects.push(format!(
+            "SELECT ({lo} + k.ord)::int, coalesce(v.version, 0), {value}
+             FROM unnest($1[{from}:{hi}], $2[{from}:{hi}]) WITH ORDINALITY AS k(pk, space, ord)
+             LEFT JOIN mjolnir.versions v ON v.space = k.space AND v.pk = k.pk",
+            from = lo + 1,
+        ));
+        lo = hi;
+    }
+    let rows: Vec<(i32, i64, Option<Value>)> =
+        sqlx::query_as("SELECT * FROM mjolnir.read_as($1, $2, $3, $4)")
+            .bind(user.unwrap_or(""))
+            .bind(selects.join(" UNION ALL "))
             .bind(&pks)
-            .bind(space)
-            .fetch_all(&mut *conn)
+            .bind(&spaces)
+            .fetch_all(pool)
             .await?;
-        let by_pk: BTreeMap<String, (Version, Option<Value>)> = rows
-            .into_iter()
-            .map(|(pk, v, value)| (pk, (Version(v as u64), value)))
-            .collect();
-        for i in idx {
-            found[i] = by_pk.get(&keys[i].pk).cloned();
+    let mut found: Vec<Option<(Version, Option<Value>)>> = vec![None; keys.len()];
+    for (pos, version, value) in rows {
+        // `pos` is 1-based in `order`.
+        if let Some(&i) = order.get((pos as usize).wrapping_sub(1)) {
+            found[i] = Some((Version(version as u64), value));
         }
     }
     Ok(keys
