@@ -162,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
                     environment,
                 },
             );
-            std::fs::write(&out, doc).with_context(|| format!("writing {}", out.display()))?;
+            report::write(&out, &doc, &results)?;
             Ok(())
         }
     }

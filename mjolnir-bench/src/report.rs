@@ -1,12 +1,18 @@
 //! Turns the results file (one JSON line per run) into `docs/benchmarks.md`: medians over
 //! the rounds, and the Mjölnir ratios per round, since the rounds were interleaved exactly
-//! so that each round's systems saw the same machine conditions.
+//! so that each round's systems saw the same machine conditions; and into the plot beside it,
+//! `docs/benchmarks.svg`, which the document shows above its tables.
 
 use crate::stats::{RunResult, System};
 use crate::workload::Workload;
+use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
+
+// A file of its own beside this one, but only the report uses it.
+#[path = "plot.rs"]
+mod plot;
 
 /// What the document says about how the numbers were made, besides the runs themselves.
 #[derive(Debug)]
@@ -177,6 +183,55 @@ pub fn render(results: &[RunResult], ctx: &Context) -> String {
     doc
 }
 
+/// Writes `doc` (from [`render`]) to `out` and, beside it, the plot of the same results
+/// (`benchmarks.svg` for `benchmarks.md`), linked from the document above the first table.
+pub fn write(out: &Path, doc: &str, results: &[RunResult]) -> anyhow::Result<()> {
+    let grouped = group(results);
+    let rounds = results.iter().map(|r| r.label.round).max().unwrap_or(0);
+    let svg_path = out.with_extension("svg");
+    anyhow::ensure!(
+        svg_path != out,
+        "the report cannot be the plot: {}",
+        out.display()
+    );
+    let doc = match plot::svg(&grouped, &sync_modes(&grouped), rounds)? {
+        Some(svg) => {
+            std::fs::write(&svg_path, svg)
+                .with_context(|| format!("writing {}", svg_path.display()))?;
+            let name = svg_path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            link_plot(doc, &name)
+        }
+        None => doc.to_owned(),
+    };
+    std::fs::write(out, doc).with_context(|| format!("writing {}", out.display()))
+}
+
+/// `doc` with an image link to `file` (relative: it sits beside the document) inserted
+/// before the first section, so the plot comes first and the tables follow.
+fn link_plot(doc: &str, file: &str) -> String {
+    let link = format!(
+        "![Committed transfers per second against clients: pgbench, endpoint and Mjölnir, \
+         per workload and synchronous_commit]({file})\n\n"
+    );
+    let at = if doc.starts_with("## ") {
+        Some(0)
+    } else {
+        doc.find("\n## ").map(|i| i + 1)
+    };
+    let mut out = doc.to_owned();
+    match at {
+        Some(i) => out.insert_str(i, &link),
+        None => {
+            out.push('\n');
+            out.push_str(&link);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +278,97 @@ mod tests {
         );
         assert!(doc.contains("**0.38** (0.50 / 0.25)"), "{doc}");
         assert!(doc.contains("| uniform | 8 | 150 | – | 50 |"), "{doc}");
+    }
+
+    #[test]
+    fn the_plot_has_a_line_per_system_and_the_document_links_it() {
+        let mut results = Vec::new();
+        for sync in ["on", "off"] {
+            for workload in [Workload::Uniform, Workload::Hot] {
+                for clients in [1, 8, 32] {
+                    for (system, tps) in [
+                        (System::Pgbench, 300.0),
+                        (System::Endpoint, 200.0),
+                        (System::Mjolnir, 100.0),
+                    ] {
+                        let mut r = run(system, 1, tps * f64::from(clients));
+                        r.label.sync = sync.to_owned();
+                        r.label.workload = workload;
+                        r.label.clients = clients;
+                        results.push(r);
+                    }
+                }
+            }
+        }
+        let grouped = group(&results);
+        let svg = plot::svg(&grouped, &sync_modes(&grouped), 1)
+            .unwrap()
+            .expect("results to plot");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        // One line per system in each of the four panels, plus its legend sample.
+        for color in ["#555555", "#1F77B4", "#D62728"] {
+            let lines = svg
+                .lines()
+                .filter(|l| l.starts_with("<polyline") && l.contains(color))
+                .count();
+            assert_eq!(lines, 4 + 1, "{color}:\n{svg}");
+        }
+        for text in [
+            "pgbench",
+            "endpoint",
+            "Mjölnir",
+            "clients",
+            "transfers/s",
+            "uniform, synchronous_commit = on",
+            "hot, synchronous_commit = off",
+            "median of 1 round)",
+        ] {
+            assert!(svg.contains(text), "{text}:\n{svg}");
+        }
+        // The x axis is the client counts, as categories.
+        for clients in ["\n1\n", "\n8\n", "\n32\n"] {
+            assert!(svg.contains(clients), "{clients:?}:\n{svg}");
+        }
+        let again = plot::svg(&grouped, &sync_modes(&grouped), 1).unwrap();
+        assert_eq!(
+            again.as_deref(),
+            Some(svg.as_str()),
+            "the same results, the same file"
+        );
+
+        let dir = std::env::temp_dir().join(format!("mjolnir-bench-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("bench.md");
+        let ctx = Context {
+            command: "scripts/bench.sh".to_owned(),
+            environment: String::new(),
+        };
+        write(&out, &render(&results, &ctx), &results).unwrap();
+        let doc = std::fs::read_to_string(&out).unwrap();
+        let written = std::fs::read_to_string(dir.join("bench.svg")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(written, svg);
+        let link = doc
+            .find("](bench.svg)\n")
+            .expect("the document links the plot");
+        assert!(
+            doc[..link].contains("\n![Committed transfers per second"),
+            "{doc}"
+        );
+        let first_table = doc.find("## `synchronous_commit = on`").unwrap();
+        assert!(
+            link < first_table,
+            "the plot comes before the tables:\n{doc}"
+        );
+    }
+
+    #[test]
+    fn no_results_no_plot() {
+        let grouped = group(&[]);
+        assert!(plot::svg(&grouped, &[], 0).unwrap().is_none());
+        assert_eq!(
+            link_plot("# T\n\nx\n", "p.svg"),
+            "# T\n\nx\n\n![Committed transfers per second against clients: pgbench, endpoint and Mjölnir, per workload and synchronous_commit](p.svg)\n\n"
+        );
     }
 }
