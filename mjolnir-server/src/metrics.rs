@@ -25,6 +25,8 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// Transactions per group-commit batch (1: committed alone while batching is on).
     pub commit_batch_size: Histogram,
+    /// Reads per batch (see `store/lanes.rs`).
+    pub read_batch_size: Histogram,
     pub open_connections: Gauge,
     pub pushes: Counter,
     pub slow_consumers: Counter,
@@ -42,6 +44,7 @@ impl Default for Metrics {
             commit_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             // 1 to 64 (the default largest batch) and beyond.
             commit_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
+            read_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             open_connections: Gauge::default(),
             pushes: Counter::default(),
             slow_consumers: Counter::default(),
@@ -72,6 +75,11 @@ impl Default for Metrics {
             "commit_batch_size",
             "Transactions per group-commit batch",
             m.commit_batch_size.clone(),
+        );
+        registry.register(
+            "read_batch_size",
+            "Reads per batched read",
+            m.read_batch_size.clone(),
         );
         registry.register(
             "open_connections",

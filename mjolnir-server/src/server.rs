@@ -115,6 +115,7 @@ pub async fn start(
             &config.app_schema,
             config.knobs.clone(),
             metrics.commit_batch_size.clone(),
+            metrics.read_batch_size.clone(),
         )
         .await?,
     );

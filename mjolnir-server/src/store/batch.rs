@@ -19,6 +19,7 @@ use super::commit::{
     ALREADY_COMMITTED, HIDDEN_ROW, MISSING_ROW, Outcome, Plan, classify, classify_code,
     is_transient_code, missing_row, sqlstate, statement,
 };
+use super::lanes::{self, Lanes, Runner};
 use super::read::read_as;
 use super::{Resolved, locks};
 use crate::error::{Result, ServerError};
@@ -28,28 +29,19 @@ use mjolnir_core::{ErrorKind, TxnId, Version, WriteOp};
 use prometheus_client::metrics::histogram::Histogram;
 use serde_json::Value;
 use sqlx::PgPool;
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// Commits transactions, alone or in batches. One per instance.
 #[derive(Debug)]
 pub(crate) struct Committer {
-    pub(super) pool: PgPool,
-    pub(super) knobs: Knobs,
-    queue: Mutex<Queue>,
-    batch_sizes: Histogram,
-}
-
-#[derive(Debug, Default)]
-struct Queue {
-    waiting: VecDeque<Pending>,
-    /// Lanes running: each takes batches from `waiting` until it is empty.
-    lanes: usize,
+    pool: PgPool,
+    knobs: Knobs,
+    lanes: Lanes<Pending>,
 }
 
 #[derive(Debug)]
-struct Pending {
+pub(super) struct Pending {
     user: Option<String>,
     txn: TxnId,
     plan: Plan,
@@ -65,18 +57,34 @@ enum Decided {
     Alone(Option<(String, String)>),
 }
 
+impl Runner for Committer {
+    type Job = Pending;
+
+    fn lanes(&self) -> &Lanes<Pending> {
+        &self.lanes
+    }
+
+    async fn run(self: Arc<Self>, batch: Vec<Pending>) {
+        if let [_] = batch.as_slice() {
+            let p = batch.into_iter().next().expect("one");
+            let outcome = self.commit_alone(p.user.as_deref(), &p.txn, &p.plan).await;
+            let _ = p.reply.send(outcome);
+        } else {
+            self.run_batch(batch).await;
+        }
+    }
+}
+
 impl Committer {
     pub(super) fn new(pool: PgPool, knobs: Knobs, batch_sizes: Histogram) -> Committer {
         Committer {
+            lanes: Lanes::new(knobs.group_commit_lanes, knobs.group_commit, batch_sizes),
             pool,
             knobs,
-            queue: Mutex::default(),
-            batch_sizes,
         }
     }
 
-    /// Queues a transaction for the next batch and waits for its outcome. Starts a lane if
-    /// fewer than `group_commit_lanes` run.
+    /// Queues a transaction for the next batch and waits for its outcome.
     pub(super) async fn submit(
         self: &Arc<Self>,
         user: Option<String>,
@@ -84,53 +92,21 @@ impl Committer {
         plan: Plan,
     ) -> Result<Outcome> {
         let (reply, outcome) = oneshot::channel();
-        let start_lane = {
-            let mut q = self.queue.lock().expect("commit queue");
-            q.waiting.push_back(Pending {
+        lanes::push(
+            self,
+            Pending {
                 user,
                 txn,
                 plan,
                 reply,
-            });
-            let start = q.lanes < self.knobs.group_commit_lanes.max(1);
-            if start {
-                q.lanes += 1;
-            }
-            start
-        };
-        if start_lane {
-            tokio::spawn(self.clone().lane());
-        }
+            },
+        );
         outcome.await.unwrap_or_else(|_| {
             Err(ServerError::Reply(ErrorReply::new(
                 ErrorKind::Internal,
                 "the committer stopped before deciding this commit",
             )))
         })
-    }
-
-    /// Takes batches (whatever is queued, up to `group_commit`) until the queue is empty.
-    async fn lane(self: Arc<Self>) {
-        let _guard = LaneGuard(&self);
-        loop {
-            let batch: Vec<Pending> = {
-                let mut q = self.queue.lock().expect("commit queue");
-                if q.waiting.is_empty() {
-                    q.lanes -= 1;
-                    return;
-                }
-                let n = q.waiting.len().min(self.knobs.group_commit.max(1));
-                q.waiting.drain(..n).collect()
-            };
-            self.batch_sizes.observe(batch.len() as f64);
-            if batch.len() == 1 {
-                let p = batch.into_iter().next().expect("one");
-                let outcome = self.commit_alone(p.user.as_deref(), &p.txn, &p.plan).await;
-                let _ = p.reply.send(outcome);
-                continue;
-            }
-            self.run_batch(batch).await;
-        }
     }
 
     async fn run_batch(self: &Arc<Self>, batch: Vec<Pending>) {
@@ -388,17 +364,4 @@ fn committed(plan: &Plan, version: Option<i64>, values: Option<Value>) -> Outcom
         })
         .collect();
     Outcome::Committed { version, changes }
-}
-
-/// Keeps the lane count right if a lane panics: the next submission starts a new lane.
-struct LaneGuard<'a>(&'a Arc<Committer>);
-
-impl Drop for LaneGuard<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Ok(mut q) = self.0.queue.lock()
-        {
-            q.lanes = q.lanes.saturating_sub(1);
-        }
-    }
 }

@@ -6,6 +6,7 @@
 
 mod batch;
 mod commit;
+mod lanes;
 mod locks;
 mod read;
 
@@ -42,24 +43,27 @@ pub struct Store {
     knobs: Knobs,
     catalog: RwLock<(Arc<Catalog>, Instant)>,
     committer: Arc<batch::Committer>,
+    reader: Arc<read::Reader>,
 }
 
 impl Store {
     /// Opens the store over an already-migrated database (see [`crate::db::migrate`]).
-    /// `batch_sizes` observes the size of every group-commit batch.
+    /// `commit_batch_sizes` and `read_batch_sizes` observe the size of every batch.
     pub async fn open(
         pool: PgPool,
         schema: &str,
         knobs: Knobs,
-        batch_sizes: Histogram,
+        commit_batch_sizes: Histogram,
+        read_batch_sizes: Histogram,
     ) -> Result<Store> {
         let catalog = Catalog::load(&pool, schema).await?;
         Ok(Store {
             committer: Arc::new(batch::Committer::new(
                 pool.clone(),
                 knobs.clone(),
-                batch_sizes,
+                commit_batch_sizes,
             )),
+            reader: Arc::new(read::Reader::new(pool.clone(), &knobs, read_batch_sizes)),
             pool,
             schema: schema.to_owned(),
             knobs,

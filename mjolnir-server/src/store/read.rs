@@ -1,20 +1,114 @@
 //! Reading keys: values with the versions they were committed at.
 
+use super::lanes::{self, Lanes, Runner};
 use super::{Resolved, Store};
 use crate::catalog::quote_ident;
-use crate::error::Result;
-use mjolnir_core::Version;
+use crate::error::{Result, ServerError};
+use crate::knobs::Knobs;
 use mjolnir_core::protocol::Entry;
+use mjolnir_core::{ErrorKind, Version};
+use prometheus_client::metrics::histogram::Histogram;
 use serde_json::Value;
 use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::oneshot;
 
 impl Store {
     /// Reads `keys` as `user` sees them, from one snapshot.
     ///
     /// A row the app's policies hide from `user` reads as absent, at its real version.
+    /// Reads that arrive while the database is busy are batched (`lanes.rs`): one call
+    /// per user for all of them.
     pub async fn read(&self, user: Option<&str>, keys: &[mjolnir_core::Key]) -> Result<Vec<Entry>> {
-        let resolved = self.resolve(keys).await?;
-        read_as(&self.pool, user, &resolved).await
+        let keys = self.resolve(keys).await?;
+        if self.knobs.group_commit <= 1 {
+            return read_as(&self.pool, user, &keys).await;
+        }
+        let (reply, entries) = oneshot::channel();
+        lanes::push(
+            &self.reader,
+            ReadJob {
+                user: user.map(str::to_owned),
+                keys,
+                reply,
+            },
+        );
+        entries.await.unwrap_or_else(|_| {
+            Err(ServerError::reply(
+                ErrorKind::Internal,
+                "the reader stopped before answering this read",
+            ))
+        })
+    }
+}
+
+/// Runs batches of reads. One per instance.
+#[derive(Debug)]
+pub(super) struct Reader {
+    pool: PgPool,
+    lanes: Lanes<ReadJob>,
+}
+
+#[derive(Debug)]
+pub(super) struct ReadJob {
+    user: Option<String>,
+    keys: Vec<Resolved>,
+    reply: oneshot::Sender<Result<Vec<Entry>>>,
+}
+
+impl Reader {
+    pub(super) fn new(pool: PgPool, knobs: &Knobs, batch_sizes: Histogram) -> Reader {
+        Reader {
+            pool,
+            lanes: Lanes::new(knobs.group_commit_lanes, knobs.group_commit, batch_sizes),
+        }
+    }
+}
+
+impl Runner for Reader {
+    type Job = ReadJob;
+
+    fn lanes(&self) -> &Lanes<ReadJob> {
+        &self.lanes
+    }
+
+    /// One `read_as` call per user in the batch, concurrently; each job gets its slice.
+    async fn run(self: Arc<Self>, batch: Vec<ReadJob>) {
+        let mut by_user: HashMap<Option<String>, Vec<ReadJob>> = HashMap::new();
+        for job in batch {
+            by_user.entry(job.user.clone()).or_default().push(job);
+        }
+        let calls: Vec<_> = by_user
+            .into_iter()
+            .map(|(user, jobs)| {
+                let pool = self.pool.clone();
+                tokio::spawn(async move {
+                    let keys: Vec<Resolved> =
+                        jobs.iter().flat_map(|j| j.keys.iter().cloned()).collect();
+                    match read_as(&pool, user.as_deref(), &keys).await {
+                        Ok(entries) => {
+                            let mut entries = entries.into_iter();
+                            for job in jobs {
+                                let mine = entries.by_ref().take(job.keys.len()).collect();
+                                let _ = job.reply.send(Ok(mine));
+                            }
+                        }
+                        // Each on its own, so that each gets its own error.
+                        Err(_) => {
+                            for job in jobs {
+                                let _ = job
+                                    .reply
+                                    .send(read_as(&pool, user.as_deref(), &job.keys).await);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for call in calls {
+            let _ = call.await;
+        }
     }
 }
 
