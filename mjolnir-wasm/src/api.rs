@@ -2,7 +2,7 @@
 
 use crate::error::error_classes;
 use crate::rows::{Kv, Table};
-use crate::runtime::Runtime;
+use crate::runtime::{HandlerKind, Runtime};
 use js_sys::{Array, Function, Promise};
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
@@ -51,7 +51,7 @@ pub fn connect(url: Option<String>, user: Option<String>) -> Result<Mjolnir, JsV
     });
     let rt = Runtime::new(url, user);
     rt.open()?;
-    let state = crate::state::proxy(&rt);
+    let state = rt.state.proxy();
     Ok(Mjolnir { rt, state })
 }
 
@@ -94,9 +94,10 @@ impl Mjolnir {
     /// promise of its result.
     pub fn atomic(&self, f: Function) -> Function {
         let rt = self.rt.clone();
+        let kind = HandlerKind::of(&f);
         let run =
             Closure::<dyn Fn(JsValue, Array) -> Promise>::new(move |this: JsValue, args: Array| {
-                rt.call(f.clone(), this, args)
+                rt.call(f.clone(), this, args, kind)
             });
         wrap(&run.into_js_value())
     }

@@ -15,7 +15,7 @@ use crate::connection::{self, ConnState, Connection, Events};
 use crate::convert::to_js;
 use crate::dom::{DomChanges, DomJournal};
 use crate::error::RuntimeError;
-use crate::state::PageState;
+use crate::state::{PageState, UndoLog};
 use futures_channel::oneshot;
 use js_sys::{Array, Function, Promise};
 use mjolnir_core::attempt::{Attempt, Finish, Read};
@@ -42,10 +42,36 @@ const MAX_MISS_ROUNDS: u32 = 100;
 #[derive(Debug)]
 pub struct CacheMiss;
 
+/// Whether a handler is an `async function`: those get a transaction object and may
+/// await. Decided once, when the handler is wrapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandlerKind {
+    Sync,
+    Async,
+}
+
+impl HandlerKind {
+    pub fn of(f: &Function) -> HandlerKind {
+        if is_async(f) {
+            HandlerKind::Async
+        } else {
+            HandlerKind::Sync
+        }
+    }
+}
+
+/// How a call started: finished in its first attempt, or queued with a promise.
+enum Started {
+    Done(JsValue),
+    Threw(JsValue),
+    Queued(Promise, Option<Rc<Job>>),
+}
+
 /// One call of a wrapped handler, waiting to run or running.
 #[derive(Debug)]
 struct Job {
     f: Function,
+    kind: HandlerKind,
     this: JsValue,
     args: Array,
     resolve: Function,
@@ -61,13 +87,13 @@ struct Job {
 /// What a finished attempt left on the page, so it can be undone.
 #[derive(Debug)]
 struct Effects {
-    state_before: PageState,
+    state: UndoLog,
     dom: Option<DomChanges>,
 }
 
 enum Outcome {
-    /// Done: nothing to commit.
-    Done(JsValue),
+    /// Done: nothing to commit. Its effects stay.
+    Done(JsValue, Effects),
     /// The handler threw on a consistent view: its own error.
     Threw(JsValue),
     /// The handler threw on a stale view: a conflict.
@@ -103,7 +129,7 @@ pub struct Runtime {
     me: Weak<Runtime>,
     conn: Rc<RefCell<Connection>>,
     pub(crate) cache: RefCell<Cache>,
-    pub(crate) state: RefCell<PageState>,
+    pub(crate) state: PageState,
     pub(crate) current: RefCell<Option<Current>>,
     /// Attempts of async handlers, by id: they stay open across awaits, while other code runs.
     async_attempts: RefCell<HashMap<u64, Attempt>>,
@@ -126,11 +152,19 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(url: String, user: Option<String>) -> Rc<Runtime> {
         let client_id = format!("{:016x}", (js_sys::Math::random() * 2f64.powi(53)) as u64);
-        Rc::new_cyclic(|me| Runtime {
+        Rc::new_cyclic(|me: &Weak<Runtime>| Runtime {
             me: me.clone(),
+            state: PageState::new(&{
+                let me = me.clone();
+                Closure::<dyn Fn()>::new(move || {
+                    if let Some(rt) = me.upgrade() {
+                        rt.state_changed();
+                    }
+                })
+                .into_js_value()
+            }),
             conn: Rc::new(RefCell::new(Connection::new(url, user.clone(), client_id))),
             cache: RefCell::new(Cache::with_capacity(CACHE_CAPACITY)),
-            state: RefCell::new(PageState::default()),
             current: RefCell::new(None),
             async_attempts: RefCell::new(HashMap::new()),
             tables: RefCell::new(BTreeMap::new()),
@@ -182,6 +216,10 @@ impl Runtime {
         self.emit("state", &JsValue::UNDEFINED);
     }
 
+    fn listens_to(&self, event: &str) -> bool {
+        self.listeners.borrow().iter().any(|(e, _)| e == event)
+    }
+
     /// Calls the listeners of `event` with `detail`. Never while a borrow is held.
     fn emit(&self, event: &str, detail: &JsValue) {
         let fs: Vec<Function> = self
@@ -205,39 +243,83 @@ impl Runtime {
 
     /// Runs `f` as a transaction. Inside another transaction it simply joins it: a handler
     /// that calls another wrapped function is still one transaction.
-    pub fn call(&self, f: Function, this: JsValue, args: Array) -> Promise {
-        self.enqueue(f, this, args).0
+    pub fn call(&self, f: Function, this: JsValue, args: Array, kind: HandlerKind) -> Promise {
+        match self.start(f, this, args, kind) {
+            Started::Done(value) => Promise::resolve(&value),
+            Started::Threw(err) => Promise::reject(&err),
+            Started::Queued(promise, _) => promise,
+        }
     }
 
     /// Runs an event handler or timer callback as a transaction (automatic mode) and
     /// returns what its first attempt returned, synchronously. Its outcome is reported by
     /// the `commit` and `abort` events; a failure is also an unhandled rejection, as an
-    /// uncaught exception in a plain handler would be.
+    /// uncaught exception in a plain handler would be. Automatic mode never wraps `async`
+    /// functions, so the handler is synchronous.
     pub fn call_handler(&self, f: Function, this: JsValue, args: Array) -> JsValue {
-        if self.in_attempt() {
-            return f
-                .apply(&this, &args)
-                .unwrap_or_else(|e| wasm_bindgen::throw_val(e));
+        match self.start(f, this, args, HandlerKind::Sync) {
+            Started::Done(value) => value,
+            Started::Threw(err) => {
+                // Rejected and dropped: the browser reports it as an unhandled rejection.
+                let _ = Promise::reject(&err);
+                JsValue::UNDEFINED
+            }
+            Started::Queued(_, job) => job
+                .and_then(|j| j.first_value.borrow().clone())
+                .unwrap_or(JsValue::UNDEFINED),
         }
-        let (_, job) = self.enqueue(f, this, args);
-        job.map(|j| j.first_value.borrow().clone().unwrap_or(JsValue::UNDEFINED))
-            .unwrap_or(JsValue::UNDEFINED)
     }
 
-    fn enqueue(&self, f: Function, this: JsValue, args: Array) -> (Promise, Option<Rc<Job>>) {
+    /// Starts a call of `f`. With nothing queued, a synchronous handler runs at once and
+    /// only one that must wait (for a commit, a fetch or a retry) gets a promise and a place
+    /// in the queue: most handlers finish in their first attempt, and then cost no job.
+    fn start(&self, f: Function, this: JsValue, args: Array, kind: HandlerKind) -> Started {
         if self.in_attempt() {
             return match f.apply(&this, &args) {
-                Ok(v) => (Promise::resolve(&v), None),
-                Err(e) => {
-                    // Let the outer attempt see the error (a cache miss must stop it too).
-                    wasm_bindgen::throw_val(e)
-                }
+                Ok(v) => Started::Done(v),
+                // Let the outer attempt see the error (a cache miss must stop it too).
+                Err(e) => wasm_bindgen::throw_val(e),
             };
         }
+        if kind == HandlerKind::Sync && self.jobs.borrow().is_empty() {
+            match self.attempt(&f, &this, &args) {
+                Outcome::Done(value, effects) => {
+                    self.announce(&effects);
+                    return Started::Done(value);
+                }
+                Outcome::Threw(err) => {
+                    self.emit_abort("error", None, Some(&err));
+                    return Started::Threw(err);
+                }
+                outcome => {
+                    let (promise, job) = Self::new_job(f, this, args, kind);
+                    self.jobs.borrow_mut().push_back(job.clone());
+                    if self.proceed(&job, outcome) {
+                        self.drive();
+                    }
+                    return Started::Queued(promise, Some(job));
+                }
+            }
+        }
+        let (promise, job) = Self::new_job(f, this, args, kind);
+        let first = {
+            let mut jobs = self.jobs.borrow_mut();
+            jobs.push_back(job.clone());
+            jobs.len() == 1
+        };
+        if first {
+            self.drive();
+        }
+        Started::Queued(promise, Some(job))
+    }
+
+    /// A job for a call that waits in the queue, and the promise it settles.
+    fn new_job(f: Function, this: JsValue, args: Array, kind: HandlerKind) -> (Promise, Rc<Job>) {
         let mut job = None;
         let promise = Promise::new(&mut |resolve, reject| {
             job = Some(Rc::new(Job {
                 f: f.clone(),
+                kind,
                 this: this.clone(),
                 args: args.clone(),
                 resolve,
@@ -247,16 +329,7 @@ impl Runtime {
                 first_value: RefCell::new(None),
             }));
         });
-        let job = job.expect("the promise executor runs at once");
-        let first = {
-            let mut jobs = self.jobs.borrow_mut();
-            jobs.push_back(job.clone());
-            jobs.len() == 1
-        };
-        if first {
-            self.drive();
-        }
-        (promise, Some(job))
+        (promise, job.expect("the promise executor runs at once"))
     }
 
     /// Runs queued jobs until one has to wait for the server.
@@ -265,68 +338,85 @@ impl Runtime {
             let Some(job) = self.jobs.borrow().front().cloned() else {
                 return;
             };
-            if is_async(&job.f) {
+            if job.kind == HandlerKind::Async {
                 let rt = self.rc();
                 spawn_local(async move { rt.run_async(job).await });
                 return;
             }
-            match self.attempt(&job) {
-                Outcome::Done(value) => {
-                    job.first_value
-                        .borrow_mut()
-                        .get_or_insert_with(|| value.clone());
-                    self.finish_job(&job, Ok(value));
+            let outcome = self.attempt(&job.f, &job.this, &job.args);
+            if !self.proceed(&job, outcome) {
+                return;
+            }
+        }
+    }
+
+    /// Acts on the outcome of an attempt of `job`, the queue's first: true when the job is
+    /// finished and the queue may go on, false when it waits (for the server or a retry).
+    /// Events are emitted before the job leaves the queue, so a listener's transactions
+    /// queue behind it.
+    fn proceed(&self, job: &Rc<Job>, outcome: Outcome) -> bool {
+        match outcome {
+            Outcome::Done(value, effects) => {
+                job.first_value
+                    .borrow_mut()
+                    .get_or_insert_with(|| value.clone());
+                self.announce(&effects);
+                self.finish_job(job, Ok(value));
+                true
+            }
+            Outcome::Threw(err) => {
+                self.emit_abort("error", None, Some(&err));
+                self.finish_job(job, Err(err));
+                true
+            }
+            Outcome::Stale(key) => {
+                self.retry_after_conflict(job.clone(), key);
+                false
+            }
+            Outcome::Missed(keys) => {
+                job.misses.set(job.misses.get() + 1);
+                if job.misses.get() > MAX_MISS_ROUNDS {
+                    let err = RuntimeError::Protocol(format!(
+                        "the handler kept reading keys that were not loaded ({} rounds)",
+                        MAX_MISS_ROUNDS
+                    ));
+                    self.finish_job(job, Err(err.into()));
+                    return true;
                 }
-                Outcome::Threw(err) => {
-                    self.emit_abort("error", None, Some(&err));
-                    self.finish_job(&job, Err(err));
-                }
-                Outcome::Stale(key) => return self.retry_after_conflict(job, key),
-                Outcome::Missed(keys) => {
-                    job.misses.set(job.misses.get() + 1);
-                    if job.misses.get() > MAX_MISS_ROUNDS {
-                        let err = RuntimeError::Protocol(format!(
-                            "the handler kept reading keys that were not loaded ({} rounds)",
-                            MAX_MISS_ROUNDS
-                        ));
-                        self.finish_job(&job, Err(err.into()));
-                        continue;
-                    }
-                    let rt = self.rc();
-                    spawn_local(async move {
-                        match rt.fetch(keys).await {
-                            Ok(()) => rt.drive(),
-                            Err(reply) => {
-                                rt.finish_job(&job, Err(RuntimeError::Rejected(reply).into()));
-                                rt.drive();
-                            }
+                let rt = self.rc();
+                let job = job.clone();
+                spawn_local(async move {
+                    match rt.fetch(keys).await {
+                        Ok(()) => rt.drive(),
+                        Err(reply) => {
+                            rt.finish_job(&job, Err(RuntimeError::Rejected(reply).into()));
+                            rt.drive();
                         }
-                    });
-                    return;
-                }
-                Outcome::Commit(msg, txn, value, effects, written) => {
-                    job.first_value
-                        .borrow_mut()
-                        .get_or_insert_with(|| value.clone());
-                    let rt = self.rc();
-                    spawn_local(async move {
-                        let reply = rt.send_commit(txn.clone(), msg).await;
-                        rt.settle(job, txn, reply, value, effects, written);
-                    });
-                    return;
-                }
+                    }
+                });
+                false
+            }
+            Outcome::Commit(msg, txn, value, effects, written) => {
+                job.first_value
+                    .borrow_mut()
+                    .get_or_insert_with(|| value.clone());
+                self.announce(&effects);
+                let rt = self.rc();
+                let job = job.clone();
+                spawn_local(async move {
+                    let reply = rt.send_commit(txn.clone(), msg).await;
+                    rt.settle(job, txn, reply, value, effects, written);
+                });
+                false
             }
         }
     }
 
     /// Runs the handler once, synchronously, and says what must happen next.
-    fn attempt(&self, job: &Job) -> Outcome {
+    fn attempt(&self, f: &Function, this: &JsValue, args: &Array) -> Outcome {
         let snapshot = self.cache.borrow().snapshot();
-        let state_before = self.state.borrow().clone();
-        let journal = web_sys::window()
-            .and_then(|w| w.document())
-            .and_then(|d| d.document_element())
-            .and_then(|root| DomJournal::start(&root).ok());
+        self.state.begin();
+        let journal = DomJournal::start_page().ok();
         let id = self.next_attempt.get();
         self.next_attempt.set(id + 1);
         *self.current.borrow_mut() = Some(Current {
@@ -334,18 +424,13 @@ impl Runtime {
             attempt: Attempt::new(snapshot),
         });
 
-        let result = job.f.apply(&job.this, &job.args);
+        let result = f.apply(this, args);
 
         let Current { attempt, .. } = self.current.borrow_mut().take().expect("set above");
         let effects = Effects {
-            state_before,
+            state: self.state.finish(),
             dom: journal.and_then(|j| j.finish().ok()),
         };
-        let txn = TxnId(format!(
-            "{}:{}",
-            self.conn.borrow().client_id,
-            self.next_txn.get()
-        ));
         match result {
             Err(err) => {
                 let stale = attempt.is_stale(&self.cache.borrow());
@@ -370,13 +455,20 @@ impl Runtime {
                 }
             }
             Ok(value) => {
+                // An attempt that read and wrote no shared key finishes with Nothing (or
+                // Missed), which needs no transaction id: none is made for it.
+                let txn = if attempt.reads().is_empty() && attempt.writes().is_empty() {
+                    TxnId(String::new())
+                } else {
+                    self.txn_id()
+                };
                 let written = attempt.written();
                 match attempt.finish(txn.clone()) {
                     Finish::Missed(keys) => {
                         self.revert(effects);
                         Outcome::Missed(keys)
                     }
-                    Finish::Nothing => Outcome::Done(value),
+                    Finish::Nothing => Outcome::Done(value, effects),
                     Finish::Commit(msg) => {
                         self.next_txn.set(self.next_txn.get() + 1);
                         Outcome::Commit(msg, txn, value, effects, written)
@@ -397,7 +489,7 @@ impl Runtime {
             self.next_attempt.set(id + 1);
             let attempt = Attempt::new(self.cache.borrow().snapshot());
             self.async_attempts.borrow_mut().insert(id, attempt);
-            let state_before = self.state.borrow().clone();
+            self.state.begin();
             let tx: JsValue = crate::tx::Tx::new(self.rc(), id).into();
             let args = Array::of1(&tx);
             let result = match job.f.apply(&job.this, &args) {
@@ -410,14 +502,10 @@ impl Runtime {
                 .remove(&id)
                 .expect("inserted above");
             let effects = Effects {
-                state_before,
+                state: self.state.finish(),
                 dom: None,
             };
-            let txn = TxnId(format!(
-                "{}:{}",
-                self.conn.borrow().client_id,
-                self.next_txn.get()
-            ));
+            let txn = self.txn_id();
             let value = match result {
                 Ok(v) => v,
                 Err(err) => {
@@ -438,11 +526,13 @@ impl Runtime {
             match attempt.finish(txn.clone()) {
                 // Misses were waited for inside the handler; none can be left.
                 Finish::Nothing | Finish::Missed(_) => {
+                    self.announce(&effects);
                     self.finish_job(&job, Ok(value));
                     return self.drive();
                 }
                 Finish::Commit(msg) => {
                     self.next_txn.set(self.next_txn.get() + 1);
+                    self.announce(&effects);
                     match self.send_commit(txn.clone(), msg).await {
                         ServerMessage::Conflict { stale, .. } => {
                             self.refresh_entries(&stale);
@@ -489,8 +579,25 @@ impl Runtime {
         true
     }
 
+    /// The id of the next transaction sent: the client's id and a counter.
+    fn txn_id(&self) -> TxnId {
+        TxnId(format!(
+            "{}:{}",
+            self.conn.borrow().client_id,
+            self.next_txn.get()
+        ))
+    }
+
+    /// An attempt ended with its effects kept (for now): if it wrote page state, one
+    /// `state` event says so.
+    fn announce(&self, effects: &Effects) {
+        if !effects.state.is_empty() {
+            self.state_changed();
+        }
+    }
+
     fn revert(&self, effects: Effects) {
-        *self.state.borrow_mut() = effects.state_before;
+        self.state.revert(effects.state);
         if let Some(dom) = effects.dom {
             dom.revert();
         }
@@ -574,6 +681,9 @@ impl Runtime {
     /// code; `error` is the error the handler's promise is rejected with, when it is final,
     /// so a page can show its message.
     fn emit_abort(&self, reason: &str, key: Option<&Key>, error: Option<&JsValue>) {
+        if !self.listens_to("abort") {
+            return; // no detail object to build
+        }
         let detail = js_sys::Object::new();
         let _ = js_sys::Reflect::set(&detail, &"reason".into(), &reason.into());
         if let Some(k) = key {

@@ -1,129 +1,73 @@
 //! `mjolnir.state`: the page's own globals, part of every transaction.
 //!
-//! A persistent map (`imbl`), so taking a copy before each attempt and restoring it on
-//! abort are O(1) whatever the state's size: the rollback the paper proposes with
-//! immutable structures. Values are stored as they are given; an object stored here and
-//! then mutated in place (`state.list.push(x)`) changes behind the map's back and is not
-//! rolled back, so values are frozen (`Object.freeze`) when stored: assign a new value
-//! instead (`state.list = [...state.list, x]`).
+//! The storage and the `mjolnir.state` proxy live in JavaScript (`js/state.js`): handlers
+//! read page state far more often than they start transactions, and a read answered by a
+//! `Map` in the proxy's trap costs no call into wasm. The runtime only brackets each
+//! attempt: [`PageState::begin`] before it, [`PageState::end`] after it, which hands back
+//! the attempt's undo log (its writes, with what each name held before), and
+//! [`PageState::revert`] if the attempt aborts. Undoing costs what the attempt wrote,
+//! whatever the state's size, so rollback stays flat.
+//!
+//! Values are frozen (`Object.freeze`) when stored: an object mutated in place
+//! (`state.list.push(x)`) would change behind the log's back and not be rolled back, so
+//! assign a new value instead (`state.list = [...state.list, x]`). Reading and writing
+//! outside a transaction is allowed (nothing to roll back then); such a write is announced
+//! at once by a `state` event, while an attempt's writes are announced once, when it ends
+//! with its effects kept (so no listener runs in the middle of a handler).
 
-use crate::convert::{self, data_descriptor};
-use crate::runtime::Runtime;
-use js_sys::Object;
-use std::rc::Rc;
-use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
-/// Keys and values are reference-counted: a write copies the path to its entry in the
-/// map, and copying an entry is then a count bump, not a new string and a new JS value
-/// slot (a call out of wasm) per entry on the path.
-#[derive(Clone, Debug, Default)]
-pub struct PageState(imbl::HashMap<Rc<str>, Rc<JsValue>>);
+#[wasm_bindgen(module = "/js/state.js")]
+extern "C" {
+    /// The page state of one runtime.
+    #[derive(Debug, Clone)]
+    pub type PageState;
 
-impl PageState {
-    pub fn get(&self, name: &str) -> Option<&JsValue> {
-        self.0.get(name).map(|v| &**v)
-    }
+    /// `on_change` is called after each write made outside an attempt.
+    #[wasm_bindgen(constructor)]
+    pub fn new(on_change: &JsValue) -> PageState;
 
-    pub fn set(&mut self, name: String, value: JsValue) {
-        self.0.insert(name.into(), Rc::new(value));
-    }
+    /// The `mjolnir.state` object.
+    #[wasm_bindgen(method, getter)]
+    pub fn proxy(this: &PageState) -> JsValue;
 
-    pub fn remove(&mut self, name: &str) {
-        self.0.remove(name);
-    }
+    /// The value stored under `name`, `undefined` if none.
+    #[wasm_bindgen(method)]
+    pub fn get(this: &PageState, name: &str) -> JsValue;
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
+    /// An attempt starts: its writes are logged from now on.
+    #[wasm_bindgen(method)]
+    pub fn begin(this: &PageState);
 
+    /// The attempt ended: its [`UndoLog`] (`null` when it wrote nothing).
+    #[wasm_bindgen(method)]
+    fn end(this: &PageState) -> JsValue;
+
+    #[wasm_bindgen(method, js_name = revert)]
+    fn revert_log(this: &PageState, log: &JsValue);
+}
+
+/// What one attempt wrote to the page state, with the values before: enough to undo it.
+#[derive(Debug)]
+pub struct UndoLog(JsValue);
+
+impl UndoLog {
+    /// Whether the attempt wrote nothing.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.keys().map(|k| &**k)
+        self.0.is_null()
     }
 }
 
-/// The `mjolnir.state` object: a proxy whose properties live in the runtime's
-/// [`PageState`]. Reading and writing it outside a transaction is allowed (nothing to roll
-/// back then); inside one, an abort restores what it was.
-pub fn proxy(rt: &Rc<Runtime>) -> JsValue {
-    let get = {
-        let rt = rt.clone();
-        Closure::<dyn Fn(JsValue, JsValue) -> JsValue>::new(
-            move |_target: JsValue, prop: JsValue| {
-                prop.as_string()
-                    .and_then(|name| rt.state.borrow().get(&name).cloned())
-                    .unwrap_or(JsValue::UNDEFINED)
-            },
-        )
-    };
-    let set = {
-        let rt = rt.clone();
-        Closure::<dyn Fn(JsValue, JsValue, JsValue) -> bool>::new(
-            move |_target: JsValue, prop: JsValue, value: JsValue| {
-                let Some(name) = prop.as_string() else {
-                    return false;
-                };
-                if value.is_object() && !value.is_function() {
-                    Object::freeze(value.unchecked_ref::<Object>());
-                }
-                rt.state.borrow_mut().set(name, value);
-                rt.state_changed();
-                true
-            },
-        )
-    };
-    let delete = {
-        let rt = rt.clone();
-        Closure::<dyn Fn(JsValue, JsValue) -> bool>::new(move |_target: JsValue, prop: JsValue| {
-            if let Some(name) = prop.as_string() {
-                rt.state.borrow_mut().remove(&name);
-                rt.state_changed();
-            }
-            true
-        })
-    };
-    let has = {
-        let rt = rt.clone();
-        Closure::<dyn Fn(JsValue, JsValue) -> bool>::new(move |_target: JsValue, prop: JsValue| {
-            prop.as_string()
-                .is_some_and(|name| rt.state.borrow().get(&name).is_some())
-        })
-    };
-    let own_keys = {
-        let rt = rt.clone();
-        Closure::<dyn Fn(JsValue) -> JsValue>::new(move |_target: JsValue| {
-            rt.state
-                .borrow()
-                .names()
-                .map(JsValue::from_str)
-                .collect::<js_sys::Array>()
-                .into()
-        })
-    };
-    let descriptor = {
-        let rt = rt.clone();
-        Closure::<dyn Fn(JsValue, JsValue) -> JsValue>::new(
-            move |_target: JsValue, prop: JsValue| {
-                let Some(value) = prop
-                    .as_string()
-                    .and_then(|name| rt.state.borrow().get(&name).cloned())
-                else {
-                    return JsValue::UNDEFINED;
-                };
-                data_descriptor(&value)
-            },
-        )
-    };
-    convert::proxy(vec![
-        ("get", get.into_js_value()),
-        ("set", set.into_js_value()),
-        ("deleteProperty", delete.into_js_value()),
-        ("has", has.into_js_value()),
-        ("ownKeys", own_keys.into_js_value()),
-        ("getOwnPropertyDescriptor", descriptor.into_js_value()),
-    ])
+impl PageState {
+    /// Ends the attempt's log.
+    pub fn finish(&self) -> UndoLog {
+        UndoLog(self.end())
+    }
+
+    /// Undoes an attempt's writes.
+    pub fn revert(&self, log: UndoLog) {
+        if !log.is_empty() {
+            self.revert_log(&log.0);
+        }
+    }
 }

@@ -537,8 +537,8 @@ impl Scope for PageScope<'_> {
     }
 
     fn state(&self, name: &str) -> Value {
-        let value = self.rt.state.borrow().get(name).cloned();
-        value.and_then(|v| from_js(v).ok()).unwrap_or(Value::Null)
+        let value = self.rt.state.get(name);
+        from_js(value).ok().unwrap_or(Value::Null)
     }
 
     fn find(&mut self, table: &str, pk: &Value) -> Option<Value> {

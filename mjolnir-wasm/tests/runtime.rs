@@ -83,6 +83,37 @@ export function fill_state(m, n) {
   for (var i = 0; i < n; i++) { m.state['k' + i] = i; }
 }
 
+// The `state` events a page sees: one per write outside a transaction, one when a
+// transaction that wrote ends (never in the middle of its handler), none for one rolled
+// back. Returns the log, filled as the calls below run.
+export function watch_state(m) {
+  var log = [];
+  m.on('state', function () { log.push('event n=' + m.state.n); });
+  m.state.n = 0;
+  return log;
+}
+
+export function write_state_twice(m, log) {
+  return m.atomic(function () {
+    m.state.n = 1;
+    log.push('handler');
+    m.state.n = 2;
+    m.state.gone = true;
+    delete m.state.gone;
+  });
+}
+
+export function write_state_then_throw(m) {
+  return m.atomic(function () {
+    m.state.a = 'changed';
+    delete m.state.b;
+    m.state.a = 'changed twice';
+    m.state.c = 'new';
+    m.state.b = 'back, changed';
+    throw new Error('nope');
+  });
+}
+
 export function async_transfer(m, amount) {
   return m.atomic(async function (tx) {
     var carol = await tx.table('users').find('carol');
@@ -114,6 +145,9 @@ extern "C" {
     fn overdraw(m: &JsValue) -> Function;
     fn unknown_table(m: &JsValue) -> Function;
     fn fill_state(m: &JsValue, n: u32);
+    fn watch_state(m: &JsValue) -> Array;
+    fn write_state_twice(m: &JsValue, log: &Array) -> Function;
+    fn write_state_then_throw(m: &JsValue) -> Function;
     fn async_transfer(m: &JsValue, amount: u32) -> Function;
     fn async_counter(m: &JsValue) -> Function;
 }
@@ -207,6 +241,29 @@ async fn a_throwing_handler_rolls_back_page_state_and_dom() {
     assert!(get(&state, "count").is_undefined());
     assert_eq!(page.inner_html(), before);
     assert_eq!(get(&m, "pending").as_f64(), Some(0.0));
+}
+
+#[wasm_bindgen_test]
+async fn state_events_come_once_per_transaction_after_its_handler() {
+    let m = connected("alice").await;
+    let log = watch_state(&m);
+    call(&write_state_twice(&m, &log)).await.unwrap();
+    let _ = call(&write_state_then_throw(&m)).await;
+    let log: Vec<String> = log.iter().filter_map(|v| v.as_string()).collect();
+    assert_eq!(log, ["event n=0", "handler", "event n=2"]);
+}
+
+#[wasm_bindgen_test]
+async fn a_rollback_restores_each_written_name_as_it_was() {
+    let m = connected("alice").await;
+    let state = get(&m, "state");
+    Reflect::set(&state, &"a".into(), &"original a".into()).unwrap();
+    Reflect::set(&state, &"b".into(), &"original b".into()).unwrap();
+    let _ = call(&write_state_then_throw(&m)).await;
+    assert_eq!(get(&state, "a").as_string().as_deref(), Some("original a"));
+    assert_eq!(get(&state, "b").as_string().as_deref(), Some("original b"));
+    assert!(get(&state, "c").is_undefined());
+    assert!(!Reflect::has(&state, &"c".into()).unwrap());
 }
 
 #[wasm_bindgen_test]
