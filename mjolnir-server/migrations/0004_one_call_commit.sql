@@ -10,6 +10,48 @@
 -- catalog read from PostgreSQL (quoted), with every value a parameter: $1 a jsonb (the row
 -- or the changed columns), $2 the primary key as text. These functions run them.
 
+-- Announces one committed transaction's change set to every instance. NOTIFY payloads
+-- are limited to 8000 bytes; larger change sets go through the log.
+CREATE FUNCTION mjolnir.announce(commit_version bigint, changes text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, mjolnir AS $$
+BEGIN
+    IF octet_length(changes) < 7900 THEN
+        PERFORM pg_notify('mjolnir_commits', changes);
+    ELSE
+        INSERT INTO mjolnir.commit_log (version, changes) VALUES (commit_version, changes::jsonb);
+        PERFORM pg_notify('mjolnir_commits', json_build_object('version', commit_version::text, 'logged', true)::text);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION mjolnir.finish_commit(
+    commit_version bigint, spaces text[], pks text[], txn_id text, changes text
+) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, mjolnir AS $$
+BEGIN
+    INSERT INTO mjolnir.txns (txn, version) VALUES (txn_id, commit_version)
+        ON CONFLICT (txn) DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'transaction % already committed', txn_id USING ERRCODE = 'MJ001';
+    END IF;
+    INSERT INTO mjolnir.versions (space, pk, version)
+        SELECT s, p, commit_version FROM unnest(spaces, pks) AS k(s, p)
+        ON CONFLICT (space, pk) DO UPDATE SET version = EXCLUDED.version;
+    PERFORM mjolnir.announce(commit_version, changes);
+END
+$$;
+
+-- The change set of one transaction as the feed carries it (protocol: a version and its
+-- entries), from the keys as the protocol spells them (JSON) and the new values.
+CREATE FUNCTION mjolnir.change_set(commit_version bigint, keys text[], vals jsonb[])
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_build_object('version', commit_version::text, 'changes',
+               coalesce(jsonb_agg(jsonb_build_object(
+                   'key', k.key::jsonb, 'version', commit_version::text, 'value', k.val)
+                   ORDER BY k.ord), '[]'))::text
+      FROM unnest(keys, vals) WITH ORDINALITY AS k(key, val, ord)
+$$;
+
 -- Commits a batch of client transactions, in order, as one PostgreSQL transaction.
 --
 -- The batch is described by parallel arrays:
@@ -19,52 +61,81 @@
 --                       likewise its writes;
 --   per read:           read_spaces, read_pks, read_versions (the version the client read);
 --   per write:          write_spaces, write_pks, write_keys (the key as the protocol spells
---                       it, JSON), write_sqls (the statement, returning the new row as
---                       jsonb, or NULL for a delete), write_args ($1), and write_checks: for
---                       an update or delete of a row, a statement telling whether the row
---                       exists past the app's policies, run only if the write matched no
---                       row (so that "not found" and "forbidden" can be told apart).
+--                       it, JSON), write_args (a jsonb: the row, the changed columns or the
+--                       kv value), and three statements the server built:
+--                       write_sqls:   the write alone, over $1 (its arg) and $2 (its primary
+--                                     key as text), returning the new value as jsonb (NULL
+--                                     for a delete);
+--                       write_sets:   the same write for many keys at once, over $1 (all
+--                                     args), $2 (all primary keys) and $3 (which of them),
+--                                     returning (index, new value); NULL if there is none;
+--                       write_checks: for an update or delete of a row, whether the row
+--                                     exists past the app's policies, run only if the write
+--                                     matched no row (so "not found" and "forbidden" can be
+--                                     told apart); NULL otherwise.
 --
 -- First the union of the batch's key locks is taken in one ascending sweep (exclusive if
 -- any transaction writes the key), so two batches never wait for each other in a cycle.
--- Then each transaction in turn, under those locks:
---   duplicate:  its txn id already committed (earlier, or earlier in this batch);
---   conflict:   a read is stale; stale_reads lists which (1-based, within the transaction);
---   committed:  its writes ran as mjolnir_app with mjolnir.user set, so the app's
---               row-level security, CHECKs and triggers apply; then finish_commit recorded
---               the versions and the txn id and queued the NOTIFY. new_values holds each
---               write's new value (null for a delete). A read-only transaction whose reads
---               are current commits without a version of its own (at_version is NULL);
+-- Then each transaction is decided, under those locks, as if alone and in batch order:
+--   duplicate:  its txn id already committed;
+--   conflict:   a read is stale (its version is not the one read, counting the writes of
+--               the batch's earlier transactions); stale_reads lists which (1-based, within
+--               the transaction);
+--   committed:  its writes ran as mjolnir_app with mjolnir.user set, so the app's row-level
+--               security, CHECKs and triggers apply; its versions, txn id and change set
+--               were recorded; new_values holds each write's new value (null for a delete).
+--               A read-only transaction whose reads are current commits without a version
+--               of its own (at_version is NULL);
 --   refused:    a write raised an error (err_code, err_message, err_write: which write,
---               1-based); everything the transaction did is undone by its exception block,
---               and the server decides what the error means.
--- Later transactions validate against the versions earlier ones wrote, because those are
--- in mjolnir.versions by then. With more than one transaction, deferred constraints are
--- checked at the end of each (and deferred again), so one transaction's violation does not
--- fail the whole batch at COMMIT.
+--               1-based); everything the transaction did is undone, and the server decides
+--               what the error means.
+-- set_based tells which path decided the batch (for the metrics and the tests).
+--
+-- The fast path, for a batch of several transactions that write each key at most once
+-- and whose writes all have a set form: decide every transaction first (a read of a key an earlier
+-- accepted transaction writes is stale), then apply all accepted writes with one statement
+-- per (user, table, kind of write), record all versions and txn ids with one statement
+-- each, and check deferred constraints once. Any error undoes the whole fast path (an
+-- exception block), and the batch is decided again by the slow path: one transaction at a
+-- time, each in its own exception block, with its deferred constraints checked at its end,
+-- so that one transaction's error refuses that transaction alone. A lone transaction goes
+-- straight to the slow path.
 CREATE FUNCTION mjolnir.commit_batch(
     lock_hashes int[], lock_exclusive bool[],
     txn_ids text[], users text[], read_ends int[], write_ends int[],
     read_spaces text[], read_pks text[], read_versions bigint[],
     write_spaces text[], write_pks text[], write_keys text[],
-    write_sqls text[], write_args jsonb[], write_checks text[],
+    write_args jsonb[], write_sqls text[], write_sets text[], write_checks text[],
     OUT outcome text, OUT at_version bigint, OUT stale_reads int[], OUT new_values jsonb,
-    OUT err_code text, OUT err_message text, OUT err_write int
+    OUT err_code text, OUT err_message text, OUT err_write int, OUT set_based bool
 ) RETURNS SETOF record
 LANGUAGE plpgsql AS $$
 DECLARE
     n int := coalesce(array_length(txn_ids, 1), 0);
+    nw int := coalesce(array_length(write_pks, 1), 0);
+    outcomes text[] := array_fill(NULL::text, ARRAY[n]);
+    versions bigint[] := array_fill(NULL::bigint, ARRAY[n]);
+    stales jsonb[] := array_fill(NULL::jsonb, ARRAY[n]);
+    codes text[] := array_fill(NULL::text, ARRAY[n]);
+    messages text[] := array_fill(NULL::text, ARRAY[n]);
+    failed int[] := array_fill(NULL::int, ARRAY[n]);
+    vals jsonb[] := array_fill(NULL::jsonb, ARRAY[greatest(nw, 1)]);
+    owner int[] := array_fill(NULL::int, ARRAY[greatest(nw, 1)]);
+    written text[] := '{}';
+    fast bool := n > 1;
     deferred text;
-    r_lo int := 1;
-    w_lo int := 1;
-    r_hi int;
-    w_hi int;
+    r_lo int;
+    w_lo int;
     w int;
+    v bigint;
+    st int[];
     matched int;
+    wanted int;
     found_row bool;
     val jsonb;
-    vals jsonb[];
-    payload text;
+    one jsonb[];
+    g record;
+    res record;
 BEGIN
     FOR i IN 1 .. coalesce(array_length(lock_hashes, 1), 0) LOOP
         IF lock_exclusive[i] THEN
@@ -80,77 +151,198 @@ BEGIN
          WHERE c.condeferred;
     END IF;
 
-    FOR i IN 1 .. n LOOP
-        r_hi := read_ends[i];
-        w_hi := write_ends[i];
-        outcome := NULL; at_version := NULL; stale_reads := NULL; new_values := NULL;
-        err_code := NULL; err_message := NULL; err_write := NULL;
-
-        SELECT t.version INTO at_version FROM mjolnir.txns t WHERE t.txn = txn_ids[i];
-        IF at_version IS NOT NULL THEN
-            outcome := 'duplicate';
-        ELSE
-            SELECT array_agg(k.ord::int ORDER BY k.ord)
-              INTO stale_reads
-              FROM unnest(read_spaces[r_lo:r_hi], read_pks[r_lo:r_hi], read_versions[r_lo:r_hi])
-                   WITH ORDINALITY AS k(space, pk, read, ord)
-              LEFT JOIN mjolnir.versions v ON v.space = k.space AND v.pk = k.pk
-             WHERE coalesce(v.version, 0) <> k.read;
-            IF stale_reads IS NOT NULL THEN
-                outcome := 'conflict';
-            ELSIF w_hi < w_lo THEN
-                outcome := 'committed';
+    -- The fast path: decide every transaction, then apply the accepted ones together.
+    IF fast THEN
+        r_lo := 1; w_lo := 1;
+        FOR i IN 1 .. n LOOP
+            SELECT t.version INTO v FROM mjolnir.txns t WHERE t.txn = txn_ids[i];
+            IF v IS NOT NULL THEN
+                outcomes[i] := 'duplicate'; versions[i] := v;
             ELSE
-                BEGIN
-                    at_version := nextval('mjolnir.commit_version');
-                    PERFORM set_config('role', 'mjolnir_app', true),
-                            set_config('mjolnir.user', users[i], true);
-                    vals := '{}';
-                    FOR j IN w_lo .. w_hi LOOP
-                        w := j;
-                        val := NULL;
-                        EXECUTE write_sqls[j] INTO val USING write_args[j], write_pks[j];
-                        GET DIAGNOSTICS matched = ROW_COUNT;
-                        IF matched = 0 AND write_checks[j] IS NOT NULL THEN
-                            RESET ROLE;
-                            EXECUTE write_checks[j] INTO found_row USING write_args[j], write_pks[j];
-                            IF found_row THEN
-                                RAISE EXCEPTION 'the policies hide this row from the user'
-                                    USING ERRCODE = 'MJ403';
-                            ELSE
-                                RAISE EXCEPTION 'no such row' USING ERRCODE = 'MJ404';
-                            END IF;
+                -- A txn id twice in one batch is left to the slow path, which sees the
+                -- first one's record.
+                IF txn_ids[i] = ANY (txn_ids[1:i - 1]) THEN
+                    fast := false;
+                END IF;
+                SELECT array_agg(k.ord::int ORDER BY k.ord)
+                  INTO st
+                  FROM unnest(read_spaces[r_lo:read_ends[i]], read_pks[r_lo:read_ends[i]],
+                              read_versions[r_lo:read_ends[i]])
+                       WITH ORDINALITY AS k(space, pk, read, ord)
+                  LEFT JOIN mjolnir.versions ver ON ver.space = k.space AND ver.pk = k.pk
+                 WHERE coalesce(ver.version, 0) <> k.read
+                    OR k.space || chr(31) || k.pk = ANY (written);
+                IF st IS NOT NULL THEN
+                    outcomes[i] := 'conflict'; stales[i] := to_jsonb(st);
+                ELSIF write_ends[i] < w_lo THEN
+                    outcomes[i] := 'committed';
+                ELSE
+                    outcomes[i] := 'pending';
+                    FOR j IN w_lo .. write_ends[i] LOOP
+                        IF write_sets[j] IS NULL
+                           OR write_spaces[j] || chr(31) || write_pks[j] = ANY (written) THEN
+                            fast := false;
                         END IF;
-                        vals := vals || val;
+                        written := written || (write_spaces[j] || chr(31) || write_pks[j]);
+                        owner[j] := i;
                     END LOOP;
-                    w := NULL;
-                    RESET ROLE;
-                    SELECT jsonb_build_object('version', at_version::text, 'changes',
-                               jsonb_agg(jsonb_build_object(
-                                   'key', k.key::jsonb, 'version', at_version::text, 'value', k.val)
-                                   ORDER BY k.ord))::text
-                      INTO payload
-                      FROM unnest(write_keys[w_lo:w_hi], vals) WITH ORDINALITY AS k(key, val, ord);
-                    PERFORM mjolnir.finish_commit(at_version, write_spaces[w_lo:w_hi],
-                                                  write_pks[w_lo:w_hi], txn_ids[i], payload);
-                    IF deferred IS NOT NULL THEN
-                        SET CONSTRAINTS ALL IMMEDIATE;
-                        EXECUTE format('SET CONSTRAINTS %s DEFERRED', deferred);
-                    END IF;
-                    new_values := to_jsonb(vals);
-                    outcome := 'committed';
-                EXCEPTION WHEN OTHERS THEN
-                    GET STACKED DIAGNOSTICS err_code = RETURNED_SQLSTATE,
-                                            err_message = MESSAGE_TEXT;
-                    outcome := 'refused';
-                    at_version := NULL;
-                    err_write := w - w_lo + 1;
-                END;
+                END IF;
             END IF;
-        END IF;
+            r_lo := read_ends[i] + 1; w_lo := write_ends[i] + 1;
+        END LOOP;
+    END IF;
+    IF fast AND 'pending' = ANY (outcomes) THEN
+        BEGIN
+            FOR i IN 1 .. n LOOP
+                IF outcomes[i] = 'pending' THEN
+                    versions[i] := nextval('mjolnir.commit_version');
+                END IF;
+            END LOOP;
+            FOR g IN
+                SELECT users[owner[j]] AS app_user, write_sets[j] AS query,
+                       array_agg(j ORDER BY j) AS js,
+                       count(*) FILTER (WHERE write_checks[j] IS NOT NULL) AS needs_match
+                  FROM generate_series(1, nw) AS j
+                 WHERE outcomes[owner[j]] = 'pending'
+                 GROUP BY 1, 2
+            LOOP
+                PERFORM set_config('role', 'mjolnir_app', true),
+                        set_config('mjolnir.user', g.app_user, true);
+                matched := 0;
+                FOR res IN EXECUTE g.query USING write_args, write_pks, g.js LOOP
+                    vals[res.ord] := res.value;
+                    matched := matched + 1;
+                END LOOP;
+                -- An update or delete that matched no row: the slow path tells which.
+                IF g.needs_match > 0 AND matched < array_length(g.js, 1) THEN
+                    RAISE EXCEPTION 'a write matched no row' USING ERRCODE = 'MJ404';
+                END IF;
+            END LOOP;
+            RESET ROLE;
+            SELECT count(*) INTO wanted FROM unnest(outcomes) AS o WHERE o = 'pending';
+            INSERT INTO mjolnir.txns (txn, version)
+                SELECT txn_ids[i], versions[i] FROM generate_series(1, n) AS i
+                 WHERE outcomes[i] = 'pending'
+                ON CONFLICT (txn) DO NOTHING;
+            GET DIAGNOSTICS matched = ROW_COUNT;
+            IF matched < wanted THEN
+                RAISE EXCEPTION 'a transaction of the batch already committed' USING ERRCODE = 'MJ001';
+            END IF;
+            INSERT INTO mjolnir.versions (space, pk, version)
+                SELECT write_spaces[j], write_pks[j], versions[owner[j]]
+                  FROM generate_series(1, nw) AS j
+                 WHERE outcomes[owner[j]] = 'pending'
+                ON CONFLICT (space, pk) DO UPDATE SET version = EXCLUDED.version;
+            -- In batch order, which is version order.
+            FOR i IN 1 .. n LOOP
+                IF outcomes[i] = 'pending' THEN
+                    w_lo := coalesce(write_ends[i - 1], 0) + 1;
+                    PERFORM mjolnir.announce(versions[i], mjolnir.change_set(
+                        versions[i], write_keys[w_lo:write_ends[i]], vals[w_lo:write_ends[i]]));
+                END IF;
+            END LOOP;
+            IF deferred IS NOT NULL THEN
+                SET CONSTRAINTS ALL IMMEDIATE;
+                EXECUTE format('SET CONSTRAINTS %s DEFERRED', deferred);
+            END IF;
+            FOR i IN 1 .. n LOOP
+                IF outcomes[i] = 'pending' THEN
+                    outcomes[i] := 'committed';
+                END IF;
+            END LOOP;
+        EXCEPTION WHEN OTHERS THEN
+            -- Undone: decide the whole batch again, one transaction at a time.
+            RAISE DEBUG 'mjolnir.commit_batch: set-based path undone: % %', SQLSTATE, SQLERRM;
+            fast := false;
+        END;
+    END IF;
+
+    -- The slow path: one transaction at a time, in batch order.
+    IF NOT fast THEN
+        vals := array_fill(NULL::jsonb, ARRAY[greatest(nw, 1)]);
+        r_lo := 1; w_lo := 1;
+        FOR i IN 1 .. n LOOP
+            outcomes[i] := NULL; versions[i] := NULL; stales[i] := NULL;
+            SELECT t.version INTO v FROM mjolnir.txns t WHERE t.txn = txn_ids[i];
+            IF v IS NOT NULL THEN
+                outcomes[i] := 'duplicate'; versions[i] := v;
+            ELSE
+                SELECT array_agg(k.ord::int ORDER BY k.ord)
+                  INTO st
+                  FROM unnest(read_spaces[r_lo:read_ends[i]], read_pks[r_lo:read_ends[i]],
+                              read_versions[r_lo:read_ends[i]])
+                       WITH ORDINALITY AS k(space, pk, read, ord)
+                  LEFT JOIN mjolnir.versions ver ON ver.space = k.space AND ver.pk = k.pk
+                 WHERE coalesce(ver.version, 0) <> k.read;
+                IF st IS NOT NULL THEN
+                    outcomes[i] := 'conflict'; stales[i] := to_jsonb(st);
+                ELSIF write_ends[i] < w_lo THEN
+                    outcomes[i] := 'committed';
+                ELSE
+                    BEGIN
+                        versions[i] := nextval('mjolnir.commit_version');
+                        PERFORM set_config('role', 'mjolnir_app', true),
+                                set_config('mjolnir.user', users[i], true);
+                        one := '{}';
+                        FOR j IN w_lo .. write_ends[i] LOOP
+                            w := j;
+                            val := NULL;
+                            EXECUTE write_sqls[j] INTO val USING write_args[j], write_pks[j];
+                            GET DIAGNOSTICS matched = ROW_COUNT;
+                            IF matched = 0 AND write_checks[j] IS NOT NULL THEN
+                                RESET ROLE;
+                                EXECUTE write_checks[j] INTO found_row USING write_args[j], write_pks[j];
+                                IF found_row THEN
+                                    RAISE EXCEPTION 'the policies hide this row from the user'
+                                        USING ERRCODE = 'MJ403';
+                                ELSE
+                                    RAISE EXCEPTION 'no such row' USING ERRCODE = 'MJ404';
+                                END IF;
+                            END IF;
+                            one := one || val;
+                        END LOOP;
+                        w := NULL;
+                        RESET ROLE;
+                        PERFORM mjolnir.finish_commit(versions[i],
+                                    write_spaces[w_lo:write_ends[i]], write_pks[w_lo:write_ends[i]],
+                                    txn_ids[i],
+                                    mjolnir.change_set(versions[i], write_keys[w_lo:write_ends[i]], one));
+                        IF deferred IS NOT NULL THEN
+                            SET CONSTRAINTS ALL IMMEDIATE;
+                            EXECUTE format('SET CONSTRAINTS %s DEFERRED', deferred);
+                        END IF;
+                        FOR j IN w_lo .. write_ends[i] LOOP
+                            vals[j] := one[j - w_lo + 1];
+                        END LOOP;
+                        outcomes[i] := 'committed';
+                    EXCEPTION WHEN OTHERS THEN
+                        GET STACKED DIAGNOSTICS err_code = RETURNED_SQLSTATE,
+                                                err_message = MESSAGE_TEXT;
+                        codes[i] := err_code;
+                        messages[i] := err_message;
+                        outcomes[i] := 'refused';
+                        versions[i] := NULL;
+                        failed[i] := w - w_lo + 1;
+                    END;
+                END IF;
+            END IF;
+            r_lo := read_ends[i] + 1; w_lo := write_ends[i] + 1;
+        END LOOP;
+    END IF;
+
+    w_lo := 1;
+    FOR i IN 1 .. n LOOP
+        outcome := outcomes[i];
+        at_version := versions[i];
+        stale_reads := (SELECT array_agg(x::int) FROM jsonb_array_elements_text(stales[i]) AS x);
+        new_values := CASE WHEN outcome = 'committed' AND at_version IS NOT NULL
+                           THEN to_jsonb(vals[w_lo:write_ends[i]]) END;
+        err_code := codes[i];
+        err_message := messages[i];
+        err_write := failed[i];
+        set_based := fast;
         RETURN NEXT;
-        r_lo := r_hi + 1;
-        w_lo := w_hi + 1;
+        w_lo := write_ends[i] + 1;
     END LOOP;
 END
 $$;
@@ -171,6 +363,7 @@ $$;
 
 -- Both run arbitrary statements the server built: only the server's own role may call them.
 REVOKE EXECUTE ON FUNCTION mjolnir.commit_batch FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION mjolnir.announce FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION mjolnir.read_as FROM PUBLIC;
 
 -- Replaced by commit_batch.

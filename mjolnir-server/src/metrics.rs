@@ -27,6 +27,8 @@ pub struct Metrics {
     pub commit_batch_size: Histogram,
     /// Reads per batch (see `store/lanes.rs`).
     pub read_batch_size: Histogram,
+    /// Transactions decided by the set-based path of group commit.
+    pub set_based_commits: Counter,
     pub open_connections: Gauge,
     pub pushes: Counter,
     pub slow_consumers: Counter,
@@ -45,6 +47,7 @@ impl Default for Metrics {
             // 1 to 64 (the default largest batch) and beyond.
             commit_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             read_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
+            set_based_commits: Counter::default(),
             open_connections: Gauge::default(),
             pushes: Counter::default(),
             slow_consumers: Counter::default(),
@@ -80,6 +83,11 @@ impl Default for Metrics {
             "read_batch_size",
             "Reads per batched read",
             m.read_batch_size.clone(),
+        );
+        registry.register(
+            "set_based_commits",
+            "Transactions decided by the set-based path of group commit",
+            m.set_based_commits.clone(),
         );
         registry.register(
             "open_connections",

@@ -114,8 +114,7 @@ pub async fn start(
             pool.clone(),
             &config.app_schema,
             config.knobs.clone(),
-            metrics.commit_batch_size.clone(),
-            metrics.read_batch_size.clone(),
+            &metrics,
         )
         .await?,
     );

@@ -36,6 +36,7 @@ INSERT INTO profiles VALUES ('alice', 'hi'), ('bob', 'yo');
 ALTER TABLE profiles ENABLE ROW LEVEL SECURITY;
 CREATE POLICY read_all ON profiles FOR SELECT USING (true);
 CREATE POLICY own_row ON profiles FOR UPDATE USING (name = mjolnir.user_id());
+CREATE TABLE notes (id text PRIMARY KEY, body text NOT NULL);
 ";
 
 fn acct(id: i64) -> Key {
@@ -61,6 +62,54 @@ fn set_balances(pairs: &[(i64, i64)]) -> WriteSet {
 async fn read_set(client: &Client, keys: &[Key]) -> ReadSet {
     let entries = client.read(keys.to_vec()).await.unwrap();
     entries.iter().map(|e| (e.key.clone(), e.version)).collect()
+}
+
+/// Keeps the only lane of a server busy: a first commit (the gatekeeper's) waits on a row
+/// lock the test holds, so the commits that follow queue up and form one batch when the
+/// gate opens.
+struct Gate {
+    hold: sqlx::Transaction<'static, sqlx::Postgres>,
+    commit: tokio::task::JoinHandle<Result<CommitOutcome, mjolnir_client::ClientError>>,
+}
+
+impl Gate {
+    async fn close(db: &TestDb, url: &str) -> Gate {
+        let mut hold = db.pool().await.begin().await.unwrap();
+        sqlx::query("SELECT n FROM gate WHERE id = 1 FOR UPDATE")
+            .execute(&mut *hold)
+            .await
+            .unwrap();
+        let gate = Client::connect(url, Some("gatekeeper")).await.unwrap();
+        let gate_writes = writes(vec![(
+            Key::row("gate", 1),
+            WriteOp::Update {
+                set: obj(json!({"n": 1})),
+            },
+        )]);
+        let gate_txn = gate.next_txn_id();
+        let commit =
+            tokio::spawn(async move { gate.commit(gate_txn, ReadSet::new(), gate_writes).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Gate { hold, commit }
+    }
+
+    /// Lets the queued commits (`running`, spawned in order) go, and returns their outcomes.
+    async fn open(
+        self,
+        running: Vec<tokio::task::JoinHandle<Result<CommitOutcome, mjolnir_client::ClientError>>>,
+    ) -> Vec<CommitOutcome> {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.hold.rollback().await.unwrap();
+        assert!(matches!(
+            self.commit.await.unwrap().unwrap(),
+            CommitOutcome::Committed(_)
+        ));
+        let mut outcomes = Vec::new();
+        for r in running {
+            outcomes.push(r.await.unwrap().unwrap());
+        }
+        outcomes
+    }
 }
 
 /// Transactions per batch seen by `server`: (batches, transactions, batches of more than 4).
@@ -94,25 +143,7 @@ async fn mixed_batch(group_commit: usize) {
     let url = server.ws_url();
     let connect = async |user: &str| Client::connect(&url, Some(user)).await.unwrap();
 
-    // Hold the gate row, so the first commit (the gate's) keeps the only lane busy.
-    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let mut hold = holder.begin().await.unwrap();
-    sqlx::query("SELECT n FROM gate WHERE id = 1 FOR UPDATE")
-        .execute(&mut *hold)
-        .await
-        .unwrap();
-
-    let gate = connect("gatekeeper").await;
-    let gate_writes = writes(vec![(
-        Key::row("gate", 1),
-        WriteOp::Update {
-            set: obj(json!({"n": 1})),
-        },
-    )]);
-    let gate_txn = gate.next_txn_id();
-    let gate_commit =
-        tokio::spawn(async move { gate.commit(gate_txn, ReadSet::new(), gate_writes).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let gate = Gate::close(&db, &url).await;
 
     let (alice, bob, carol, dave, dave2, erin) = (
         connect("alice").await,
@@ -193,16 +224,7 @@ async fn mixed_batch(group_commit: usize) {
         // Queue them in this order.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    hold.rollback().await.unwrap();
-    assert!(matches!(
-        gate_commit.await.unwrap().unwrap(),
-        CommitOutcome::Committed(_)
-    ));
-    let mut outcomes = Vec::new();
-    for r in running {
-        outcomes.push(r.await.unwrap().unwrap());
-    }
+    let outcomes = gate.open(running).await;
 
     let CommitOutcome::Committed(v1) = outcomes[0] else {
         panic!("1 commits: {outcomes:?}")
@@ -298,6 +320,148 @@ async fn one_batch_gives_each_transaction_its_own_outcome() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_same_transactions_without_group_commit() {
     mixed_batch(1).await;
+}
+
+/// A batch whose transactions write each key at most once is applied set-based: one
+/// statement per (user, table, kind of write) for the whole batch. Its transactions get the
+/// same outcomes as alone: a conflict with an earlier transaction of the batch, a transfer
+/// under the deferred conservation trigger, a kv put and an insert, and an update under
+/// another user's row-level security.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clean_batch_is_applied_set_based() {
+    let db = TestDb::new("gc_set_based").await;
+    let app = app_with_schema(SCHEMA);
+    let server = db
+        .start_with(app.path(), |c| {
+            c.knobs.group_commit = 64;
+            c.knobs.group_commit_lanes = 1;
+        })
+        .await;
+    let url = server.ws_url();
+    let connect = async |user: &str| Client::connect(&url, Some(user)).await.unwrap();
+    let gate = Gate::close(&db, &url).await;
+    let (alice, bob, carol, dave) = (
+        connect("alice").await,
+        connect("bob").await,
+        connect("carol").await,
+        connect("dave").await,
+    );
+    let r1 = read_set(&alice, &[acct(1), acct(2)]).await;
+    let r2 = read_set(&bob, &[acct(1)]).await;
+    let r3 = read_set(&carol, &[acct(3), acct(4)]).await;
+    let r5 = read_set(&bob, &[Key::row("profiles", "bob")]).await;
+    let txns: Vec<(Client, ReadSet, WriteSet)> = vec![
+        // 1: a transfer.
+        (alice.clone(), r1, set_balances(&[(1, 90), (2, 110)])),
+        // 2: read account 1 before 1 wrote it: a conflict.
+        (bob.clone(), r2, set_balances(&[(9, 200), (10, 0)])),
+        // 3: another transfer.
+        (carol.clone(), r3, set_balances(&[(3, 95), (4, 105)])),
+        // 4: a kv put and an insert, read nothing.
+        (
+            dave.clone(),
+            ReadSet::new(),
+            writes(vec![
+                (
+                    Key::kv("greeting"),
+                    WriteOp::Put {
+                        value: json!({"hi": 1}),
+                    },
+                ),
+                (
+                    Key::row("notes", "n1"),
+                    WriteOp::Insert {
+                        row: obj(json!({"body": "first"})),
+                    },
+                ),
+            ]),
+        ),
+        // 5: bob's own row, which only bob may update.
+        (
+            bob.clone(),
+            r5,
+            writes(vec![(
+                Key::row("profiles", "bob"),
+                WriteOp::Update {
+                    set: obj(json!({"motto": "set-based"})),
+                },
+            )]),
+        ),
+    ];
+    let mut running = Vec::new();
+    for (client, reads, w) in txns {
+        let txn = client.next_txn_id();
+        running.push(tokio::spawn(
+            async move { client.commit(txn, reads, w).await },
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outcomes = gate.open(running).await;
+
+    let committed = |i: usize| match &outcomes[i] {
+        CommitOutcome::Committed(v) => *v,
+        other => panic!("{} commits: {other:?}", i + 1),
+    };
+    let (v1, v3, v4, v5) = (committed(0), committed(2), committed(3), committed(4));
+    assert!(v1 < v3 && v3 < v4 && v4 < v5, "versions follow batch order");
+    let CommitOutcome::Conflict(stale) = &outcomes[1] else {
+        panic!("2 conflicts: {outcomes:?}")
+    };
+    assert_eq!(stale[0].key, acct(1));
+    assert_eq!(stale[0].version, v1);
+    assert_eq!(stale[0].value.as_ref().unwrap()["balance"], 90);
+
+    let pool = db.pool().await;
+    let balances: Vec<(i32,)> = sqlx::query_as("SELECT balance FROM accounts ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let balances: Vec<i32> = balances.into_iter().map(|(b,)| b).collect();
+    assert_eq!(balances, [90, 110, 95, 105, 100, 100, 100, 100, 100, 100]);
+    let (kv,): (Value,) = sqlx::query_as("SELECT value FROM mjolnir.kv WHERE key = 'greeting'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kv, json!({"hi": 1}));
+    let (body,): (String,) = sqlx::query_as("SELECT body FROM notes WHERE id = 'n1'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(body, "first");
+    let (motto,): (String,) = sqlx::query_as("SELECT motto FROM profiles WHERE name = 'bob'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(motto, "set-based");
+    let versions: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT space, pk, version FROM mjolnir.versions WHERE space <> 'gate' ORDER BY version, space, pk",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let at = |v: mjolnir_core::Version| v.0 as i64;
+    assert_eq!(
+        versions,
+        vec![
+            ("accounts".into(), "1".into(), at(v1)),
+            ("accounts".into(), "2".into(), at(v1)),
+            ("accounts".into(), "3".into(), at(v3)),
+            ("accounts".into(), "4".into(), at(v3)),
+            ("".into(), "greeting".into(), at(v4)),
+            ("notes".into(), "n1".into(), at(v4)),
+            ("profiles".into(), "bob".into(), at(v5)),
+        ]
+    );
+    let metrics = server.state.metrics.render();
+    let set_based = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mjolnir_set_based_commits_total "))
+        .map(|v| v.trim().parse::<f64>().unwrap())
+        .unwrap_or(0.0);
+    assert!(
+        set_based >= 5.0,
+        "the batch of 5 was not set-based:\n{metrics}"
+    );
 }
 
 /// Counters bumped by many clients through two instances, in batches of at most 3: every

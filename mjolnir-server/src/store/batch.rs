@@ -24,9 +24,10 @@ use super::read::read_as;
 use super::{Resolved, locks};
 use crate::error::{Result, ServerError};
 use crate::knobs::Knobs;
+use crate::metrics::Metrics;
 use mjolnir_core::protocol::{Entry, ErrorReply};
 use mjolnir_core::{ErrorKind, TxnId, Version, WriteOp};
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub(crate) struct Committer {
     pool: PgPool,
     knobs: Knobs,
     lanes: Lanes<Pending>,
+    /// Transactions decided by the set-based path of `mjolnir.commit_batch`.
+    set_based: Counter,
 }
 
 #[derive(Debug)]
@@ -76,9 +79,14 @@ impl Runner for Committer {
 }
 
 impl Committer {
-    pub(super) fn new(pool: PgPool, knobs: Knobs, batch_sizes: Histogram) -> Committer {
+    pub(super) fn new(pool: PgPool, knobs: Knobs, metrics: &Metrics) -> Committer {
         Committer {
-            lanes: Lanes::new(knobs.group_commit_lanes, knobs.group_commit, batch_sizes),
+            lanes: Lanes::new(
+                knobs.group_commit_lanes,
+                knobs.group_commit,
+                metrics.commit_batch_size.clone(),
+            ),
+            set_based: metrics.set_based_commits.clone(),
             pool,
             knobs,
         }
@@ -227,8 +235,9 @@ impl Committer {
                 a.write_pks.push(&r.pk);
                 a.write_keys
                     .push(serde_json::to_string(&r.key).expect("keys serialize"));
-                a.write_sqls.push(s.sql);
                 a.write_args.push(s.arg);
+                a.write_sqls.push(s.sql);
+                a.write_sets.push(s.set);
                 a.write_checks.push(s.check);
             }
             a.read_ends.push(a.read_pks.len() as i32);
@@ -242,9 +251,10 @@ impl Committer {
             Option<String>,
             Option<String>,
             Option<i32>,
+            bool,
         );
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT * FROM mjolnir.commit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            "SELECT * FROM mjolnir.commit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&hashes)
         .bind(&exclusive)
@@ -258,14 +268,21 @@ impl Committer {
         .bind(&a.write_spaces)
         .bind(&a.write_pks)
         .bind(&a.write_keys)
-        .bind(&a.write_sqls)
         .bind(&a.write_args)
+        .bind(&a.write_sqls)
+        .bind(&a.write_sets)
         .bind(&a.write_checks)
         .fetch_all(&self.pool)
         .await?;
         // The batch has committed (or decided nothing at all): now the answers.
         let mut decided = Vec::with_capacity(batch.len());
-        for (m, (outcome, version, stale, values, code, message, failed)) in batch.iter().zip(rows)
+        if let Some(row) = rows.first()
+            && row.7
+        {
+            self.set_based.inc_by(rows.len() as u64);
+        }
+        for (m, (outcome, version, stale, values, code, message, failed, _)) in
+            batch.iter().zip(rows)
         {
             decided.push(match outcome.as_str() {
                 "duplicate" => Decided::Outcome(Outcome::Duplicate {
@@ -328,8 +345,9 @@ struct Arrays<'a> {
     write_spaces: Vec<&'a str>,
     write_pks: Vec<&'a str>,
     write_keys: Vec<String>,
-    write_sqls: Vec<String>,
     write_args: Vec<Value>,
+    write_sqls: Vec<String>,
+    write_sets: Vec<String>,
     write_checks: Vec<Option<String>>,
 }
 

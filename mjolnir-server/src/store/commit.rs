@@ -168,12 +168,15 @@ fn pk_matches(pk_text: &str, v: &Value) -> bool {
     }
 }
 
-/// The statement one write runs as, with its parameters: `$1` a jsonb (the row, the
-/// changed columns, or the kv value), `$2` the primary key as text. It returns the new
-/// value as jsonb (`NULL` for a delete).
+/// The statements one write runs as. `sql` is the write alone, over `$1` (`arg`: the row,
+/// the changed columns or the kv value, jsonb) and `$2` (the primary key as text),
+/// returning the new value as jsonb (`NULL` for a delete). `set` is the same write for many
+/// keys of a batch at once, over `$1` (all the batch's args), `$2` (all its primary keys)
+/// and `$3` (the indexes of the writes to run), returning `(ord, value)` for each index.
 #[derive(Debug)]
 pub(super) struct Statement {
     pub(super) sql: String,
+    pub(super) set: String,
     pub(super) arg: Value,
     /// For an update or delete of a row: whether the row exists past the app's policies,
     /// run only when the write matched no row.
@@ -187,12 +190,20 @@ pub(super) fn statement(r: &Resolved, op: &WriteOp) -> Statement {
                 sql: "INSERT INTO mjolnir.kv (key, value) VALUES ($2, $1)
                       ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING value"
                     .to_owned(),
+                set: "WITH u AS (SELECT j AS ord, $2[j] AS key, $1[j] AS value FROM unnest($3::int[]) AS j),
+                      w AS (INSERT INTO mjolnir.kv (key, value) SELECT u.key, u.value FROM u
+                            ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING key, value)
+                      SELECT u.ord, w.value FROM w JOIN u ON u.key = w.key"
+                    .to_owned(),
                 arg: value.clone(),
                 check: None,
             },
             // Deleting an absent kv entry is not an error.
             _ => Statement {
                 sql: "DELETE FROM mjolnir.kv WHERE key = $2 RETURNING NULL::jsonb".to_owned(),
+                set: "DELETE FROM mjolnir.kv AS kv USING unnest($3::int[]) AS u(ord)
+                      WHERE kv.key = $2[u.ord] RETURNING u.ord AS ord, NULL::jsonb AS value"
+                    .to_owned(),
                 arg: Value::Null,
                 check: None,
             },
@@ -211,10 +222,18 @@ pub(super) fn statement(r: &Resolved, op: &WriteOp) -> Statement {
         WriteOp::Insert { row } => {
             let mut row = row.clone();
             row.insert(t.pk_column().name.clone(), pk_value(t, &r.pk));
-            let cols = column_list(&row);
+            let cols = column_list(&row, "");
+            let p_cols = column_list(&row, "p.");
             Statement {
                 sql: format!(
                     "INSERT INTO {table} AS r ({cols}) SELECT {cols} FROM jsonb_populate_record(NULL::{table}, $1) RETURNING {json}"
+                ),
+                set: format!(
+                    "WITH u AS (SELECT j AS ord FROM unnest($3::int[]) AS j),
+                     w AS (INSERT INTO {table} AS r ({cols})
+                           SELECT {p_cols} FROM u, jsonb_populate_record(NULL::{table}, $1[u.ord]) AS p
+                           RETURNING r.{pk_col} AS pk, {json} AS value)
+                     SELECT u.ord, w.value FROM w JOIN u ON w.pk = ($2[u.ord])::{pk_ty}"
                 ),
                 arg: Value::Object(row),
                 check: None,
@@ -223,23 +242,37 @@ pub(super) fn statement(r: &Resolved, op: &WriteOp) -> Statement {
         // An empty update still locks the row and checks the user may see it.
         WriteOp::Update { set } if set.is_empty() => Statement {
             sql: format!("SELECT {json} FROM {table} r WHERE r.{pk_col} = $2::{pk_ty} FOR UPDATE"),
+            set: format!(
+                "SELECT u.ord AS ord, {json} AS value
+                 FROM {table} r JOIN unnest($3::int[]) AS u(ord) ON r.{pk_col} = ($2[u.ord])::{pk_ty}
+                 FOR UPDATE OF r"
+            ),
             arg: Value::Null,
             check: check(),
         },
         WriteOp::Update { set } => {
-            let cols = column_list(set);
+            let cols = column_list(set, "");
+            let p_cols = column_list(set, "p.");
             Statement {
                 sql: format!(
                     "UPDATE {table} AS r SET ({cols}) = (SELECT {cols} FROM jsonb_populate_record(NULL::{table}, $1))
                      WHERE r.{pk_col} = $2::{pk_ty} RETURNING {json}"
+                ),
+                set: format!(
+                    "UPDATE {table} AS r
+                     SET ({cols}) = (SELECT {p_cols} FROM jsonb_populate_record(NULL::{table}, $1[u.ord]) AS p)
+                     FROM unnest($3::int[]) AS u(ord) WHERE r.{pk_col} = ($2[u.ord])::{pk_ty}
+                     RETURNING u.ord AS ord, {json} AS value"
                 ),
                 arg: Value::Object(set.clone()),
                 check: check(),
             }
         }
         WriteOp::Delete => Statement {
-            sql: format!(
-                "DELETE FROM {table} AS r WHERE r.{pk_col} = $2::{pk_ty} RETURNING NULL::jsonb"
+            sql: format!("DELETE FROM {table} AS r WHERE r.{pk_col} = $2::{pk_ty} RETURNING NULL::jsonb"),
+            set: format!(
+                "DELETE FROM {table} AS r USING unnest($3::int[]) AS u(ord)
+                 WHERE r.{pk_col} = ($2[u.ord])::{pk_ty} RETURNING u.ord AS ord, NULL::jsonb AS value"
             ),
             arg: Value::Null,
             check: check(),
@@ -284,9 +317,10 @@ fn pk_value(t: &Table, pk: &str) -> Value {
     }
 }
 
-fn column_list(row: &Map<String, Value>) -> String {
+/// The columns of `row`, quoted, each after `prefix` (a table alias and its dot, or "").
+fn column_list(row: &Map<String, Value>, prefix: &str) -> String {
     row.keys()
-        .map(|c| quote_ident(c))
+        .map(|c| format!("{prefix}{}", quote_ident(c)))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -15,8 +15,8 @@ pub use commit::Outcome;
 use crate::catalog::{Catalog, KV_SPACE, Table};
 use crate::error::Result;
 use crate::knobs::Knobs;
+use crate::metrics::Metrics;
 use mjolnir_core::Key;
-use prometheus_client::metrics::histogram::Histogram;
 use sqlx::PgPool;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -48,22 +48,17 @@ pub struct Store {
 
 impl Store {
     /// Opens the store over an already-migrated database (see [`crate::db::migrate`]).
-    /// `commit_batch_sizes` and `read_batch_sizes` observe the size of every batch.
+    /// Batch sizes and paths go to `metrics`.
     pub async fn open(
         pool: PgPool,
         schema: &str,
         knobs: Knobs,
-        commit_batch_sizes: Histogram,
-        read_batch_sizes: Histogram,
+        metrics: &Metrics,
     ) -> Result<Store> {
         let catalog = Catalog::load(&pool, schema).await?;
         Ok(Store {
-            committer: Arc::new(batch::Committer::new(
-                pool.clone(),
-                knobs.clone(),
-                commit_batch_sizes,
-            )),
-            reader: Arc::new(read::Reader::new(pool.clone(), &knobs, read_batch_sizes)),
+            committer: Arc::new(batch::Committer::new(pool.clone(), knobs.clone(), metrics)),
+            reader: Arc::new(read::Reader::new(pool.clone(), &knobs, metrics)),
             pool,
             schema: schema.to_owned(),
             knobs,

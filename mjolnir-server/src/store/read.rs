@@ -5,9 +5,9 @@ use super::{Resolved, Store};
 use crate::catalog::quote_ident;
 use crate::error::{Result, ServerError};
 use crate::knobs::Knobs;
+use crate::metrics::Metrics;
 use mjolnir_core::protocol::Entry;
 use mjolnir_core::{ErrorKind, Version};
-use prometheus_client::metrics::histogram::Histogram;
 use serde_json::Value;
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -58,10 +58,14 @@ pub(super) struct ReadJob {
 }
 
 impl Reader {
-    pub(super) fn new(pool: PgPool, knobs: &Knobs, batch_sizes: Histogram) -> Reader {
+    pub(super) fn new(pool: PgPool, knobs: &Knobs, metrics: &Metrics) -> Reader {
         Reader {
             pool,
-            lanes: Lanes::new(knobs.group_commit_lanes, knobs.group_commit, batch_sizes),
+            lanes: Lanes::new(
+                knobs.group_commit_lanes,
+                knobs.group_commit,
+                metrics.read_batch_size.clone(),
+            ),
         }
     }
 }
