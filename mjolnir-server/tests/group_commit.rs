@@ -10,7 +10,6 @@ use mjolnir_core::{ErrorKind, Key, ReadSet, TxnId, WriteOp, WriteSet};
 use mjolnir_server::server::Running;
 use rand::Rng;
 use serde_json::{Value, json};
-use sqlx::Connection;
 use std::time::{Duration, Instant};
 use support::{TestDb, app_with_schema, obj, writes};
 
