@@ -10,17 +10,20 @@
 -- catalog read from PostgreSQL (quoted), with every value a parameter: $1 a jsonb (the row
 -- or the changed columns), $2 the primary key as text. These functions run them.
 
--- Announces one committed transaction's change set to every instance. NOTIFY payloads
--- are limited to 8000 bytes; larger change sets go through the log.
-CREATE FUNCTION mjolnir.announce(commit_version bigint, changes text) RETURNS void
+-- Announces committed transactions' change sets to every instance, in the order given
+-- (which must be version order). NOTIFY payloads are limited to 8000 bytes; larger change
+-- sets go through the log.
+CREATE FUNCTION mjolnir.announce(versions bigint[], change_sets text[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, mjolnir AS $$
 BEGIN
-    IF octet_length(changes) < 7900 THEN
-        PERFORM pg_notify('mjolnir_commits', changes);
-    ELSE
-        INSERT INTO mjolnir.commit_log (version, changes) VALUES (commit_version, changes::jsonb);
-        PERFORM pg_notify('mjolnir_commits', json_build_object('version', commit_version::text, 'logged', true)::text);
-    END IF;
+    INSERT INTO mjolnir.commit_log (version, changes)
+        SELECT x.v, x.c::jsonb FROM unnest(versions, change_sets) AS x(v, c)
+         WHERE octet_length(x.c) >= 7900;
+    -- unnest yields the rows in array order, and so the notifications.
+    PERFORM pg_notify('mjolnir_commits',
+                      CASE WHEN octet_length(x.c) < 7900 THEN x.c
+                           ELSE json_build_object('version', x.v::text, 'logged', true)::text END)
+       FROM unnest(versions, change_sets) AS x(v, c);
 END
 $$;
 
@@ -37,7 +40,7 @@ BEGIN
     INSERT INTO mjolnir.versions (space, pk, version)
         SELECT s, p, commit_version FROM unnest(spaces, pks) AS k(s, p)
         ON CONFLICT (space, pk) DO UPDATE SET version = EXCLUDED.version;
-    PERFORM mjolnir.announce(commit_version, changes);
+    PERFORM mjolnir.announce(ARRAY[commit_version], ARRAY[changes]);
 END
 $$;
 
@@ -120,8 +123,8 @@ DECLARE
     messages text[] := array_fill(NULL::text, ARRAY[n]);
     failed int[] := array_fill(NULL::int, ARRAY[n]);
     vals jsonb[] := array_fill(NULL::jsonb, ARRAY[greatest(nw, 1)]);
-    owner int[] := array_fill(NULL::int, ARRAY[greatest(nw, 1)]);
-    written text[] := '{}';
+    owner int[];
+    read_owner int[];
     fast bool := n > 1;
     deferred text;
     r_lo int;
@@ -152,44 +155,63 @@ BEGIN
     END IF;
 
     -- The fast path: decide every transaction, then apply the accepted ones together.
+    IF fast AND (SELECT count(DISTINCT t) FROM unnest(txn_ids) AS t) < n THEN
+        -- A txn id twice in one batch: the slow path sees the first one's record.
+        fast := false;
+    END IF;
     IF fast THEN
-        r_lo := 1; w_lo := 1;
+        -- Which transaction each read and each write belongs to.
+        SELECT array_agg(i ORDER BY r) INTO read_owner
+          FROM generate_series(1, n) AS i,
+               generate_series(coalesce(read_ends[i - 1], 0) + 1, read_ends[i]) AS r;
+        SELECT array_agg(i ORDER BY j) INTO owner
+          FROM generate_series(1, n) AS i,
+               generate_series(coalesce(write_ends[i - 1], 0) + 1, write_ends[i]) AS j;
+        SELECT array_agg(t.version ORDER BY k.i) INTO versions
+          FROM unnest(txn_ids) WITH ORDINALITY AS k(txn, i)
+          LEFT JOIN mjolnir.txns t ON t.txn = k.txn;
+        -- A read is stale if its key's version is not the one read, or if an earlier
+        -- transaction of the batch writes the key. (Counting the writes of an earlier
+        -- transaction that turns out to conflict too makes a false conflict, which is
+        -- allowed: the client retries.)
+        SELECT array_agg(x.stale ORDER BY x.i) INTO stales
+          FROM (SELECT i, jsonb_agg(r.local ORDER BY r.local) FILTER (WHERE r.stale) AS stale
+                  FROM generate_series(1, n) AS i
+                  LEFT JOIN (
+                      SELECT read_owner[k] AS owner,
+                             k - coalesce(read_ends[read_owner[k] - 1], 0) AS local,
+                             coalesce(ver.version, 0) <> read_versions[k]
+                               OR coalesce(w.first < read_owner[k], false) AS stale
+                        FROM generate_series(1, coalesce(array_length(read_pks, 1), 0)) AS k
+                        LEFT JOIN mjolnir.versions ver
+                               ON ver.space = read_spaces[k] AND ver.pk = read_pks[k]
+                        LEFT JOIN (SELECT write_spaces[j] AS space, write_pks[j] AS pk,
+                                          min(owner[j]) AS first
+                                     FROM generate_series(1, nw) AS j
+                                    WHERE versions[owner[j]] IS NULL
+                                    GROUP BY 1, 2) AS w
+                               ON w.space = read_spaces[k] AND w.pk = read_pks[k]) AS r
+                    ON r.owner = i
+                 GROUP BY i) AS x;
         FOR i IN 1 .. n LOOP
-            SELECT t.version INTO v FROM mjolnir.txns t WHERE t.txn = txn_ids[i];
-            IF v IS NOT NULL THEN
-                outcomes[i] := 'duplicate'; versions[i] := v;
+            IF versions[i] IS NOT NULL THEN
+                outcomes[i] := 'duplicate';
+            ELSIF stales[i] IS NOT NULL THEN
+                outcomes[i] := 'conflict';
+            ELSIF write_ends[i] = coalesce(write_ends[i - 1], 0) THEN
+                outcomes[i] := 'committed';
             ELSE
-                -- A txn id twice in one batch is left to the slow path, which sees the
-                -- first one's record.
-                IF txn_ids[i] = ANY (txn_ids[1:i - 1]) THEN
-                    fast := false;
-                END IF;
-                SELECT array_agg(k.ord::int ORDER BY k.ord)
-                  INTO st
-                  FROM unnest(read_spaces[r_lo:read_ends[i]], read_pks[r_lo:read_ends[i]],
-                              read_versions[r_lo:read_ends[i]])
-                       WITH ORDINALITY AS k(space, pk, read, ord)
-                  LEFT JOIN mjolnir.versions ver ON ver.space = k.space AND ver.pk = k.pk
-                 WHERE coalesce(ver.version, 0) <> k.read
-                    OR k.space || chr(31) || k.pk = ANY (written);
-                IF st IS NOT NULL THEN
-                    outcomes[i] := 'conflict'; stales[i] := to_jsonb(st);
-                ELSIF write_ends[i] < w_lo THEN
-                    outcomes[i] := 'committed';
-                ELSE
-                    outcomes[i] := 'pending';
-                    FOR j IN w_lo .. write_ends[i] LOOP
-                        IF write_sets[j] IS NULL
-                           OR write_spaces[j] || chr(31) || write_pks[j] = ANY (written) THEN
-                            fast := false;
-                        END IF;
-                        written := written || (write_spaces[j] || chr(31) || write_pks[j]);
-                        owner[j] := i;
-                    END LOOP;
-                END IF;
+                outcomes[i] := 'pending';
             END IF;
-            r_lo := read_ends[i] + 1; w_lo := write_ends[i] + 1;
         END LOOP;
+        -- A key written by two accepted transactions, or a write with no set form: the
+        -- slow path applies them one after the other.
+        IF EXISTS (SELECT 1 FROM generate_series(1, nw) AS j
+                    WHERE outcomes[owner[j]] = 'pending'
+                    GROUP BY write_spaces[j], write_pks[j] HAVING count(*) > 1)
+           OR EXISTS (SELECT 1 FROM unnest(write_sets) AS q WHERE q IS NULL) THEN
+            fast := false;
+        END IF;
     END IF;
     IF fast AND 'pending' = ANY (outcomes) THEN
         BEGIN
@@ -233,14 +255,16 @@ BEGIN
                   FROM generate_series(1, nw) AS j
                  WHERE outcomes[owner[j]] = 'pending'
                 ON CONFLICT (space, pk) DO UPDATE SET version = EXCLUDED.version;
-            -- In batch order, which is version order.
-            FOR i IN 1 .. n LOOP
-                IF outcomes[i] = 'pending' THEN
-                    w_lo := coalesce(write_ends[i - 1], 0) + 1;
-                    PERFORM mjolnir.announce(versions[i], mjolnir.change_set(
-                        versions[i], write_keys[w_lo:write_ends[i]], vals[w_lo:write_ends[i]]));
-                END IF;
-            END LOOP;
+            -- One change set per transaction, in batch order, which is version order.
+            PERFORM mjolnir.announce(array_agg(c.version ORDER BY c.i), array_agg(c.payload ORDER BY c.i))
+               FROM (SELECT owner[j] AS i, versions[owner[j]] AS version,
+                            jsonb_build_object('version', versions[owner[j]]::text, 'changes',
+                                jsonb_agg(jsonb_build_object('key', write_keys[j]::jsonb,
+                                              'version', versions[owner[j]]::text, 'value', vals[j])
+                                          ORDER BY j))::text AS payload
+                       FROM generate_series(1, nw) AS j
+                      WHERE outcomes[owner[j]] = 'pending'
+                      GROUP BY owner[j], versions[owner[j]]) AS c;
             IF deferred IS NOT NULL THEN
                 SET CONSTRAINTS ALL IMMEDIATE;
                 EXECUTE format('SET CONSTRAINTS %s DEFERRED', deferred);
