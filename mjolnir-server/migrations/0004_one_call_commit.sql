@@ -61,7 +61,8 @@ $$;
 --   per transaction i:  txn_ids[i], users[i] ('' for none), and the ends of its slices of
 --                       the read and write arrays: its reads are
 --                       read_ends[i-1]+1 .. read_ends[i] (read_ends[0] being 0), and
---                       likewise its writes;
+--                       likewise its writes; read_owners and write_owners say the same
+--                       the other way round: which transaction each read and write is of;
 --   per read:           read_spaces, read_pks, read_versions (the version the client read);
 --   per write:          write_spaces, write_pks, write_keys (the key as the protocol spells
 --                       it, JSON), write_args (a jsonb: the row, the changed columns or the
@@ -106,6 +107,7 @@ $$;
 CREATE FUNCTION mjolnir.commit_batch(
     lock_hashes int[], lock_exclusive bool[],
     txn_ids text[], users text[], read_ends int[], write_ends int[],
+    read_owners int[], write_owners int[],
     read_spaces text[], read_pks text[], read_versions bigint[],
     write_spaces text[], write_pks text[], write_keys text[],
     write_args jsonb[], write_sqls text[], write_sets text[], write_checks text[],
@@ -123,8 +125,6 @@ DECLARE
     messages text[] := array_fill(NULL::text, ARRAY[n]);
     failed int[] := array_fill(NULL::int, ARRAY[n]);
     vals jsonb[] := array_fill(NULL::jsonb, ARRAY[greatest(nw, 1)]);
-    owner int[];
-    read_owner int[];
     fast bool := n > 1;
     deferred text;
     r_lo int;
@@ -160,13 +160,6 @@ BEGIN
         fast := false;
     END IF;
     IF fast THEN
-        -- Which transaction each read and each write belongs to.
-        SELECT array_agg(i ORDER BY r) INTO read_owner
-          FROM generate_series(1, n) AS i,
-               generate_series(coalesce(read_ends[i - 1], 0) + 1, read_ends[i]) AS r;
-        SELECT array_agg(i ORDER BY j) INTO owner
-          FROM generate_series(1, n) AS i,
-               generate_series(coalesce(write_ends[i - 1], 0) + 1, write_ends[i]) AS j;
         SELECT array_agg(t.version ORDER BY k.i) INTO versions
           FROM unnest(txn_ids) WITH ORDINALITY AS k(txn, i)
           LEFT JOIN mjolnir.txns t ON t.txn = k.txn;
@@ -174,40 +167,32 @@ BEGIN
         -- transaction of the batch writes the key. (Counting the writes of an earlier
         -- transaction that turns out to conflict too makes a false conflict, which is
         -- allowed: the client retries.)
-        SELECT array_agg(x.stale ORDER BY x.i) INTO stales
-          FROM (SELECT i, jsonb_agg(r.local ORDER BY r.local) FILTER (WHERE r.stale) AS stale
-                  FROM generate_series(1, n) AS i
-                  LEFT JOIN (
-                      SELECT read_owner[k] AS owner,
-                             k - coalesce(read_ends[read_owner[k] - 1], 0) AS local,
-                             coalesce(ver.version, 0) <> read_versions[k]
-                               OR coalesce(w.first < read_owner[k], false) AS stale
-                        FROM generate_series(1, coalesce(array_length(read_pks, 1), 0)) AS k
-                        LEFT JOIN mjolnir.versions ver
-                               ON ver.space = read_spaces[k] AND ver.pk = read_pks[k]
-                        LEFT JOIN (SELECT write_spaces[j] AS space, write_pks[j] AS pk,
-                                          min(owner[j]) AS first
-                                     FROM generate_series(1, nw) AS j
-                                    WHERE versions[owner[j]] IS NULL
-                                    GROUP BY 1, 2) AS w
-                               ON w.space = read_spaces[k] AND w.pk = read_pks[k]) AS r
-                    ON r.owner = i
-                 GROUP BY i) AS x;
-        FOR i IN 1 .. n LOOP
-            IF versions[i] IS NOT NULL THEN
-                outcomes[i] := 'duplicate';
-            ELSIF stales[i] IS NOT NULL THEN
-                outcomes[i] := 'conflict';
-            ELSIF write_ends[i] = coalesce(write_ends[i - 1], 0) THEN
-                outcomes[i] := 'committed';
-            ELSE
-                outcomes[i] := 'pending';
-            END IF;
-        END LOOP;
+        WITH w AS MATERIALIZED (
+            SELECT write_spaces[j] AS space, write_pks[j] AS pk, min(write_owners[j]) AS first
+              FROM generate_series(1, nw) AS j
+             WHERE versions[write_owners[j]] IS NULL
+             GROUP BY 1, 2),
+        r AS MATERIALIZED (
+            SELECT read_owners[k] AS i,
+                   jsonb_agg(k - coalesce(read_ends[read_owners[k] - 1], 0) ORDER BY k) AS stale
+              FROM generate_series(1, coalesce(array_length(read_pks, 1), 0)) AS k
+              LEFT JOIN mjolnir.versions ver
+                     ON ver.space = read_spaces[k] AND ver.pk = read_pks[k]
+              LEFT JOIN w ON w.space = read_spaces[k] AND w.pk = read_pks[k]
+             WHERE coalesce(ver.version, 0) <> read_versions[k]
+                OR coalesce(w.first < read_owners[k], false)
+             GROUP BY 1)
+        SELECT array_agg(r.stale ORDER BY t.i),
+               array_agg(CASE WHEN versions[t.i] IS NOT NULL THEN 'duplicate'
+                              WHEN r.stale IS NOT NULL THEN 'conflict'
+                              WHEN write_ends[t.i] = coalesce(write_ends[t.i - 1], 0) THEN 'committed'
+                              ELSE 'pending' END ORDER BY t.i)
+          INTO stales, outcomes
+          FROM generate_series(1, n) AS t(i) LEFT JOIN r ON r.i = t.i;
         -- A key written by two accepted transactions, or a write with no set form: the
         -- slow path applies them one after the other.
         IF EXISTS (SELECT 1 FROM generate_series(1, nw) AS j
-                    WHERE outcomes[owner[j]] = 'pending'
+                    WHERE outcomes[write_owners[j]] = 'pending'
                     GROUP BY write_spaces[j], write_pks[j] HAVING count(*) > 1)
            OR EXISTS (SELECT 1 FROM unnest(write_sets) AS q WHERE q IS NULL) THEN
             fast := false;
@@ -221,11 +206,11 @@ BEGIN
                 END IF;
             END LOOP;
             FOR g IN
-                SELECT users[owner[j]] AS app_user, write_sets[j] AS query,
+                SELECT users[write_owners[j]] AS app_user, write_sets[j] AS query,
                        array_agg(j ORDER BY j) AS js,
                        count(*) FILTER (WHERE write_checks[j] IS NOT NULL) AS needs_match
                   FROM generate_series(1, nw) AS j
-                 WHERE outcomes[owner[j]] = 'pending'
+                 WHERE outcomes[write_owners[j]] = 'pending'
                  GROUP BY 1, 2
             LOOP
                 PERFORM set_config('role', 'mjolnir_app', true),
@@ -251,20 +236,20 @@ BEGIN
                 RAISE EXCEPTION 'a transaction of the batch already committed' USING ERRCODE = 'MJ001';
             END IF;
             INSERT INTO mjolnir.versions (space, pk, version)
-                SELECT write_spaces[j], write_pks[j], versions[owner[j]]
+                SELECT write_spaces[j], write_pks[j], versions[write_owners[j]]
                   FROM generate_series(1, nw) AS j
-                 WHERE outcomes[owner[j]] = 'pending'
+                 WHERE outcomes[write_owners[j]] = 'pending'
                 ON CONFLICT (space, pk) DO UPDATE SET version = EXCLUDED.version;
             -- One change set per transaction, in batch order, which is version order.
             PERFORM mjolnir.announce(array_agg(c.version ORDER BY c.i), array_agg(c.payload ORDER BY c.i))
-               FROM (SELECT owner[j] AS i, versions[owner[j]] AS version,
-                            jsonb_build_object('version', versions[owner[j]]::text, 'changes',
+               FROM (SELECT write_owners[j] AS i, versions[write_owners[j]] AS version,
+                            jsonb_build_object('version', versions[write_owners[j]]::text, 'changes',
                                 jsonb_agg(jsonb_build_object('key', write_keys[j]::jsonb,
-                                              'version', versions[owner[j]]::text, 'value', vals[j])
+                                              'version', versions[write_owners[j]]::text, 'value', vals[j])
                                           ORDER BY j))::text AS payload
                        FROM generate_series(1, nw) AS j
-                      WHERE outcomes[owner[j]] = 'pending'
-                      GROUP BY owner[j], versions[owner[j]]) AS c;
+                      WHERE outcomes[write_owners[j]] = 'pending'
+                      GROUP BY write_owners[j], versions[write_owners[j]]) AS c;
             IF deferred IS NOT NULL THEN
                 SET CONSTRAINTS ALL IMMEDIATE;
                 EXECUTE format('SET CONSTRAINTS %s DEFERRED', deferred);

@@ -224,13 +224,16 @@ impl Committer {
         for m in batch {
             a.txn_ids.push(&m.txn.0);
             a.users.push(m.user.unwrap_or(""));
+            let owner = a.txn_ids.len() as i32;
             for (r, version) in &m.plan.reads {
+                a.read_owners.push(owner);
                 a.read_spaces.push(&r.space);
                 a.read_pks.push(&r.pk);
                 a.read_versions.push(version.0 as i64);
             }
             for (r, op) in &m.plan.writes {
                 let s = statement(r, op);
+                a.write_owners.push(owner);
                 a.write_spaces.push(&r.space);
                 a.write_pks.push(&r.pk);
                 a.write_keys
@@ -254,7 +257,7 @@ impl Committer {
             bool,
         );
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT * FROM mjolnir.commit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            "SELECT * FROM mjolnir.commit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(&hashes)
         .bind(&exclusive)
@@ -262,6 +265,8 @@ impl Committer {
         .bind(&a.users)
         .bind(&a.read_ends)
         .bind(&a.write_ends)
+        .bind(&a.read_owners)
+        .bind(&a.write_owners)
         .bind(&a.read_spaces)
         .bind(&a.read_pks)
         .bind(&a.read_versions)
@@ -339,6 +344,8 @@ struct Arrays<'a> {
     users: Vec<&'a str>,
     read_ends: Vec<i32>,
     write_ends: Vec<i32>,
+    read_owners: Vec<i32>,
+    write_owners: Vec<i32>,
     read_spaces: Vec<&'a str>,
     read_pks: Vec<&'a str>,
     read_versions: Vec<i64>,
