@@ -140,13 +140,10 @@ DECLARE
     g record;
     res record;
 BEGIN
-    FOR i IN 1 .. coalesce(array_length(lock_hashes, 1), 0) LOOP
-        IF lock_exclusive[i] THEN
-            PERFORM pg_advisory_xact_lock(1298755436, lock_hashes[i]);
-        ELSE
-            PERFORM pg_advisory_xact_lock_shared(1298755436, lock_hashes[i]);
-        END IF;
-    END LOOP;
+    -- unnest yields the locks in array order, which the server sorted.
+    PERFORM CASE WHEN x.exclusive THEN pg_advisory_xact_lock(1298755436, x.hash)
+                 ELSE pg_advisory_xact_lock_shared(1298755436, x.hash) END
+       FROM unnest(lock_hashes, lock_exclusive) AS x(hash, exclusive);
     IF n > 1 THEN
         SELECT string_agg(format('%I.%I', ns.nspname, c.conname), ', ')
           INTO deferred
@@ -160,9 +157,11 @@ BEGIN
         fast := false;
     END IF;
     IF fast THEN
-        SELECT array_agg(t.version ORDER BY k.i) INTO versions
-          FROM unnest(txn_ids) WITH ORDINALITY AS k(txn, i)
-          LEFT JOIN mjolnir.txns t ON t.txn = k.txn;
+        -- Lookups by key are written as subqueries, so that they stay index scans
+        -- however large the tables grow: the planner cannot see how short the arrays are.
+        SELECT array_agg((SELECT t.version FROM mjolnir.txns t WHERE t.txn = k.txn) ORDER BY k.i)
+          INTO versions
+          FROM unnest(txn_ids) WITH ORDINALITY AS k(txn, i);
         -- A read is stale if its key's version is not the one read, or if an earlier
         -- transaction of the batch writes the key. (Counting the writes of an earlier
         -- transaction that turns out to conflict too makes a false conflict, which is
@@ -176,10 +175,10 @@ BEGIN
             SELECT read_owners[k] AS i,
                    jsonb_agg(k - coalesce(read_ends[read_owners[k] - 1], 0) ORDER BY k) AS stale
               FROM generate_series(1, coalesce(array_length(read_pks, 1), 0)) AS k
-              LEFT JOIN mjolnir.versions ver
-                     ON ver.space = read_spaces[k] AND ver.pk = read_pks[k]
               LEFT JOIN w ON w.space = read_spaces[k] AND w.pk = read_pks[k]
-             WHERE coalesce(ver.version, 0) <> read_versions[k]
+             WHERE coalesce((SELECT ver.version FROM mjolnir.versions ver
+                              WHERE ver.space = read_spaces[k] AND ver.pk = read_pks[k]), 0)
+                   <> read_versions[k]
                 OR coalesce(w.first < read_owners[k], false)
              GROUP BY 1)
         SELECT array_agg(r.stale ORDER BY t.i),
@@ -281,8 +280,8 @@ BEGIN
                   FROM unnest(read_spaces[r_lo:read_ends[i]], read_pks[r_lo:read_ends[i]],
                               read_versions[r_lo:read_ends[i]])
                        WITH ORDINALITY AS k(space, pk, read, ord)
-                  LEFT JOIN mjolnir.versions ver ON ver.space = k.space AND ver.pk = k.pk
-                 WHERE coalesce(ver.version, 0) <> k.read;
+                 WHERE coalesce((SELECT ver.version FROM mjolnir.versions ver
+                                  WHERE ver.space = k.space AND ver.pk = k.pk), 0) <> k.read;
                 IF st IS NOT NULL THEN
                     outcomes[i] := 'conflict'; stales[i] := to_jsonb(st);
                 ELSIF write_ends[i] < w_lo THEN

@@ -111,6 +111,10 @@ pub struct Table {
     /// Row-level security is on: what a user may read depends on who they are, so the
     /// change feed re-reads a change as each subscriber before pushing it.
     pub row_security: bool,
+    /// Every user may read every row: no row-level security, and `mjolnir_app` may SELECT
+    /// the whole table. Reads of such a table need not switch to the app's role, which
+    /// lets them run as plain prepared statements (see `store/read.rs`).
+    pub open_read: bool,
 }
 
 impl Table {
@@ -208,9 +212,10 @@ pub struct Catalog {
 
 impl Catalog {
     pub async fn load(pool: &PgPool, schema: &str) -> Result<Catalog> {
-        let rows: Vec<(String, String, String, String, bool, bool)> = sqlx::query_as(
+        let rows: Vec<(String, String, String, String, bool, bool, bool)> = sqlx::query_as(
             "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), t.typname::text,
-                    coalesce(a.attnum = ANY(i.indkey), false), c.relrowsecurity
+                    coalesce(a.attnum = ANY(i.indkey), false), c.relrowsecurity,
+                    has_table_privilege('mjolnir_app', c.oid, 'SELECT')
              FROM pg_class c
              JOIN pg_namespace n ON n.oid = c.relnamespace
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -227,14 +232,16 @@ impl Catalog {
         struct Raw {
             name: String,
             row_security: bool,
+            app_may_select: bool,
             cols: Vec<(Column, bool)>,
         }
         let mut grouped: Vec<Raw> = Vec::new();
-        for (table, name, sql_type, typname, is_pk, row_security) in rows {
+        for (table, name, sql_type, typname, is_pk, row_security, app_may_select) in rows {
             if grouped.last().is_none_or(|t| t.name != table) {
                 grouped.push(Raw {
                     name: table.clone(),
                     row_security,
+                    app_may_select,
                     cols: Vec::new(),
                 });
             }
@@ -254,6 +261,7 @@ impl Catalog {
         for Raw {
             name,
             row_security,
+            app_may_select,
             cols,
         } in grouped
         {
@@ -286,6 +294,7 @@ impl Catalog {
                 qualified,
                 row_json,
                 row_security,
+                open_read: !row_security && app_may_select,
             };
             catalog.tables.insert(name, Arc::new(table));
         }

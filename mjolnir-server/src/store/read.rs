@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use mjolnir_core::protocol::Entry;
 use mjolnir_core::{ErrorKind, Version};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{AssertSqlSafe, PgPool};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -117,8 +117,9 @@ impl Runner for Reader {
 }
 
 /// Reads the current version and value of each key, in the order given, in one statement
-/// (`mjolnir.read_as`, one round trip and one snapshot): as `mjolnir_app` with `user`, so
-/// the app's row-level-security policies and privileges apply.
+/// (one round trip and one snapshot), as `user` may see them: as `mjolnir_app` with
+/// `user` (`mjolnir.read_as`), so the app's row-level-security policies and privileges
+/// apply, unless every table read is open to every user.
 pub(super) async fn read_as(
     pool: &PgPool,
     user: Option<&str>,
@@ -155,21 +156,37 @@ pub(super) async fn read_as(
         };
         // PostgreSQL arrays are 1-based and slices inclusive.
         selects.push(format!(
-            "SELECT ({lo} + k.ord)::int, coalesce(v.version, 0), {value}
-             FROM unnest($1[{from}:{hi}], $2[{from}:{hi}]) WITH ORDINALITY AS k(pk, space, ord)
-             LEFT JOIN mjolnir.versions v ON v.space = k.space AND v.pk = k.pk",
+            "SELECT ({lo} + k.ord)::int,
+                    coalesce((SELECT v.version FROM mjolnir.versions v
+                               WHERE v.space = k.space AND v.pk = k.pk), 0),
+                    {value}
+             FROM unnest($1[{from}:{hi}], $2[{from}:{hi}]) WITH ORDINALITY AS k(pk, space, ord)",
             from = lo + 1,
         ));
         lo = hi;
     }
-    let rows: Vec<(i32, i64, Option<Value>)> =
-        sqlx::query_as("SELECT * FROM mjolnir.read_as($1, $2, $3, $4)")
-            .bind(user.unwrap_or(""))
-            .bind(selects.join(" UNION ALL "))
+    let query = selects.join(" UNION ALL ");
+    // Tables every user may read in full (and the kv store) need no role: the query runs
+    // as a prepared statement, planned once per connection. Otherwise `mjolnir.read_as`
+    // runs it as the app's role and `user`, planning it on every call.
+    let open = keys
+        .iter()
+        .all(|r| r.table.as_ref().is_none_or(|t| t.open_read));
+    let rows: Vec<(i32, i64, Option<Value>)> = if open {
+        sqlx::query_as(AssertSqlSafe(query))
             .bind(&pks)
             .bind(&spaces)
             .fetch_all(pool)
-            .await?;
+            .await?
+    } else {
+        sqlx::query_as("SELECT * FROM mjolnir.read_as($1, $2, $3, $4)")
+            .bind(user.unwrap_or(""))
+            .bind(query)
+            .bind(&pks)
+            .bind(&spaces)
+            .fetch_all(pool)
+            .await?
+    };
     let mut found: Vec<Option<(Version, Option<Value>)>> = vec![None; keys.len()];
     for (pos, version, value) in rows {
         // `pos` is 1-based in `order`.
