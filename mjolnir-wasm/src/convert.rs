@@ -47,12 +47,3 @@ pub fn data_descriptor(value: &JsValue) -> JsValue {
     }
     d.into()
 }
-
-/// A proxy over an empty object with these traps (`get`, `set`, `ownKeys`, …).
-pub fn proxy(traps: Vec<(&str, JsValue)>) -> JsValue {
-    let handler = js_sys::Object::new();
-    for (name, trap) in traps {
-        let _ = js_sys::Reflect::set(&handler, &name.into(), &trap);
-    }
-    js_sys::Proxy::new(&js_sys::Object::new(), &handler).into()
-}

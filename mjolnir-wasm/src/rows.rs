@@ -4,7 +4,7 @@
 //! row: reading `row.balance` records the read (with the version seen) and sees the
 //! attempt's own writes; `row.balance -= 10` buffers an update of that column.
 
-use crate::convert::{data_descriptor, from_js, proxy, row_key, to_js};
+use crate::convert::{data_descriptor, from_js, row_key, to_js};
 use crate::runtime::Runtime;
 use js_sys::Reflect;
 use mjolnir_core::protocol::PkKind;
@@ -104,70 +104,74 @@ fn random_uuid() -> String {
         .unwrap_or_default()
 }
 
+#[wasm_bindgen(module = "/js/rows.js")]
+extern "C" {
+    #[wasm_bindgen(js_name = rowProxy)]
+    fn row_proxy_of(row: Row) -> JsValue;
+}
+
 /// The row `key` as a proxy: every property read goes through the runtime (recorded, with
-/// own writes applied), every assignment becomes a buffered update of that column.
+/// own writes applied), every assignment becomes a buffered update of that column. The
+/// proxy and its handler are JavaScript (`js/rows.js`), one handler for all rows, so a
+/// row costs one small object here rather than a set of new closures.
 pub(crate) fn row_proxy(rt: &Rc<Runtime>, key: Key, attempt: Option<u64>) -> JsValue {
-    let current = move |rt: &Runtime, key: &Key| -> Result<Map<String, Value>, JsValue> {
-        match rt.read_for(attempt, key)? {
+    row_proxy_of(Row {
+        rt: rt.clone(),
+        key,
+        attempt,
+    })
+}
+
+/// The wasm half of a row object: which row, read in which attempt.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct Row {
+    rt: Rc<Runtime>,
+    key: Key,
+    attempt: Option<u64>,
+}
+
+impl Row {
+    /// The row as the attempt sees it (empty when it is gone).
+    fn current(&self) -> Result<Map<String, Value>, JsValue> {
+        match self.rt.read_for(self.attempt, &self.key)? {
             Some(Value::Object(m)) => Ok(m),
             _ => Ok(Map::new()),
         }
-    };
-    let get = {
-        let (rt, key) = (rt.clone(), key.clone());
-        Closure::<dyn Fn(JsValue, JsValue) -> Result<JsValue, JsValue>>::new(
-            move |_t: JsValue, prop: JsValue| {
-                let Some(name) = prop.as_string() else {
-                    return Ok(JsValue::UNDEFINED);
-                };
-                Ok(current(&rt, &key)?
-                    .get(&name)
-                    .map_or(JsValue::UNDEFINED, to_js))
-            },
-        )
-    };
-    let set = {
-        let (rt, key) = (rt.clone(), key.clone());
-        Closure::<dyn Fn(JsValue, JsValue, JsValue) -> Result<bool, JsValue>>::new(
-            move |_t: JsValue, prop: JsValue, value: JsValue| {
-                let Some(name) = prop.as_string() else {
-                    return Ok(false);
-                };
-                let mut set = Map::new();
-                set.insert(name, from_js(value)?);
-                rt.write(attempt, key.clone(), WriteOp::Update { set })?;
-                Ok(true)
-            },
-        )
-    };
-    let own_keys = {
-        let (rt, key) = (rt.clone(), key.clone());
-        Closure::<dyn Fn(JsValue) -> Result<JsValue, JsValue>>::new(move |_t: JsValue| {
-            Ok(current(&rt, &key)?
-                .keys()
-                .map(|k| JsValue::from_str(k))
-                .collect::<js_sys::Array>()
-                .into())
-        })
-    };
-    let descriptor = {
-        let (rt, key) = (rt.clone(), key.clone());
-        Closure::<dyn Fn(JsValue, JsValue) -> Result<JsValue, JsValue>>::new(
-            move |_t: JsValue, prop: JsValue| {
-                let row = current(&rt, &key)?;
-                let Some(value) = prop.as_string().and_then(|n| row.get(&n).cloned()) else {
-                    return Ok(JsValue::UNDEFINED);
-                };
-                Ok(data_descriptor(&to_js(&value)))
-            },
-        )
-    };
-    proxy(vec![
-        ("get", get.into_js_value()),
-        ("set", set.into_js_value()),
-        ("ownKeys", own_keys.into_js_value()),
-        ("getOwnPropertyDescriptor", descriptor.into_js_value()),
-    ])
+    }
+}
+
+#[wasm_bindgen]
+impl Row {
+    /// The column `name` (`undefined` if the row has none).
+    pub fn get(&self, name: &str) -> Result<JsValue, JsValue> {
+        Ok(self.current()?.get(name).map_or(JsValue::UNDEFINED, to_js))
+    }
+
+    /// Buffers an update of the column `name`.
+    pub fn set(&self, name: String, value: JsValue) -> Result<(), JsValue> {
+        let mut set = Map::new();
+        set.insert(name, from_js(value)?);
+        self.rt
+            .write(self.attempt, self.key.clone(), WriteOp::Update { set })
+    }
+
+    /// The row's column names.
+    pub fn keys(&self) -> Result<js_sys::Array, JsValue> {
+        Ok(self
+            .current()?
+            .keys()
+            .map(|k| JsValue::from_str(k))
+            .collect())
+    }
+
+    /// The property descriptor of the column `name`, `undefined` if the row has none.
+    pub fn descriptor(&self, name: &str) -> Result<JsValue, JsValue> {
+        Ok(self
+            .current()?
+            .get(name)
+            .map_or(JsValue::UNDEFINED, |v| data_descriptor(&to_js(v))))
+    }
 }
 
 impl Table {

@@ -114,6 +114,17 @@ export function write_state_then_throw(m) {
   });
 }
 
+// A row read like a plain object: its columns enumerate, spread and serialise, and
+// nothing else shows.
+export function row_as_object(m) {
+  return m.atomic(function () {
+    var row = m.table('users').find('bob');
+    var copy = Object.assign({}, row);
+    return JSON.stringify([Object.keys(row), 'name' in copy, copy.name, 'row' in row,
+      Object.getOwnPropertySymbols(row).length, typeof row.missing]);
+  });
+}
+
 export function async_transfer(m, amount) {
   return m.atomic(async function (tx) {
     var carol = await tx.table('users').find('carol');
@@ -148,6 +159,7 @@ extern "C" {
     fn watch_state(m: &JsValue) -> Array;
     fn write_state_twice(m: &JsValue, log: &Array) -> Function;
     fn write_state_then_throw(m: &JsValue) -> Function;
+    fn row_as_object(m: &JsValue) -> Function;
     fn async_transfer(m: &JsValue, amount: u32) -> Function;
     fn async_counter(m: &JsValue) -> Function;
 }
@@ -241,6 +253,16 @@ async fn a_throwing_handler_rolls_back_page_state_and_dom() {
     assert!(get(&state, "count").is_undefined());
     assert_eq!(page.inner_html(), before);
     assert_eq!(get(&m, "pending").as_f64(), Some(0.0));
+}
+
+#[wasm_bindgen_test]
+async fn a_row_enumerates_its_columns_and_nothing_else() {
+    let m = connected("bob").await;
+    let seen = call(&row_as_object(&m)).await.unwrap();
+    assert_eq!(
+        seen.as_string().as_deref(),
+        Some(r#"[["balance","name"],true,"bob",false,0,"undefined"]"#)
+    );
 }
 
 #[wasm_bindgen_test]
