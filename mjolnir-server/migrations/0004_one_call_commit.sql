@@ -14,7 +14,7 @@
 -- (which must be version order). NOTIFY payloads are limited to 8000 bytes; larger change
 -- sets go through the log.
 CREATE FUNCTION mjolnir.announce(versions bigint[], change_sets text[]) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, mjolnir AS $$
+LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO mjolnir.commit_log (version, changes)
         SELECT x.v, x.c::jsonb FROM unnest(versions, change_sets) AS x(v, c)
@@ -24,23 +24,6 @@ BEGIN
                       CASE WHEN octet_length(x.c) < 7900 THEN x.c
                            ELSE json_build_object('version', x.v::text, 'logged', true)::text END)
        FROM unnest(versions, change_sets) AS x(v, c);
-END
-$$;
-
-CREATE OR REPLACE FUNCTION mjolnir.finish_commit(
-    commit_version bigint, spaces text[], pks text[], txn_id text, changes text
-) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, mjolnir AS $$
-BEGIN
-    INSERT INTO mjolnir.txns (txn, version) VALUES (txn_id, commit_version)
-        ON CONFLICT (txn) DO NOTHING;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'transaction % already committed', txn_id USING ERRCODE = 'MJ001';
-    END IF;
-    INSERT INTO mjolnir.versions (space, pk, version)
-        SELECT s, p, commit_version FROM unnest(spaces, pks) AS k(s, p)
-        ON CONFLICT (space, pk) DO UPDATE SET version = EXCLUDED.version;
-    PERFORM mjolnir.announce(ARRAY[commit_version], ARRAY[changes]);
 END
 $$;
 
@@ -311,10 +294,21 @@ BEGIN
                         END LOOP;
                         w := NULL;
                         RESET ROLE;
-                        PERFORM mjolnir.finish_commit(versions[i],
-                                    write_spaces[w_lo:write_ends[i]], write_pks[w_lo:write_ends[i]],
-                                    txn_ids[i],
-                                    mjolnir.change_set(versions[i], write_keys[w_lo:write_ends[i]], one));
+                        -- A re-send of this transaction committed meanwhile through
+                        -- another connection, with no key in common (else the locks
+                        -- would have kept it out): its record decides.
+                        INSERT INTO mjolnir.txns (txn, version) VALUES (txn_ids[i], versions[i])
+                            ON CONFLICT (txn) DO NOTHING;
+                        IF NOT FOUND THEN
+                            RAISE EXCEPTION 'transaction % already committed', txn_ids[i]
+                                USING ERRCODE = 'MJ001';
+                        END IF;
+                        INSERT INTO mjolnir.versions (space, pk, version)
+                            SELECT k.s, k.p, versions[i]
+                              FROM unnest(write_spaces[w_lo:write_ends[i]], write_pks[w_lo:write_ends[i]]) AS k(s, p)
+                            ON CONFLICT (space, pk) DO UPDATE SET version = EXCLUDED.version;
+                        PERFORM mjolnir.announce(ARRAY[versions[i]], ARRAY[mjolnir.change_set(
+                                    versions[i], write_keys[w_lo:write_ends[i]], one)]);
                         IF deferred IS NOT NULL THEN
                             SET CONSTRAINTS ALL IMMEDIATE;
                             EXECUTE format('SET CONSTRAINTS %s DEFERRED', deferred);
@@ -375,5 +369,6 @@ REVOKE EXECUTE ON FUNCTION mjolnir.announce FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION mjolnir.read_as FROM PUBLIC;
 
 -- Replaced by commit_batch.
+DROP FUNCTION mjolnir.finish_commit(bigint, text[], text[], text, text);
 DROP FUNCTION mjolnir.begin_commit(text, int[], bool[], text[], text[], bool);
 DROP FUNCTION mjolnir.begin_batch(int[], bool[], text[], text[], text[], int);

@@ -5,8 +5,8 @@
 //! Inside the call (migration 0004), for each transaction in batch order: validate its
 //! reads against the database, which by then holds the versions of the batch's earlier
 //! transactions; on a conflict, apply nothing; else, in a PL/pgSQL exception block (a
-//! subtransaction), as `mjolnir_app` with its user: its writes, `mjolnir.finish_commit`,
-//! and its deferred constraints checked then and there. A refused write undoes that
+//! subtransaction), as `mjolnir_app` with its user: its writes, then its versions, txn id
+//! and change set recorded, and its deferred constraints checked then and there. A refused write undoes that
 //! transaction alone. The end of the call is **the commit point of every transaction of
 //! the batch**; outcomes are answered only after it, and a conflict's fresh values are
 //! read after it too.

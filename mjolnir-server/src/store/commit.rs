@@ -10,7 +10,7 @@
 //!    keys' current values for the client;
 //! 3. as `mjolnir_app` with the connection's user: the [`Statement`] of each write, so the
 //!    app's row-level security, CHECK constraints and triggers apply;
-//! 4. `mjolnir.finish_commit`: new versions, the transaction id, the NOTIFY;
+//! 4. the new versions, the transaction id, the NOTIFY (`mjolnir.announce`);
 //! 5. the end of the statement is **the commit point**. Before it nothing is visible and
 //!    nothing is decided; after it the writes, the versions, the dedup record and the
 //!    notification are all durable together.
@@ -43,7 +43,7 @@ pub enum Outcome {
     Rejected(ErrorReply),
 }
 
-/// SQLSTATE raised by `mjolnir.finish_commit` for a transaction id that already committed
+/// SQLSTATE raised by `mjolnir.commit_batch` for a transaction id that already committed
 /// (a re-sent commit racing its first attempt on another connection).
 pub(super) const ALREADY_COMMITTED: &str = "MJ001";
 /// SQLSTATEs `mjolnir.commit_batch` raises when an update or delete matched no row: the
