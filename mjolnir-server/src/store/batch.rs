@@ -30,6 +30,7 @@ use mjolnir_core::{ErrorKind, TxnId, Version, WriteOp};
 use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -281,6 +282,8 @@ impl Committer {
         .await?;
         // The batch has committed (or decided nothing at all): now the answers.
         let mut decided = Vec::with_capacity(batch.len());
+        // The stale keys of each conflict, by user: which answer, and its keys.
+        let mut conflicts: HashMap<Option<&str>, Vec<(usize, Vec<Resolved>)>> = HashMap::new();
         if let Some(row) = rows.first()
             && row.7
         {
@@ -294,16 +297,17 @@ impl Committer {
                     version: Version(version.unwrap_or(0) as u64),
                 }),
                 "conflict" => {
-                    // Read after the batch: the stale keys' values are at least as new as
-                    // the versions that made them stale.
                     let keys: Vec<Resolved> = stale
                         .unwrap_or_default()
                         .into_iter()
                         .filter_map(|i| m.plan.reads.get((i as usize).wrapping_sub(1)))
                         .map(|(r, _)| r.clone())
                         .collect();
-                    let stale = read_as(&self.pool, m.user, &keys).await?;
-                    Decided::Outcome(Outcome::Conflict { stale })
+                    conflicts
+                        .entry(m.user)
+                        .or_default()
+                        .push((decided.len(), keys));
+                    Decided::Outcome(Outcome::Conflict { stale: Vec::new() })
                 }
                 "committed" => Decided::Outcome(committed(m.plan, version, values)),
                 _ => {
@@ -325,6 +329,20 @@ impl Committer {
                     }
                 }
             });
+        }
+        // A conflict carries its stale keys' current values, read after the batch (so at
+        // least as new as the versions that made them stale): one read per user.
+        for (user, answers) in conflicts {
+            let keys: Vec<Resolved> = answers
+                .iter()
+                .flat_map(|(_, k)| k.iter().cloned())
+                .collect();
+            let mut entries = read_as(&self.pool, user, &keys).await?.into_iter();
+            for (i, keys) in answers {
+                decided[i] = Decided::Outcome(Outcome::Conflict {
+                    stale: entries.by_ref().take(keys.len()).collect(),
+                });
+            }
         }
         Ok(decided)
     }
