@@ -87,12 +87,12 @@ struct RunArgs {
     workload: Workload,
     #[arg(long, default_value_t = 8)]
     clients: u32,
-    /// Length of the measured window.
-    #[arg(long, default_value_t = 5)]
-    seconds: u64,
-    /// Load before the window, not measured (connections warm, caches filled).
-    #[arg(long, default_value_t = 1)]
-    warmup: u64,
+    /// Length of the measured window, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Load before the window, not measured (connections warm, caches filled), in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
     /// The server's synchronous_commit during the run; only recorded, set by the caller.
     #[arg(long, default_value = "on")]
     sync: String,
@@ -170,8 +170,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let window = Window {
-        warmup: Duration::from_secs(args.warmup),
-        measure: Duration::from_secs(args.seconds),
+        warmup: Duration::from_secs_f64(args.warmup),
+        measure: Duration::from_secs_f64(args.seconds),
     };
     let rec = match args.system {
         System::Mjolnir => {

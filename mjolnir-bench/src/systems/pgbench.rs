@@ -81,7 +81,7 @@ impl Pgbench {
             .args(["--protocol", "prepared"])
             .args(["--client", &clients.to_string()])
             .args(["--jobs", &clients.min(2).to_string()])
-            .args(["--time", &total.as_secs().to_string()])
+            .args(["--time", &total.as_secs_f64().ceil().to_string()])
             .arg("--file")
             .arg(&script_path)
             .arg("--log")
