@@ -78,15 +78,23 @@ $$;
 --               what the error means.
 -- set_based tells which path decided the batch (for the metrics and the tests).
 --
--- The fast path, for a batch of several transactions that write each key at most once
--- and whose writes all have a set form: decide every transaction first (a read of a key an earlier
--- accepted transaction writes is stale), then apply all accepted writes with one statement
--- per (user, table, kind of write), record all versions and txn ids with one statement
--- each, and check deferred constraints once. Any error undoes the whole fast path (an
--- exception block), and the batch is decided again by the slow path: one transaction at a
--- time, each in its own exception block, with its deferred constraints checked at its end,
--- so that one transaction's error refuses that transaction alone. A lone transaction goes
--- straight to the slow path.
+-- The fast path, for a batch of several transactions that write each key at most once,
+-- in a database without deferred constraints, and whose writes all have a set form (the
+-- server gives none for tables with triggers of the app's own, whose effects could depend
+-- on the order of the rows): decide every transaction first (a read of a key an earlier
+-- transaction of the batch writes is stale), then apply all accepted writes with one
+-- statement per (user, table, kind of write), and record all versions and txn ids with
+-- one statement each. Any error undoes the whole fast path (an exception block), and the
+-- batch is decided again by the slow path: one transaction at a time, each in its own
+-- exception block, with its deferred constraints checked at its end, so that one
+-- transaction's error refuses that transaction alone. A lone transaction goes straight to
+-- the slow path.
+--
+-- Immediate constraints check a set-based statement as a whole. A batch that passes them
+-- is therefore one whose writes are valid together; a transaction may then commit that,
+-- checked alone in batch order, would have been refused (it inserts a unique value that a
+-- later transaction of the batch frees): its outcome is that of the serial order with the
+-- later transaction first, and no read saw the difference, since reads are validated.
 CREATE FUNCTION mjolnir.commit_batch(
     lock_hashes int[], lock_exclusive bool[],
     txn_ids text[], users text[], read_ends int[], write_ends int[],
@@ -137,6 +145,12 @@ BEGIN
     -- The fast path: decide every transaction, then apply the accepted ones together.
     IF fast AND (SELECT count(DISTINCT t) FROM unnest(txn_ids) AS t) < n THEN
         -- A txn id twice in one batch: the slow path sees the first one's record.
+        fast := false;
+    END IF;
+    IF deferred IS NOT NULL THEN
+        -- Checked once after the whole batch, a deferred constraint would let through two
+        -- transactions that each break it alone but not together (one creates money, the
+        -- next destroys as much): only the slow path checks each on its own.
         fast := false;
     END IF;
     IF fast THEN
@@ -232,10 +246,6 @@ BEGIN
                        FROM generate_series(1, nw) AS j
                       WHERE outcomes[write_owners[j]] = 'pending'
                       GROUP BY write_owners[j], versions[write_owners[j]]) AS c;
-            IF deferred IS NOT NULL THEN
-                SET CONSTRAINTS ALL IMMEDIATE;
-                EXECUTE format('SET CONSTRAINTS %s DEFERRED', deferred);
-            END IF;
             FOR i IN 1 .. n LOOP
                 IF outcomes[i] = 'pending' THEN
                     outcomes[i] := 'committed';

@@ -111,6 +111,10 @@ pub struct Table {
     /// Row-level security is on: what a user may read depends on who they are, so the
     /// change feed re-reads a change as each subscriber before pushing it.
     pub row_security: bool,
+    /// The app put triggers of its own on the table. Their effects may depend on the order
+    /// in which rows are written, so group commit writes such a table one transaction at a
+    /// time, never set-based (migration 0004).
+    pub app_triggers: bool,
     /// Every user may read every row: no row-level security, and `mjolnir_app` may SELECT
     /// the whole table. Reads of such a table need not switch to the app's role, which
     /// lets them run as plain prepared statements (see `store/read.rs`).
@@ -212,10 +216,11 @@ pub struct Catalog {
 
 impl Catalog {
     pub async fn load(pool: &PgPool, schema: &str) -> Result<Catalog> {
-        let rows: Vec<(String, String, String, String, bool, bool, bool)> = sqlx::query_as(
+        let rows: Vec<(String, String, String, String, bool, bool, bool, bool)> = sqlx::query_as(
             "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), t.typname::text,
                     coalesce(a.attnum = ANY(i.indkey), false), c.relrowsecurity,
-                    has_table_privilege('mjolnir_app', c.oid, 'SELECT')
+                    has_table_privilege('mjolnir_app', c.oid, 'SELECT'),
+                    EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal)
              FROM pg_class c
              JOIN pg_namespace n ON n.oid = c.relnamespace
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -233,15 +238,19 @@ impl Catalog {
             name: String,
             row_security: bool,
             app_may_select: bool,
+            app_triggers: bool,
             cols: Vec<(Column, bool)>,
         }
         let mut grouped: Vec<Raw> = Vec::new();
-        for (table, name, sql_type, typname, is_pk, row_security, app_may_select) in rows {
+        for (table, name, sql_type, typname, is_pk, row_security, app_may_select, app_triggers) in
+            rows
+        {
             if grouped.last().is_none_or(|t| t.name != table) {
                 grouped.push(Raw {
                     name: table.clone(),
                     row_security,
                     app_may_select,
+                    app_triggers,
                     cols: Vec::new(),
                 });
             }
@@ -262,6 +271,7 @@ impl Catalog {
             name,
             row_security,
             app_may_select,
+            app_triggers,
             cols,
         } in grouped
         {
@@ -295,6 +305,7 @@ impl Catalog {
                 row_json,
                 row_security,
                 open_read: !row_security && app_may_select,
+                app_triggers,
             };
             catalog.tables.insert(name, Arc::new(table));
         }

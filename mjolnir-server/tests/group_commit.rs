@@ -13,11 +13,22 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use support::{TestDb, app_with_schema, obj, writes};
 
-const SCHEMA: &str = "
+/// Tables without deferred constraints or triggers: batches of them can be set-based.
+const PLAIN: &str = "
 CREATE TABLE gate (id integer PRIMARY KEY, n integer NOT NULL);
 INSERT INTO gate VALUES (1, 0);
 CREATE TABLE accounts (id integer PRIMARY KEY, balance integer NOT NULL CHECK (balance >= 0));
 INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 10) g;
+CREATE TABLE profiles (name text PRIMARY KEY, motto text NOT NULL);
+INSERT INTO profiles VALUES ('alice', 'hi'), ('bob', 'yo');
+ALTER TABLE profiles ENABLE ROW LEVEL SECURITY;
+CREATE POLICY read_all ON profiles FOR SELECT USING (true);
+CREATE POLICY own_row ON profiles FOR UPDATE USING (name = mjolnir.user_id());
+CREATE TABLE notes (id text PRIMARY KEY, body text NOT NULL);
+";
+
+/// Money is conserved, checked at the end of each transaction by a deferred trigger.
+const CONSERVE: &str = "
 CREATE TABLE bank_total (total integer NOT NULL);
 INSERT INTO bank_total VALUES (1000);
 CREATE FUNCTION conserve() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -30,13 +41,11 @@ END
 $$;
 CREATE CONSTRAINT TRIGGER conserve AFTER UPDATE ON accounts
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION conserve();
-CREATE TABLE profiles (name text PRIMARY KEY, motto text NOT NULL);
-INSERT INTO profiles VALUES ('alice', 'hi'), ('bob', 'yo');
-ALTER TABLE profiles ENABLE ROW LEVEL SECURITY;
-CREATE POLICY read_all ON profiles FOR SELECT USING (true);
-CREATE POLICY own_row ON profiles FOR UPDATE USING (name = mjolnir.user_id());
-CREATE TABLE notes (id text PRIMARY KEY, body text NOT NULL);
 ";
+
+fn schema() -> String {
+    format!("{PLAIN}{CONSERVE}")
+}
 
 fn acct(id: i64) -> Key {
     Key::row("accounts", id)
@@ -132,7 +141,7 @@ fn batches(server: &Running) -> (u64, u64, u64) {
 /// after it. Each must get its own outcome.
 async fn mixed_batch(group_commit: usize) {
     let db = TestDb::new(&format!("gc_mixed_{group_commit}")).await;
-    let app = app_with_schema(SCHEMA);
+    let app = app_with_schema(&schema());
     let server = db
         .start_with(app.path(), |c| {
             c.knobs.group_commit = group_commit;
@@ -321,15 +330,15 @@ async fn the_same_transactions_without_group_commit() {
     mixed_batch(1).await;
 }
 
-/// A batch whose transactions write each key at most once is applied set-based: one
-/// statement per (user, table, kind of write) for the whole batch. Its transactions get the
-/// same outcomes as alone: a conflict with an earlier transaction of the batch, a transfer
-/// under the deferred conservation trigger, a kv put and an insert, and an update under
-/// another user's row-level security.
+/// A batch whose transactions write each key at most once, in a database without deferred
+/// constraints, is applied set-based: one statement per (user, table, kind of write) for the
+/// whole batch. Its transactions get the same outcomes as alone: a conflict with an earlier
+/// transaction of the batch, transfers, a kv put and an insert, and an update under another
+/// user's row-level security.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_clean_batch_is_applied_set_based() {
     let db = TestDb::new("gc_set_based").await;
-    let app = app_with_schema(SCHEMA);
+    let app = app_with_schema(PLAIN);
     let server = db
         .start_with(app.path(), |c| {
             c.knobs.group_commit = 64;
@@ -461,6 +470,68 @@ async fn a_clean_batch_is_applied_set_based() {
         set_based >= 5.0,
         "the batch of 5 was not set-based:\n{metrics}"
     );
+}
+
+/// With a deferred constraint in the database, batches are decided one transaction at a
+/// time. Here a deferred UNIQUE: the first transaction takes a value the second one frees.
+/// Checked at the end of each transaction, in batch order, the first is refused; checked
+/// once after a set-based batch, both would pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deferred_constraint_is_checked_for_each_transaction_of_a_batch() {
+    let db = TestDb::new("gc_deferred").await;
+    let app = app_with_schema(&format!(
+        "{PLAIN}
+         CREATE TABLE tags (id integer PRIMARY KEY, x integer NOT NULL,
+                            CONSTRAINT x_once UNIQUE (x) DEFERRABLE INITIALLY DEFERRED);
+         INSERT INTO tags VALUES (1, 1), (2, 5);"
+    ));
+    let server = db
+        .start_with(app.path(), |c| {
+            c.knobs.group_commit = 64;
+            c.knobs.group_commit_lanes = 1;
+        })
+        .await;
+    let url = server.ws_url();
+    let gate = Gate::close(&db, &url).await;
+    let (alice, bob) = (
+        Client::connect(&url, Some("alice")).await.unwrap(),
+        Client::connect(&url, Some("bob")).await.unwrap(),
+    );
+    let tag = |id: i64| Key::row("tags", id);
+    let set_x = |id: i64, x: i64| {
+        writes(vec![(
+            tag(id),
+            WriteOp::Update {
+                set: obj(json!({ "x": x })),
+            },
+        )])
+    };
+    let r1 = read_set(&alice, &[tag(1)]).await;
+    let r2 = read_set(&bob, &[tag(2)]).await;
+    let mut running = Vec::new();
+    for (client, reads, w) in [(alice, r1, set_x(1, 5)), (bob, r2, set_x(2, 6))] {
+        let txn = client.next_txn_id();
+        running.push(tokio::spawn(
+            async move { client.commit(txn, reads, w).await },
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outcomes = gate.open(running).await;
+    assert!(
+        matches!(&outcomes[0], CommitOutcome::Rejected(e) if e.code == ErrorKind::ConstraintViolation),
+        "the first takes a value still in use: {outcomes:?}"
+    );
+    assert!(
+        matches!(outcomes[1], CommitOutcome::Committed(_)),
+        "{outcomes:?}"
+    );
+    let xs: Vec<(i32, i32)> = sqlx::query_as("SELECT id, x FROM tags ORDER BY id")
+        .fetch_all(&db.pool().await)
+        .await
+        .unwrap();
+    assert_eq!(xs, [(1, 1), (2, 6)]);
+    let (count, sum, _) = batches(&server);
+    assert!(sum > count, "the two must have formed one batch");
 }
 
 /// Counters bumped by many clients through two instances, in batches of at most 3: every

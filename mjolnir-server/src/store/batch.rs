@@ -372,7 +372,7 @@ struct Arrays<'a> {
     write_keys: Vec<String>,
     write_args: Vec<Value>,
     write_sqls: Vec<String>,
-    write_sets: Vec<String>,
+    write_sets: Vec<Option<String>>,
     write_checks: Vec<Option<String>>,
 }
 

@@ -172,11 +172,12 @@ fn pk_matches(pk_text: &str, v: &Value) -> bool {
 /// the changed columns or the kv value, jsonb) and `$2` (the primary key as text),
 /// returning the new value as jsonb (`NULL` for a delete). `set` is the same write for many
 /// keys of a batch at once, over `$1` (all the batch's args), `$2` (all its primary keys)
-/// and `$3` (the indexes of the writes to run), returning `(ord, value)` for each index.
+/// and `$3` (the indexes of the writes to run), returning `(ord, value)` for each index;
+/// `None` for a table with triggers of the app's own.
 #[derive(Debug)]
 pub(super) struct Statement {
     pub(super) sql: String,
-    pub(super) set: String,
+    pub(super) set: Option<String>,
     pub(super) arg: Value,
     /// For an update or delete of a row: whether the row exists past the app's policies,
     /// run only when the write matched no row.
@@ -190,20 +191,24 @@ pub(super) fn statement(r: &Resolved, op: &WriteOp) -> Statement {
                 sql: "INSERT INTO mjolnir.kv (key, value) VALUES ($2, $1)
                       ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING value"
                     .to_owned(),
-                set: "WITH u AS (SELECT j AS ord, $2[j] AS key, $1[j] AS value FROM unnest($3::int[]) AS j),
+                set: Some(
+                    "WITH u AS (SELECT j AS ord, $2[j] AS key, $1[j] AS value FROM unnest($3::int[]) AS j),
                       w AS (INSERT INTO mjolnir.kv (key, value) SELECT u.key, u.value FROM u
                             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING key, value)
                       SELECT u.ord, w.value FROM w JOIN u ON u.key = w.key"
-                    .to_owned(),
+                        .to_owned(),
+                ),
                 arg: value.clone(),
                 check: None,
             },
             // Deleting an absent kv entry is not an error.
             _ => Statement {
                 sql: "DELETE FROM mjolnir.kv WHERE key = $2 RETURNING NULL::jsonb".to_owned(),
-                set: "DELETE FROM mjolnir.kv AS kv USING unnest($3::int[]) AS u(ord)
+                set: Some(
+                    "DELETE FROM mjolnir.kv AS kv USING unnest($3::int[]) AS u(ord)
                       WHERE kv.key = $2[u.ord] RETURNING u.ord AS ord, NULL::jsonb AS value"
-                    .to_owned(),
+                        .to_owned(),
+                ),
                 arg: Value::Null,
                 check: None,
             },
@@ -218,6 +223,7 @@ pub(super) fn statement(r: &Resolved, op: &WriteOp) -> Statement {
             "SELECT EXISTS (SELECT 1 FROM {table} WHERE {pk_col} = $2::{pk_ty})"
         ))
     };
+    let set_form = |sql: String| (!t.app_triggers).then_some(sql);
     match op {
         WriteOp::Insert { row } => {
             let mut row = row.clone();
@@ -228,13 +234,13 @@ pub(super) fn statement(r: &Resolved, op: &WriteOp) -> Statement {
                 sql: format!(
                     "INSERT INTO {table} AS r ({cols}) SELECT {cols} FROM jsonb_populate_record(NULL::{table}, $1) RETURNING {json}"
                 ),
-                set: format!(
+                set: set_form(format!(
                     "WITH u AS (SELECT j AS ord FROM unnest($3::int[]) AS j),
                      w AS (INSERT INTO {table} AS r ({cols})
                            SELECT {p_cols} FROM u, jsonb_populate_record(NULL::{table}, $1[u.ord]) AS p
                            RETURNING r.{pk_col} AS pk, {json} AS value)
                      SELECT u.ord, w.value FROM w JOIN u ON w.pk = ($2[u.ord])::{pk_ty}"
-                ),
+                )),
                 arg: Value::Object(row),
                 check: None,
             }
@@ -242,11 +248,11 @@ pub(super) fn statement(r: &Resolved, op: &WriteOp) -> Statement {
         // An empty update still locks the row and checks the user may see it.
         WriteOp::Update { set } if set.is_empty() => Statement {
             sql: format!("SELECT {json} FROM {table} r WHERE r.{pk_col} = $2::{pk_ty} FOR UPDATE"),
-            set: format!(
+            set: set_form(format!(
                 "SELECT u.ord AS ord, {json} AS value
                  FROM {table} r JOIN unnest($3::int[]) AS u(ord) ON r.{pk_col} = ($2[u.ord])::{pk_ty}
                  FOR UPDATE OF r"
-            ),
+            )),
             arg: Value::Null,
             check: check(),
         },
@@ -258,22 +264,22 @@ pub(super) fn statement(r: &Resolved, op: &WriteOp) -> Statement {
                     "UPDATE {table} AS r SET ({cols}) = (SELECT {cols} FROM jsonb_populate_record(NULL::{table}, $1))
                      WHERE r.{pk_col} = $2::{pk_ty} RETURNING {json}"
                 ),
-                set: format!(
+                set: set_form(format!(
                     "UPDATE {table} AS r
                      SET ({cols}) = (SELECT {p_cols} FROM jsonb_populate_record(NULL::{table}, $1[u.ord]) AS p)
                      FROM unnest($3::int[]) AS u(ord) WHERE r.{pk_col} = ($2[u.ord])::{pk_ty}
                      RETURNING u.ord AS ord, {json} AS value"
-                ),
+                )),
                 arg: Value::Object(set.clone()),
                 check: check(),
             }
         }
         WriteOp::Delete => Statement {
             sql: format!("DELETE FROM {table} AS r WHERE r.{pk_col} = $2::{pk_ty} RETURNING NULL::jsonb"),
-            set: format!(
+            set: set_form(format!(
                 "DELETE FROM {table} AS r USING unnest($3::int[]) AS u(ord)
                  WHERE r.{pk_col} = ($2[u.ord])::{pk_ty} RETURNING u.ord AS ord, NULL::jsonb AS value"
-            ),
+            )),
             arg: Value::Null,
             check: check(),
         },
