@@ -216,7 +216,10 @@ pub struct Catalog {
 
 impl Catalog {
     pub async fn load(pool: &PgPool, schema: &str) -> Result<Catalog> {
-        let rows: Vec<(String, String, String, String, bool, bool, bool, bool)> = sqlx::query_as(
+        /// table, column, its SQL type, its type name, part of the primary key, row-level
+        /// security, SELECT granted to mjolnir_app, triggers of the app's own.
+        type Row = (String, String, String, String, bool, bool, bool, bool);
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), t.typname::text,
                     coalesce(a.attnum = ANY(i.indkey), false), c.relrowsecurity,
                     has_table_privilege('mjolnir_app', c.oid, 'SELECT'),
