@@ -1,4 +1,4 @@
--- One round trip per commit and per read (docs/architecture.md, "The commit path").
+-- One round trip per commit and per read (docs/architecture.md, "A commit, step by step").
 --
 -- Until 0003 the server drove a commit statement by statement: BEGIN, begin_commit (or
 -- begin_batch), the role, each write, finish_commit, the deferred constraints, savepoints,
