@@ -426,21 +426,22 @@ async fn a_clean_batch_is_applied_set_based() {
         .unwrap();
     let balances: Vec<i32> = balances.into_iter().map(|(b,)| b).collect();
     assert_eq!(balances, [90, 110, 95, 105, 100, 100, 100, 100, 100, 100]);
-    let (kv,): (Value,) = sqlx::query_as("SELECT value FROM mjolnir.kv WHERE key = 'greeting'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(kv, json!({"hi": 1}));
-    let (body,): (String,) = sqlx::query_as("SELECT body FROM notes WHERE id = 'n1'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(body, "first");
-    let (motto,): (String,) = sqlx::query_as("SELECT motto FROM profiles WHERE name = 'bob'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(motto, "set-based");
+    let one = async |sql: &'static str| -> Value {
+        let (value,): (Value,) = sqlx::query_as(sql).fetch_one(&pool).await.unwrap();
+        value
+    };
+    assert_eq!(
+        one("SELECT value FROM mjolnir.kv WHERE key = 'greeting'").await,
+        json!({"hi": 1})
+    );
+    assert_eq!(
+        one("SELECT to_jsonb(body) FROM notes WHERE id = 'n1'").await,
+        json!("first")
+    );
+    assert_eq!(
+        one("SELECT to_jsonb(motto) FROM profiles WHERE name = 'bob'").await,
+        json!("set-based")
+    );
     let versions: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT space, pk, version FROM mjolnir.versions WHERE space <> 'gate' ORDER BY version, space, pk",
     )
