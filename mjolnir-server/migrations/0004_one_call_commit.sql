@@ -28,13 +28,15 @@ END
 $$;
 
 -- The change set of one transaction as the feed carries it (protocol: a version and its
--- entries), from the keys as the protocol spells them (JSON) and the new values.
+-- entries), from the keys as the protocol spells them (JSON text the server wrote) and the
+-- new values. Spelled by concatenating text, which costs a fraction of building jsonb.
 CREATE FUNCTION mjolnir.change_set(commit_version bigint, keys text[], vals jsonb[])
 RETURNS text LANGUAGE sql IMMUTABLE AS $$
-    SELECT jsonb_build_object('version', commit_version::text, 'changes',
-               coalesce(jsonb_agg(jsonb_build_object(
-                   'key', k.key::jsonb, 'version', commit_version::text, 'value', k.val)
-                   ORDER BY k.ord), '[]'))::text
+    SELECT '{"version":"' || commit_version || '","changes":['
+           || coalesce(string_agg('{"key":' || k.key || ',"version":"' || commit_version
+                                  || '","value":' || coalesce(k.val::text, 'null') || '}',
+                                  ',' ORDER BY k.ord), '')
+           || ']}'
       FROM unnest(keys, vals) WITH ORDINALITY AS k(key, val, ord)
 $$;
 
@@ -49,7 +51,9 @@ $$;
 --   per read:           read_spaces, read_pks, read_versions (the version the client read);
 --   per write:          write_spaces, write_pks, write_keys (the key as the protocol spells
 --                       it, JSON), write_args (a jsonb: the row, the changed columns or the
---                       kv value), and three statements the server built:
+--                       kv value), and three statements the server built, each given as
+--                       its index in `statements` (each text once, however many writes
+--                       share it):
 --                       write_sqls:   the write alone, over $1 (its arg) and $2 (its primary
 --                                     key as text), returning the new value as jsonb (NULL
 --                                     for a delete);
@@ -101,7 +105,7 @@ CREATE FUNCTION mjolnir.commit_batch(
     read_owners int[], write_owners int[],
     read_spaces text[], read_pks text[], read_versions bigint[],
     write_spaces text[], write_pks text[], write_keys text[],
-    write_args jsonb[], write_sqls text[], write_sets text[], write_checks text[],
+    write_args jsonb[], statements text[], write_sqls int[], write_sets int[], write_checks int[],
     OUT outcome text, OUT at_version bigint, OUT stale_reads int[], OUT new_values jsonb,
     OUT err_code text, OUT err_message text, OUT err_write int, OUT set_based bool
 ) RETURNS SETOF record
@@ -212,7 +216,7 @@ BEGIN
                 PERFORM set_config('role', 'mjolnir_app', true),
                         set_config('mjolnir.user', g.app_user, true);
                 matched := 0;
-                FOR res IN EXECUTE g.query USING write_args, write_pks, g.js LOOP
+                FOR res IN EXECUTE statements[g.query] USING write_args, write_pks, g.js LOOP
                     vals[res.ord] := res.value;
                     matched := matched + 1;
                 END LOOP;
@@ -237,15 +241,13 @@ BEGIN
                  WHERE outcomes[write_owners[j]] = 'pending'
                 ON CONFLICT (space, pk) DO UPDATE SET version = EXCLUDED.version;
             -- One change set per transaction, in batch order, which is version order.
-            PERFORM mjolnir.announce(array_agg(c.version ORDER BY c.i), array_agg(c.payload ORDER BY c.i))
-               FROM (SELECT write_owners[j] AS i, versions[write_owners[j]] AS version,
-                            jsonb_build_object('version', versions[write_owners[j]]::text, 'changes',
-                                jsonb_agg(jsonb_build_object('key', write_keys[j]::jsonb,
-                                              'version', versions[write_owners[j]]::text, 'value', vals[j])
-                                          ORDER BY j))::text AS payload
-                       FROM generate_series(1, nw) AS j
-                      WHERE outcomes[write_owners[j]] = 'pending'
-                      GROUP BY write_owners[j], versions[write_owners[j]]) AS c;
+            PERFORM mjolnir.announce(
+                        array_agg(versions[t.i] ORDER BY t.i),
+                        array_agg(mjolnir.change_set(versions[t.i], write_keys[t.lo:t.hi], vals[t.lo:t.hi])
+                                  ORDER BY t.i))
+               FROM (SELECT i, coalesce(write_ends[i - 1], 0) + 1 AS lo, write_ends[i] AS hi
+                       FROM generate_series(1, n) AS i
+                      WHERE outcomes[i] = 'pending') AS t;
             FOR i IN 1 .. n LOOP
                 IF outcomes[i] = 'pending' THEN
                     outcomes[i] := 'committed';
@@ -288,11 +290,12 @@ BEGIN
                         FOR j IN w_lo .. write_ends[i] LOOP
                             w := j;
                             val := NULL;
-                            EXECUTE write_sqls[j] INTO val USING write_args[j], write_pks[j];
+                            EXECUTE statements[write_sqls[j]] INTO val USING write_args[j], write_pks[j];
                             GET DIAGNOSTICS matched = ROW_COUNT;
                             IF matched = 0 AND write_checks[j] IS NOT NULL THEN
                                 RESET ROLE;
-                                EXECUTE write_checks[j] INTO found_row USING write_args[j], write_pks[j];
+                                EXECUTE statements[write_checks[j]] INTO found_row
+                                    USING write_args[j], write_pks[j];
                                 IF found_row THEN
                                     RAISE EXCEPTION 'the policies hide this row from the user'
                                         USING ERRCODE = 'MJ403';

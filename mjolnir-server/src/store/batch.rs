@@ -240,9 +240,12 @@ impl Committer {
                 a.write_keys
                     .push(serde_json::to_string(&r.key).expect("keys serialize"));
                 a.write_args.push(s.arg);
-                a.write_sqls.push(s.sql);
-                a.write_sets.push(s.set);
-                a.write_checks.push(s.check);
+                let sql = a.statement(s.sql);
+                a.write_sqls.push(sql);
+                let set = s.set.map(|q| a.statement(q));
+                a.write_sets.push(set);
+                let check = s.check.map(|q| a.statement(q));
+                a.write_checks.push(check);
             }
             a.read_ends.push(a.read_pks.len() as i32);
             a.write_ends.push(a.write_pks.len() as i32);
@@ -258,7 +261,7 @@ impl Committer {
             bool,
         );
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT * FROM mjolnir.commit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+            "SELECT * FROM mjolnir.commit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         )
         .bind(&hashes)
         .bind(&exclusive)
@@ -275,6 +278,7 @@ impl Committer {
         .bind(&a.write_pks)
         .bind(&a.write_keys)
         .bind(&a.write_args)
+        .bind(&a.statements)
         .bind(&a.write_sqls)
         .bind(&a.write_sets)
         .bind(&a.write_checks)
@@ -371,9 +375,25 @@ struct Arrays<'a> {
     write_pks: Vec<&'a str>,
     write_keys: Vec<String>,
     write_args: Vec<Value>,
-    write_sqls: Vec<String>,
-    write_sets: Vec<Option<String>>,
-    write_checks: Vec<Option<String>>,
+    /// Each statement text once; the writes refer to them by (1-based) index.
+    statements: Vec<String>,
+    statement_index: HashMap<String, i32>,
+    write_sqls: Vec<i32>,
+    write_sets: Vec<Option<i32>>,
+    write_checks: Vec<Option<i32>>,
+}
+
+impl Arrays<'_> {
+    /// The index of `sql` in `statements`, adding it if new.
+    fn statement(&mut self, sql: String) -> i32 {
+        if let Some(&i) = self.statement_index.get(&sql) {
+            return i;
+        }
+        self.statements.push(sql.clone());
+        let i = self.statements.len() as i32;
+        self.statement_index.insert(sql, i);
+        i
+    }
 }
 
 /// The outcome of a transaction `mjolnir.commit_batch` committed: the change set as the
