@@ -112,3 +112,50 @@ async fn pushes_never_show_a_row_the_policies_hide() {
         "the push to bob must not carry the hidden row"
     );
 }
+
+/// A change set too large for a NOTIFY payload (8000 bytes) travels through
+/// `mjolnir.commit_log` and still reaches the other instance whole, with JSON that needs
+/// escaping (quotes, backslashes, non-ASCII) intact.
+#[tokio::test]
+async fn a_large_change_set_reaches_other_instances_through_the_log() {
+    let db = TestDb::new("push_large").await;
+    let app = app_with_schema(COUNTER_SCHEMA);
+    let a = db.start(app.path()).await;
+    let b = db.start(app.path()).await;
+    let writer = Client::connect(&a.ws_url(), Some("w")).await.unwrap();
+    let watcher = Client::connect(&b.ws_url(), Some("v")).await.unwrap();
+    let k = Key::kv("essay \"quoted\" ünïcode");
+    let mut pushes = watcher.pushes();
+    watcher.read(vec![k.clone()]).await.unwrap();
+
+    let text = "a \"line\" with a \\ and ö\n".repeat(1000);
+    let value = json!({ "text": text, "n": 12345678901234i64 });
+    let put = writes(vec![(
+        k.clone(),
+        WriteOp::Put {
+            value: value.clone(),
+        },
+    )]);
+    let CommitOutcome::Committed(version) = writer
+        .commit(writer.next_txn_id(), ReadSet::new(), put)
+        .await
+        .unwrap()
+    else {
+        panic!("a blind put commits")
+    };
+    let (pushed, changes) = next_push(&mut pushes).await;
+    assert_eq!(pushed, version);
+    assert_eq!(
+        changes,
+        vec![Entry {
+            key: k,
+            version,
+            value: Some(value)
+        }]
+    );
+    let (logged,): (i64,) = sqlx::query_as("SELECT count(*) FROM mjolnir.commit_log")
+        .fetch_one(&db.pool().await)
+        .await
+        .unwrap();
+    assert_eq!(logged, 1, "the change set went through the log");
+}
