@@ -36,6 +36,11 @@ say() { printf 'bench: %s\n' "$*"; }
 # Each run is bounded: its warm-up and window (seconds, maybe fractional), plus a minute.
 RUN_TIMEOUT=$(awk -v w="$WARMUP" -v s="$SECONDS_PER_RUN" 'BEGIN { printf "%d", w + s + 61 }')
 
+# Everything the build needs (packages, the wasm target, pinned wasm-bindgen-cli, the npm
+# packages of js/): a fresh clone runs this one command.
+scripts/setup.sh
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH" # wasm-bindgen, installed by setup.sh
+
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 say "building (release) into $CARGO_TARGET_DIR"
 cargo build --release -p mjolnir-server --bin mjolnir -p mjolnir-bench --bin mjolnir-bench
@@ -170,7 +175,7 @@ say "server memory"
 # The client half: the browser runtime in headless Chromium (js/bench/client.mjs), served
 # by the same release server; its section is appended to the same document.
 say "client benchmark (headless Chromium)"
-PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH" node js/build.mjs >"$WORK/js-build.log" 2>&1 ||
+node js/build.mjs >"$WORK/js-build.log" 2>&1 ||
     { tail -n 20 "$WORK/js-build.log" >&2 && exit 1; }
 client_args=()
 [[ $MODE == quick ]] && client_args=(--quick)
