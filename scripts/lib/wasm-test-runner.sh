@@ -8,7 +8,8 @@
 set -uo pipefail
 
 # At about one hang in four attempts, 3 attempts left a CI run a few percent likely to fail
-# on no test at all; 5 shorter ones make that about a thousandth, at most 5 minutes a binary.
+# on no test at all; 5 shorter ones make it about one in a thousand for each binary, at the
+# cost of at most 5 minutes a binary.
 limit=${WASM_TEST_LIMIT:-60}
 attempts=${WASM_TEST_ATTEMPTS:-5}
 for ((attempt = 1; attempt <= attempts; attempt++)); do
