@@ -101,11 +101,19 @@ impl Gate {
         Gate { hold, commit }
     }
 
-    /// Lets the queued commits (`running`, spawned in order) go, and returns their outcomes.
-    async fn open(
+    /// Queues `txns` behind the gate in this order, then opens it: they form one batch.
+    /// Returns their outcomes, in order.
+    async fn commit_in_order(
         self,
-        running: Vec<tokio::task::JoinHandle<Result<CommitOutcome, mjolnir_client::ClientError>>>,
+        txns: Vec<(Client, TxnId, ReadSet, WriteSet)>,
     ) -> Vec<CommitOutcome> {
+        let mut running = Vec::new();
+        for (client, txn, reads, w) in txns {
+            running.push(tokio::spawn(
+                async move { client.commit(txn, reads, w).await },
+            ));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
         self.hold.rollback().await.unwrap();
         assert!(matches!(
@@ -118,6 +126,15 @@ impl Gate {
         }
         outcomes
     }
+}
+
+/// A server whose commits share one lane, in batches of at most `group_commit`.
+async fn start_one_lane(db: &TestDb, app: &std::path::Path, group_commit: usize) -> Running {
+    db.start_with(app, |c| {
+        c.knobs.group_commit = group_commit;
+        c.knobs.group_commit_lanes = 1;
+    })
+    .await
 }
 
 /// Transactions per batch seen by `server`: (batches, transactions, batches of more than 4).
@@ -142,12 +159,7 @@ fn batches(server: &Running) -> (u64, u64, u64) {
 async fn mixed_batch(group_commit: usize) {
     let db = TestDb::new(&format!("gc_mixed_{group_commit}")).await;
     let app = app_with_schema(&schema());
-    let server = db
-        .start_with(app.path(), |c| {
-            c.knobs.group_commit = group_commit;
-            c.knobs.group_commit_lanes = 1;
-        })
-        .await;
+    let server = start_one_lane(&db, app.path(), group_commit).await;
     let url = server.ws_url();
     let connect = async |user: &str| Client::connect(&url, Some(user)).await.unwrap();
 
@@ -224,15 +236,7 @@ async fn mixed_batch(group_commit: usize) {
             set_balances(&[(7, 50), (8, 150)]),
         ),
     ];
-    let mut running = Vec::new();
-    for (client, txn, reads, w) in txns {
-        running.push(tokio::spawn(
-            async move { client.commit(txn, reads, w).await },
-        ));
-        // Queue them in this order.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let outcomes = gate.open(running).await;
+    let outcomes = gate.commit_in_order(txns).await;
 
     let CommitOutcome::Committed(v1) = outcomes[0] else {
         panic!("1 commits: {outcomes:?}")
@@ -339,12 +343,7 @@ async fn the_same_transactions_without_group_commit() {
 async fn a_clean_batch_is_applied_set_based() {
     let db = TestDb::new("gc_set_based").await;
     let app = app_with_schema(PLAIN);
-    let server = db
-        .start_with(app.path(), |c| {
-            c.knobs.group_commit = 64;
-            c.knobs.group_commit_lanes = 1;
-        })
-        .await;
+    let server = start_one_lane(&db, app.path(), 64).await;
     let url = server.ws_url();
     let connect = async |user: &str| Client::connect(&url, Some(user)).await.unwrap();
     let gate = Gate::close(&db, &url).await;
@@ -396,15 +395,11 @@ async fn a_clean_batch_is_applied_set_based() {
             )]),
         ),
     ];
-    let mut running = Vec::new();
-    for (client, reads, w) in txns {
-        let txn = client.next_txn_id();
-        running.push(tokio::spawn(
-            async move { client.commit(txn, reads, w).await },
-        ));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let outcomes = gate.open(running).await;
+    let txns = txns
+        .into_iter()
+        .map(|(client, reads, w)| (client.clone(), client.next_txn_id(), reads, w))
+        .collect();
+    let outcomes = gate.commit_in_order(txns).await;
 
     let committed = |i: usize| match &outcomes[i] {
         CommitOutcome::Committed(v) => *v,
@@ -486,12 +481,7 @@ async fn a_deferred_constraint_is_checked_for_each_transaction_of_a_batch() {
                             CONSTRAINT x_once UNIQUE (x) DEFERRABLE INITIALLY DEFERRED);
          INSERT INTO tags VALUES (1, 1), (2, 5);"
     ));
-    let server = db
-        .start_with(app.path(), |c| {
-            c.knobs.group_commit = 64;
-            c.knobs.group_commit_lanes = 1;
-        })
-        .await;
+    let server = start_one_lane(&db, app.path(), 64).await;
     let url = server.ws_url();
     let gate = Gate::close(&db, &url).await;
     let (alice, bob) = (
@@ -509,15 +499,12 @@ async fn a_deferred_constraint_is_checked_for_each_transaction_of_a_batch() {
     };
     let r1 = read_set(&alice, &[tag(1)]).await;
     let r2 = read_set(&bob, &[tag(2)]).await;
-    let mut running = Vec::new();
-    for (client, reads, w) in [(alice, r1, set_x(1, 5)), (bob, r2, set_x(2, 6))] {
-        let txn = client.next_txn_id();
-        running.push(tokio::spawn(
-            async move { client.commit(txn, reads, w).await },
-        ));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let outcomes = gate.open(running).await;
+    let outcomes = gate
+        .commit_in_order(vec![
+            (alice.clone(), alice.next_txn_id(), r1, set_x(1, 5)),
+            (bob.clone(), bob.next_txn_id(), r2, set_x(2, 6)),
+        ])
+        .await;
     assert!(
         matches!(&outcomes[0], CommitOutcome::Rejected(e) if e.code == ErrorKind::ConstraintViolation),
         "the first takes a value still in use: {outcomes:?}"
