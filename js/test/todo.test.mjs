@@ -212,7 +212,7 @@ describe('the shared todo list', () => {
     assert.equal(rows().length, count, 'nothing reached the database');
     // The aborts re-rendered the templates: they show the filter, and `done` items are
     // hidden under `open` (todo.css, from the list's data-filter template).
-    assert.match(await summary(alice), /^Showing open of \d+ items; you added 2\./);
+    await until(() => summary(alice), (s) => /^Showing open of \d+ items; you added 2\./.test(s), { what: 'the summary after the aborts' });
     assert.equal(await alice.getAttribute('#todos', 'data-filter'), 'open');
     assert.equal(await itemNamed(alice, 'water plants').isVisible(), false);
     assert.equal(await itemNamed(alice, 'call mum').isVisible(), true);
