@@ -1,6 +1,6 @@
 // Builds the npm package into dist/: the wasm runtime (cargo, then the wasm-bindgen CLI
-// pinned to the crate's version), the TypeScript types of the wire protocol (generated
-// from mjolnir-core), then the two entry points bundled by esbuild:
+// pinned to the crate's version, then binaryen's wasm-opt), the TypeScript types of the wire
+// protocol (generated from mjolnir-core), then the two entry points bundled by esbuild:
 //   dist/index.js   ESM: `import { connect } from 'mjolnir-web'`
 //   dist/mjolnir.js the <script> drop-in: global `mjolnir`, automatic mode and templates.
 // Usage: node build.mjs [--debug]
@@ -47,6 +47,17 @@ rmSync(build, { recursive: true, force: true });
 rmSync(dist, { recursive: true, force: true });
 mkdirSync(dist, { recursive: true });
 run('wasm-bindgen', ['--target', 'web', '--remove-name-section', '--remove-producers-section', '--out-dir', join(build, 'wasm'), '--out-name', 'mjolnir', wasm]);
+if (!debug) {
+  // Binaryen's wasm-opt (the npm package `binaryen`, pinned in package.json) over what
+  // wasm-bindgen wrote; it reads the wasm features rustc used from the module's
+  // target_features section, then drops that section. -O2 rather than -Oz, and one-caller
+  // inlining only of small functions (-ocimfs 20): measured by gzip -9 (js/bench/client.mjs),
+  // inlining each function that has one caller makes the module smaller raw but about 10 KB
+  // larger gzipped. See docs/client.md, "Shipped size".
+  const wasmOpt = join(here, 'node_modules', '.bin', 'wasm-opt');
+  const out = join(build, 'wasm', 'mjolnir_bg.wasm');
+  run(wasmOpt, ['-O2', '-ocimfs', '20', '--strip-target-features', out, '-o', out]);
+}
 run('cargo', ['run', '-q', '-p', 'mjolnir-core', '--features', 'ts', '--example', 'typescript', '--',
   join(dist, 'protocol.d.ts')]);
 
