@@ -77,7 +77,8 @@ echo "MJOLNIR_TEST_WS_URL=$MJOLNIR_TEST_WS_URL"
 
 step "cargo test -p mjolnir-wasm --target wasm32-unknown-unknown (headless Chromium)"
 # wasm-bindgen-test-runner starts chromedriver, which starts Chromium headless with the
-# flags in mjolnir-wasm/webdriver.json; scripts/lib/wasm-test-runner.sh bounds it in time.
+# flags in mjolnir-wasm/webdriver.json; scripts/lib/wasm-test-runner.sh works around a hang in
+# the runner's own HTTP server and bounds each run in time.
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$PWD/scripts/lib/wasm-test-runner.sh" \
     CHROMEDRIVER="${CHROMEDRIVER:-$(command -v chromedriver || echo /usr/bin/chromedriver)}" \
     cargo test -p mjolnir-wasm --target wasm32-unknown-unknown
