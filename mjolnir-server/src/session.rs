@@ -337,14 +337,21 @@ async fn commit(
     }
 }
 
+/// The most queued messages written before one flush.
+const COALESCE: usize = 64;
+
 /// Drains the outgoing queue into the transport. On `kill` (the queue is full and the
 /// client must go) the close frame skips the queue.
+///
+/// Messages already queued behind the first (a commit's reply and its push, a burst of
+/// pushes) are written before one flush, so they share a system call; at most
+/// [`COALESCE`] of them, so a busy queue still flushes.
 async fn write_loop<O>(mut rx: mpsc::Receiver<Outgoing>, kill: Arc<Notify>, mut sink: O)
 where
     O: Sink<Outgoing> + Unpin,
 {
-    loop {
-        let next = tokio::select! {
+    'outer: loop {
+        let mut next = tokio::select! {
             biased;
             _ = kill.notified() => Outgoing::Close(close_code::SLOW_CONSUMER, "too slow to follow pushes".to_owned()),
             msg = rx.recv() => match msg {
@@ -352,8 +359,25 @@ where
                 None => break,
             },
         };
-        let closing = matches!(next, Outgoing::Close(..));
-        if sink.send(next).await.is_err() || closing {
+        let mut fed = 0;
+        loop {
+            if matches!(next, Outgoing::Close(..)) {
+                let _ = sink.send(next).await;
+                break 'outer;
+            }
+            if sink.feed(next).await.is_err() {
+                break 'outer;
+            }
+            fed += 1;
+            if fed == COALESCE {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(more) => next = more,
+                Err(_) => break,
+            }
+        }
+        if sink.flush().await.is_err() {
             break;
         }
     }
