@@ -456,6 +456,11 @@ async fn a_clean_batch_is_applied_set_based() {
             ("profiles".into(), "bob".into(), at(v5)),
         ]
     );
+    assert_set_based(&server, 5);
+}
+
+/// Fails unless at least `n` transactions were decided by the set-based path.
+fn assert_set_based(server: &Running, n: u32) {
     let metrics = server.state.metrics.render();
     let set_based = metrics
         .lines()
@@ -463,9 +468,75 @@ async fn a_clean_batch_is_applied_set_based() {
         .map(|v| v.trim().parse::<f64>().unwrap())
         .unwrap_or(0.0);
     assert!(
-        set_based >= 5.0,
-        "the batch of 5 was not set-based:\n{metrics}"
+        set_based >= f64::from(n),
+        "fewer than {n} transactions were set-based:\n{metrics}"
     );
+}
+
+/// The set forms of the other writes: deleting a row and a kv entry, and an update that
+/// sets nothing (it still locks the row). Each is a prepared statement of its own (migration
+/// 0005); one that failed would send the batch down the slow path, which the metric shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletes_and_empty_updates_are_applied_set_based() {
+    let db = TestDb::new("gc_set_deletes").await;
+    let app = app_with_schema(PLAIN);
+    let server = start_one_lane(&db, app.path(), 64).await;
+    let url = server.ws_url();
+    let pool = db.pool().await;
+    sqlx::query("INSERT INTO notes VALUES ('n1', 'gone soon'), ('n2', 'stays')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let alice = Client::connect(&url, Some("alice")).await.unwrap();
+    let put = writes(vec![(Key::kv("k"), WriteOp::Put { value: json!(1) })]);
+    let outcome = alice.commit(alice.next_txn_id(), ReadSet::new(), put).await;
+    assert!(
+        matches!(outcome, Ok(CommitOutcome::Committed(_))),
+        "{outcome:?}"
+    );
+
+    let gate = Gate::close(&db, &url).await;
+    let blind = |w: Vec<(Key, WriteOp)>| {
+        (
+            alice.clone(),
+            alice.next_txn_id(),
+            ReadSet::new(),
+            writes(w),
+        )
+    };
+    let txns = vec![
+        blind(vec![
+            (Key::row("notes", "n1"), WriteOp::Delete),
+            (Key::kv("k"), WriteOp::Delete),
+        ]),
+        blind(vec![(
+            acct(5),
+            WriteOp::Update {
+                set: obj(json!({})),
+            },
+        )]),
+        blind(vec![(acct(6), WriteOp::Delete)]),
+    ];
+    let outcomes = gate.commit_in_order(txns).await;
+    for (i, o) in outcomes.iter().enumerate() {
+        assert!(matches!(o, CommitOutcome::Committed(_)), "{}: {o:?}", i + 1);
+    }
+    let count = async |sql: &'static str| -> i64 {
+        let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&pool).await.unwrap();
+        n
+    };
+    assert_eq!(count("SELECT count(*) FROM notes WHERE id = 'n1'").await, 0);
+    assert_eq!(count("SELECT count(*) FROM notes").await, 1);
+    assert_eq!(
+        count("SELECT count(*) FROM mjolnir.kv WHERE key = 'k'").await,
+        0
+    );
+    assert_eq!(count("SELECT count(*) FROM accounts").await, 9);
+    assert_eq!(
+        count("SELECT count(*) FROM accounts WHERE id = 5 AND balance = 100").await,
+        1
+    );
+    assert_set_based(&server, 3);
 }
 
 /// With a deferred constraint in the database, batches are decided one transaction at a
