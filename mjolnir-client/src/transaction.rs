@@ -15,20 +15,31 @@ use std::collections::{HashMap, HashSet};
 /// read (plus the attempt's own writes) without a round trip, because the commit is
 /// validated against the first version read anyway. That also keeps each attempt's view
 /// of a key stable.
+///
+/// A retry that goes at once after a conflict starts from what the conflicted attempt
+/// knew: the stale keys at the values the conflict reply carried, the others as that
+/// attempt read them (the server validated them and found them current). It reads from
+/// the server only keys that no earlier attempt read, as the browser runtime does with
+/// its cache; whatever changed since is caught by the commit's validation like any other
+/// stale read. A retry that first waits out a back-off reads everything again: this client
+/// keeps no pushed cache, so what it knew would be as old as the wait.
 #[derive(Debug)]
 pub struct Tx {
     client: Client,
     txn: Transaction,
     /// The committed value of each key read so far.
     seen: HashMap<Key, Option<Value>>,
+    /// What earlier attempts of this run learned: each key's version and value.
+    known: HashMap<Key, (Version, Option<Value>)>,
 }
 
 impl Tx {
-    fn new(client: Client) -> Tx {
+    fn new(client: Client, known: HashMap<Key, (Version, Option<Value>)>) -> Tx {
         Tx {
             client,
             txn: Transaction::new(),
             seen: HashMap::new(),
+            known,
         }
     }
 
@@ -40,6 +51,14 @@ impl Tx {
 
     /// What this attempt sees at each of `keys`, in order, in at most one round trip.
     pub async fn get_many(&mut self, keys: Vec<Key>) -> Result<Vec<Option<Value>>, ClientError> {
+        for k in &keys {
+            if !self.seen.contains_key(k)
+                && let Some((version, value)) = self.known.remove(k)
+            {
+                self.txn.reads.record(k.clone(), version);
+                self.seen.insert(k.clone(), value);
+            }
+        }
         let mut asked = HashSet::new();
         let missing: Vec<Key> = keys
             .iter()
@@ -115,8 +134,10 @@ pub struct Committed<T> {
 
 impl Client {
     /// Runs `f` as a transaction: each attempt gets a fresh [`Tx`], and its writes are
-    /// committed with the versions it read. A conflict starts a new attempt, which re-reads
-    /// from the server, after the delay `policy` says; anything else ends the run.
+    /// committed with the versions it read. A conflict starts a new attempt after the
+    /// delay `policy` says; one that goes at once sees the stale keys as the conflict reply
+    /// gave them and reads from the server only keys no earlier attempt read (see [`Tx`]).
+    /// Anything else ends the run.
     ///
     /// `f` may run several times, so it should have no effect beyond the `Tx`. A read-only
     /// attempt commits nothing and is not validated: if it read in several round trips, it
@@ -133,12 +154,14 @@ impl Client {
         mut f: impl AsyncFnMut(&mut Tx) -> Result<T, TxAbort>,
     ) -> Result<Committed<T>, ClientError> {
         let mut attempt = 1;
+        let mut known = HashMap::new();
         loop {
             let delay = policy.delay_before(attempt, &mut rand::rng());
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
+                known.clear();
             }
-            let mut tx = Tx::new(self.clone());
+            let mut tx = Tx::new(self.clone(), std::mem::take(&mut known));
             let value = match f(&mut tx).await {
                 Ok(value) => value,
                 Err(TxAbort::User(why)) => return Err(ClientError::Aborted(why)),
@@ -151,7 +174,12 @@ impl Client {
                     attempts: attempt,
                 });
             }
-            let Transaction { reads, writes } = tx.txn;
+            let Tx {
+                txn: Transaction { reads, writes },
+                mut seen,
+                ..
+            } = tx;
+            let read_at: Vec<(Key, Version)> = reads.iter().map(|(k, v)| (k.clone(), v)).collect();
             match self.commit(self.next_txn_id(), reads, writes).await? {
                 CommitOutcome::Committed(version) => {
                     return Ok(Committed {
@@ -172,7 +200,19 @@ impl Client {
                         key: first.key,
                     });
                 }
-                CommitOutcome::Conflict(_) => attempt += 1,
+                CommitOutcome::Conflict(stale) => {
+                    known = read_at
+                        .into_iter()
+                        .map(|(k, v)| {
+                            let value = seen.remove(&k).flatten();
+                            (k, (v, value))
+                        })
+                        .collect();
+                    for e in stale {
+                        known.insert(e.key, (e.version, e.value));
+                    }
+                    attempt += 1;
+                }
             }
         }
     }
