@@ -20,6 +20,14 @@ pub enum Outcome {
     GaveUp { attempts: u64 },
 }
 
+impl Outcome {
+    pub fn attempts(self) -> u64 {
+        match self {
+            Outcome::Done { attempts } | Outcome::GaveUp { attempts } => attempts,
+        }
+    }
+}
+
 /// One simulated client of a system.
 pub trait Worker: Send + 'static {
     /// Moves one unit from `from` to `to` if `from` has it, as one transaction.
@@ -74,6 +82,12 @@ async fn client_loop<W: Worker>(
         let (a, b) = workload.pick(&mut rng);
         let outcome = worker.transfer(a, b).await?;
         let ended = Instant::now();
+        if ended > until && began < until {
+            // Begun in the window but finished after it: not counted, but its attempts
+            // still count for the starvation check, which would otherwise miss exactly the
+            // transfers that retried longest.
+            rec.straggler(outcome.attempts());
+        }
         if ended < from || ended > until {
             continue;
         }

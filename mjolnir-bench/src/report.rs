@@ -124,7 +124,8 @@ pub fn render(results: &[RunResult], ctx: &Context) -> String {
          transfers per second. *abort rate*: OCC conflicts / commit attempts (pgbench and \
          the endpoint lock rows, so they never abort). *p50/p99*: latency of a whole \
          transfer, retries included. *max attempts*: the most attempts one transfer needed \
-         (starvation check). The systems run interleaved (pgbench, endpoint, Mjölnir, for \
+         (starvation check; it also counts transfers begun in the window that ended after it, \
+         which retried longest). The systems run interleaved (pgbench, endpoint, Mjölnir, for \
          each point) for {rounds} round(s); tables give medians over rounds, ratios give the \
          median and each round's value.\n"
     );

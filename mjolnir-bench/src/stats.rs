@@ -58,6 +58,12 @@ impl Recorder {
         self.max_attempts = self.max_attempts.max(attempts);
     }
 
+    /// A transfer begun in the window that ended after it: counted nowhere else, but its
+    /// attempts belong to the starvation check.
+    pub fn straggler(&mut self, attempts: u64) {
+        self.max_attempts = self.max_attempts.max(attempts);
+    }
+
     pub fn merge(&mut self, other: &Recorder) {
         self.latency
             .add(&other.latency)
