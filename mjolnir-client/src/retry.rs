@@ -6,7 +6,8 @@ use std::time::Duration;
 /// When [`crate::Client::run`] retries a transaction after a conflict.
 ///
 /// The first retry goes at once: a conflict means another transaction just committed, and
-/// the retry re-reads its result, so it usually succeeds. Later retries back off
+/// the conflict reply carried its result, which the retry starts from, so it usually
+/// succeeds. Later retries back off
 /// exponentially (`base_delay`, doubling, capped at `max_delay`) because repeated conflicts
 /// mean a hot key, where immediate retries only collide again. Each delay is jittered within
 /// its upper half, so clients that conflicted together spread out, yet every delay keeps a

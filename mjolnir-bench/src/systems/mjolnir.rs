@@ -1,6 +1,7 @@
 //! Mjölnir, driven over its WebSocket protocol by the native client: one connection per
 //! simulated client, each transfer a `Client::run` transaction (read both rows in one round
-//! trip, buffer two updates, commit; a conflict re-runs it).
+//! trip, buffer two updates, commit; a conflict re-runs it, at once from the values the
+//! conflict reply carried, or after a back-off with a fresh read).
 
 use crate::driver::{Outcome, Worker};
 use crate::workload::{AMOUNT, enough};
