@@ -31,7 +31,8 @@ ensure_debian_packages() {
 }
 
 # postgresql: the server the tests and `mjolnir dev` run privately (initdb, pg_ctl, postgres).
-# build-essential: the C linker rustc needs, only when `cc` is missing.
+# build-essential: the C linker rustc needs and the C compiler mimalloc's build uses (the
+# server's allocator), only when `cc` is missing.
 # curl: scripts/test.sh asks the test server's /healthz whether it is up.
 packages=(postgresql postgresql-contrib)
 command -v cc >/dev/null || packages+=(build-essential)

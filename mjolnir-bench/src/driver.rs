@@ -82,8 +82,9 @@ async fn client_loop<W: Worker>(
         let (a, b) = workload.pick(&mut rng);
         let outcome = worker.transfer(a, b).await?;
         let ended = Instant::now();
-        if ended > until && began < until {
-            // Begun in the window but finished after it: not counted, but its attempts
+        if ended > until {
+            // Begun in the window (the loop stops at its end) but finished after it: not
+            // counted, but its attempts
             // still count for the starvation check, which would otherwise miss exactly the
             // transfers that retried longest.
             rec.straggler(outcome.attempts());

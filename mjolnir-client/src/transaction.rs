@@ -179,7 +179,11 @@ impl Client {
                 mut seen,
                 ..
             } = tx;
-            let read_at: Vec<(Key, Version)> = reads.iter().map(|(k, v)| (k.clone(), v)).collect();
+            // What this attempt read, for the next one if this one conflicts.
+            let mut learned: HashMap<Key, (Version, Option<Value>)> = reads
+                .iter()
+                .map(|(k, v)| (k.clone(), (v, seen.remove(k).flatten())))
+                .collect();
             match self.commit(self.next_txn_id(), reads, writes).await? {
                 CommitOutcome::Committed(version) => {
                     return Ok(Committed {
@@ -201,16 +205,10 @@ impl Client {
                     });
                 }
                 CommitOutcome::Conflict(stale) => {
-                    known = read_at
-                        .into_iter()
-                        .map(|(k, v)| {
-                            let value = seen.remove(&k).flatten();
-                            (k, (v, value))
-                        })
-                        .collect();
                     for e in stale {
-                        known.insert(e.key, (e.version, e.value));
+                        learned.insert(e.key, (e.version, e.value));
                     }
+                    known = learned;
                     attempt += 1;
                 }
             }

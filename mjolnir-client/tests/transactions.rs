@@ -98,12 +98,16 @@ async fn run_retries_conflicts_only_and_sends_nothing_it_need_not() {
             let error = ErrorReply::new(ErrorKind::Forbidden, "not yours").with_key(counter());
             send(&mut ws, ServerMessage::Rejected { txn, error }).await;
 
-            // Two conflicts use up two attempts; the second attempt reads nothing.
+            // Three conflicts use up three attempts. The second goes at once and reads
+            // nothing; the third comes after a back-off, so it reads again.
             answer_read(&mut ws, 3, 6).await;
             let txn = expect_increment(&mut ws, 3, 6).await;
             conflict(&mut ws, txn, 4, 7).await;
             let txn = expect_increment(&mut ws, 4, 7).await;
             conflict(&mut ws, txn, 5, 8).await;
+            answer_read(&mut ws, 6, 9).await;
+            let txn = expect_increment(&mut ws, 6, 9).await;
+            conflict(&mut ws, txn, 7, 10).await;
 
             // Aborted by the closure: just the read.
             answer_read(&mut ws, 4, 7).await;
@@ -161,12 +165,12 @@ async fn run_retries_conflicts_only_and_sends_nothing_it_need_not() {
             other => panic!("expected the rejection, got {other:?}"),
         }
 
-        let twice = RetryPolicy {
-            max_attempts: 2,
+        let thrice = RetryPolicy {
+            max_attempts: 3,
             ..RetryPolicy::default()
         };
-        match client.run(&twice, async |tx| increment(tx).await).await {
-            Err(ClientError::TooManyConflicts { attempts: 2, key }) => assert_eq!(key, counter()),
+        match client.run(&thrice, async |tx| increment(tx).await).await {
+            Err(ClientError::TooManyConflicts { attempts: 3, key }) => assert_eq!(key, counter()),
             other => panic!("expected too many conflicts, got {other:?}"),
         }
 
