@@ -146,15 +146,46 @@ impl Client {
     }
 
     /// Sends one commit and waits for its outcome. No retry: see [`Client::run`] for that.
+    ///
+    /// `txn` may have been sent before, on this connection or another: the server checks
+    /// it against the ids that committed. For a transaction never sent, [`Client::commit_new`]
+    /// lets the server answer a conflict it already knows of without the database.
     pub async fn commit(
         &self,
         txn: TxnId,
         reads: ReadSet,
         writes: WriteSet,
     ) -> Result<CommitOutcome, ClientError> {
+        self.send_commit(txn, reads, writes, false).await
+    }
+
+    /// Commits under a fresh txn id, its first send. The id is returned with the outcome:
+    /// if the connection drops first, re-send with [`Client::commit`] under that id.
+    pub async fn commit_new(
+        &self,
+        reads: ReadSet,
+        writes: WriteSet,
+    ) -> Result<(TxnId, CommitOutcome), ClientError> {
+        let txn = self.next_txn_id();
+        let outcome = self.send_commit(txn.clone(), reads, writes, true).await?;
+        Ok((txn, outcome))
+    }
+
+    async fn send_commit(
+        &self,
+        txn: TxnId,
+        reads: ReadSet,
+        writes: WriteSet,
+        first: bool,
+    ) -> Result<CommitOutcome, ClientError> {
         let outcome = self.inner.routes.expect_outcome(txn.clone())?;
-        self.send(ClientMessage::Commit { txn, reads, writes }.to_json())
-            .await?;
+        let msg = ClientMessage::Commit {
+            txn,
+            reads,
+            writes,
+            first,
+        };
+        self.send(msg.to_json()).await?;
         outcome.await.map_err(|_| ClientError::Disconnected)
     }
 

@@ -184,7 +184,7 @@ impl Client {
                 .iter()
                 .map(|(k, v)| (k.clone(), (v, seen.remove(k).flatten())))
                 .collect();
-            match self.commit(self.next_txn_id(), reads, writes).await? {
+            match self.commit_new(reads, writes).await?.1 {
                 CommitOutcome::Committed(version) => {
                     return Ok(Committed {
                         value,

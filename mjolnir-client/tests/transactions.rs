@@ -28,7 +28,16 @@ async fn answer_read(ws: &mut ServerWs, version: u64, value: i64) {
 /// Expects the commit of an increment from `value` read at `version`; returns its txn id.
 async fn expect_increment(ws: &mut ServerWs, version: u64, value: i64) -> TxnId {
     match next_msg(ws).await {
-        Some(ClientMessage::Commit { txn, reads, writes }) => {
+        Some(ClientMessage::Commit {
+            txn,
+            reads,
+            writes,
+            first,
+        }) => {
+            assert!(
+                first,
+                "each attempt's commit is the first send of its txn id"
+            );
             assert_eq!(
                 reads,
                 [(counter(), Version(version))]

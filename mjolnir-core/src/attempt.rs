@@ -180,7 +180,12 @@ impl Attempt {
         if reads.is_empty() && writes.is_empty() {
             return Finish::Nothing;
         }
-        Finish::Commit(ClientMessage::Commit { txn, reads, writes })
+        Finish::Commit(ClientMessage::Commit {
+            txn,
+            reads,
+            writes,
+            first: true,
+        })
     }
 }
 
@@ -407,7 +412,8 @@ mod tests {
             ClientMessage::Commit {
                 txn: txn(),
                 reads,
-                writes: WriteSet::new()
+                writes: WriteSet::new(),
+                first: true,
             }
         );
 

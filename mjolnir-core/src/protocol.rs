@@ -101,6 +101,13 @@ pub enum ClientMessage {
         txn: TxnId,
         reads: ReadSet,
         writes: WriteSet,
+        /// Set on the first send of `txn` only. Such a commit cannot have been applied
+        /// already, so a server that knows one of its reads is stale may answer the
+        /// conflict at once, without the database. A re-send after a lost connection
+        /// leaves it out: its own first send may have made its reads stale, so only the
+        /// database's record of committed ids can answer it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        first: bool,
     },
     /// Stop pushing changes of these keys (the client evicted them from its cache).
     Unsubscribe { keys: Vec<Key> },
@@ -163,6 +170,14 @@ impl ClientMessage {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("client messages always serialize")
+    }
+
+    /// This message as sent again after a reconnect: a commit loses its `first` mark.
+    pub fn resent(mut self) -> ClientMessage {
+        if let ClientMessage::Commit { first, .. } = &mut self {
+            *first = false;
+        }
+        self
     }
 }
 
@@ -294,9 +309,10 @@ mod tests {
             (
                 arb_txn(),
                 prop::collection::vec((arb_key(), arb_version()), 0..5),
-                prop::collection::vec((arb_key(), arb_op()), 0..5)
+                prop::collection::vec((arb_key(), arb_op()), 0..5),
+                any::<bool>()
             )
-                .prop_map(|(txn, reads, writes)| {
+                .prop_map(|(txn, reads, writes, first)| {
                     let reads = reads.into_iter().collect();
                     let mut ws = WriteSet::new();
                     for (k, op) in writes {
@@ -306,6 +322,7 @@ mod tests {
                         txn,
                         reads,
                         writes: ws,
+                        first,
                     }
                 }),
             prop::collection::vec(arb_key(), 0..5)
@@ -413,5 +430,24 @@ mod tests {
             writes.get(&Key::row("users", "alice")),
             Some(WriteOp::Update { .. })
         ));
+    }
+
+    /// A commit without `first` (every client before the field existed) is taken as a
+    /// possible re-send, the safe reading; a re-sent message drops the mark.
+    #[test]
+    fn only_a_marked_commit_is_a_first_send() {
+        let text = r#"{"type":"commit","txn":"c1:1","reads":[],"writes":[]}"#;
+        let msg = ClientMessage::parse(text).unwrap();
+        assert!(matches!(msg, ClientMessage::Commit { first: false, .. }));
+        let first = ClientMessage::Commit {
+            txn: TxnId("c1:2".into()),
+            reads: ReadSet::new(),
+            writes: WriteSet::new(),
+            first: true,
+        };
+        assert!(first.to_json().contains(r#""first":true"#));
+        let again = first.resent();
+        assert!(!again.to_json().contains("first"));
+        assert!(matches!(again, ClientMessage::Commit { first: false, .. }));
     }
 }

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub read_batch_size: Histogram,
     /// Transactions decided by the set-based path of group commit.
     pub set_based_commits: Counter,
+    /// Conflicts answered from the instance's recent commits, without the database.
+    pub known_stale_commits: Counter,
     pub open_connections: Gauge,
     pub pushes: Counter,
     pub slow_consumers: Counter,
@@ -48,6 +50,7 @@ impl Default for Metrics {
             commit_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             read_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             set_based_commits: Counter::default(),
+            known_stale_commits: Counter::default(),
             open_connections: Gauge::default(),
             pushes: Counter::default(),
             slow_consumers: Counter::default(),
@@ -88,6 +91,11 @@ impl Default for Metrics {
             "set_based_commits",
             "Transactions decided by the set-based path of group commit",
             m.set_based_commits.clone(),
+        );
+        registry.register(
+            "known_stale_commits",
+            "Conflicts answered from the instance's recent commits, without the database",
+            m.known_stale_commits.clone(),
         );
         registry.register(
             "open_connections",

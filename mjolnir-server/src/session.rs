@@ -232,14 +232,20 @@ async fn serve<I>(
                     drop(permit);
                 });
             }
-            ClientMessage::Commit { txn, reads, writes } => {
+            ClientMessage::Commit {
+                txn,
+                reads,
+                writes,
+                first,
+            } => {
                 let (state, outbox, user) = (state.clone(), outbox.clone(), user.clone());
                 let span = tracing::info_span!("commit", %txn);
                 // The commit runs to its end even if this connection drops meanwhile: its
                 // outcome is then decided, and a re-send of the same txn id gets it.
                 tokio::spawn(
                     async move {
-                        let reply = commit(&state, user.as_deref(), txn, reads, writes).await;
+                        let reply =
+                            commit(&state, user.as_deref(), txn, reads, writes, first).await;
                         let _ = outbox.queue.send(Outgoing::Message(reply)).await;
                         drop(permit);
                     }
@@ -296,9 +302,10 @@ async fn commit(
     txn: TxnId,
     reads: ReadSet,
     writes: WriteSet,
+    first: bool,
 ) -> ServerMessage {
     let started = Instant::now();
-    let outcome = state.store.commit(user, &txn, &reads, &writes).await;
+    let outcome = state.store.commit(user, &txn, &reads, &writes, first).await;
     state
         .metrics
         .commit_latency

@@ -860,7 +860,8 @@ impl Events for Runtime {
         *self.tables.borrow_mut() = tables;
         // Everything in flight when the socket dropped is sent again: reads are harmless
         // to repeat, and commits keep their txn ids, so the server answers a commit that
-        // already landed instead of applying it twice.
+        // already landed instead of applying it twice. Re-sent commits lose their `first`
+        // mark, which would let the server answer them as conflicts from memory.
         let reads: Vec<ClientMessage> = self
             .reads
             .borrow()
@@ -874,7 +875,7 @@ impl Events for Runtime {
             .commits
             .borrow()
             .values()
-            .map(|(m, _)| m.clone())
+            .map(|(m, _)| m.clone().resent())
             .collect();
         let conn = self.conn.borrow();
         for m in reads.iter().chain(&commits) {

@@ -9,7 +9,11 @@
 //! and change set recorded, and its deferred constraints checked then and there. A refused write undoes that
 //! transaction alone. The end of the call is **the commit point of every transaction of
 //! the batch**; outcomes are answered only after it, and a conflict's fresh values are
-//! read after it too.
+//! read after it too, unless this instance committed them itself (`recent.rs`).
+//!
+//! Before a batch goes to the database, a first send that read a key at an older version
+//! than this instance has since committed is answered as a conflict at once (`recent.rs`):
+//! under contention that is most of what queues behind a batch.
 //!
 //! If the call fails as a whole, each transaction of the batch is committed again on its
 //! own with [`Committer::commit_alone`]: that is always safe, because a transaction that
@@ -21,6 +25,7 @@ use super::commit::{
 };
 use super::lanes::{self, Lanes, Runner};
 use super::read::read_as;
+use super::recent::Recent;
 use super::{Resolved, locks};
 use crate::error::{Result, ServerError};
 use crate::knobs::Knobs;
@@ -42,12 +47,18 @@ pub(crate) struct Committer {
     lanes: Lanes<Pending>,
     /// Transactions decided by the set-based path of `mjolnir.commit_batch`.
     set_based: Counter,
+    /// What this instance committed lately, to answer certain conflicts without the database.
+    recent: Recent,
+    /// Conflicts answered from `recent`.
+    known_stale: Counter,
 }
 
 #[derive(Debug)]
 pub(super) struct Pending {
     user: Option<String>,
     txn: TxnId,
+    /// The first send of `txn` (see `recent.rs` for why it matters).
+    first: bool,
     plan: Plan,
     reply: oneshot::Sender<Result<Outcome>>,
 }
@@ -69,6 +80,10 @@ impl Runner for Committer {
     }
 
     async fn run(self: Arc<Self>, batch: Vec<Pending>) {
+        let batch = self.answer_known_conflicts(batch);
+        if batch.is_empty() {
+            return;
+        }
         if let [_] = batch.as_slice() {
             let p = batch.into_iter().next().expect("one");
             let outcome = self.commit_alone(p.user.as_deref(), &p.txn, &p.plan).await;
@@ -88,6 +103,8 @@ impl Committer {
                 metrics.commit_batch_size.clone(),
             ),
             set_based: metrics.set_based_commits.clone(),
+            recent: Recent::default(),
+            known_stale: metrics.known_stale_commits.clone(),
             pool,
             knobs,
         }
@@ -98,6 +115,7 @@ impl Committer {
         self: &Arc<Self>,
         user: Option<String>,
         txn: TxnId,
+        first: bool,
         plan: Plan,
     ) -> Result<Outcome> {
         let (reply, outcome) = oneshot::channel();
@@ -106,6 +124,7 @@ impl Committer {
             Pending {
                 user,
                 txn,
+                first,
                 plan,
                 reply,
             },
@@ -116,6 +135,34 @@ impl Committer {
                 "the committer stopped before deciding this commit",
             )))
         })
+    }
+
+    /// The conflict of a first send that read a key older than this instance has
+    /// committed since (see `recent.rs`), if it did.
+    pub(super) fn known_conflict(&self, first: bool, plan: &Plan) -> Option<Outcome> {
+        if !first {
+            return None;
+        }
+        let stale = self.recent.stale(&plan.reads);
+        if stale.is_empty() {
+            return None;
+        }
+        self.known_stale.inc();
+        Some(Outcome::Conflict { stale })
+    }
+
+    /// Answers the known conflicts of a batch; returns the rest, in order.
+    fn answer_known_conflicts(&self, batch: Vec<Pending>) -> Vec<Pending> {
+        batch
+            .into_iter()
+            .filter_map(|p| match self.known_conflict(p.first, &p.plan) {
+                Some(conflict) => {
+                    let _ = p.reply.send(Ok(conflict));
+                    None
+                }
+                None => Some(p),
+            })
+            .collect()
     }
 
     async fn run_batch(self: &Arc<Self>, batch: Vec<Pending>) {
@@ -301,19 +348,33 @@ impl Committer {
                     version: Version(version.unwrap_or(0) as u64),
                 }),
                 "conflict" => {
-                    let keys: Vec<Resolved> = stale
+                    let reads: Vec<(Resolved, Version)> = stale
                         .unwrap_or_default()
                         .into_iter()
                         .filter_map(|i| m.plan.reads.get((i as usize).wrapping_sub(1)))
-                        .map(|(r, _)| r.clone())
+                        .cloned()
                         .collect();
-                    conflicts
-                        .entry(m.user)
-                        .or_default()
-                        .push((decided.len(), keys));
-                    Decided::Outcome(Outcome::Conflict { stale: Vec::new() })
+                    // Usually a key this instance has just written: its value is known.
+                    let known = self.recent.stale(&reads);
+                    if known.len() == reads.len() {
+                        Decided::Outcome(Outcome::Conflict { stale: known })
+                    } else {
+                        let keys = reads.into_iter().map(|(r, _)| r).collect();
+                        conflicts
+                            .entry(m.user)
+                            .or_default()
+                            .push((decided.len(), keys));
+                        Decided::Outcome(Outcome::Conflict { stale: Vec::new() })
+                    }
                 }
-                "committed" => Decided::Outcome(committed(m.plan, version, values)),
+                "committed" => {
+                    let outcome = committed(m.plan, version, values);
+                    if let Outcome::Committed { changes, .. } = &outcome {
+                        self.recent
+                            .record(m.plan.writes.iter().map(|(r, _)| r).zip(changes));
+                    }
+                    Decided::Outcome(outcome)
+                }
                 _ => {
                     let code = code.unwrap_or_default();
                     let message = message.unwrap_or_default();
@@ -334,8 +395,9 @@ impl Committer {
                 }
             });
         }
-        // A conflict carries its stale keys' current values, read after the batch (so at
-        // least as new as the versions that made them stale): one read per user.
+        // A conflict carries its stale keys' current values. Those this instance does not
+        // know newer versions of are read after the batch (so at least as new as the
+        // versions that made them stale): one read per user.
         for (user, answers) in conflicts {
             let keys: Vec<Resolved> = answers
                 .iter()

@@ -58,6 +58,7 @@ impl Store {
         txn: &TxnId,
         reads: &ReadSet,
         writes: &WriteSet,
+        first: bool,
     ) -> Result<Outcome> {
         if txn.0.is_empty() || txn.0.len() > TxnId::MAX_LEN {
             return Ok(Outcome::Rejected(ErrorReply::new(
@@ -81,10 +82,13 @@ impl Store {
         };
         // Read-only commits write nothing and need no fsync: batching would only delay them.
         if plan.writes.is_empty() || self.knobs.group_commit <= 1 {
+            if let Some(conflict) = self.committer.known_conflict(first, &plan) {
+                return Ok(conflict);
+            }
             return self.committer.commit_alone(user, txn, &plan).await;
         }
         self.committer
-            .submit(user.map(str::to_owned), txn.clone(), plan)
+            .submit(user.map(str::to_owned), txn.clone(), first, plan)
             .await
     }
 

@@ -9,6 +9,7 @@ mod commit;
 mod lanes;
 mod locks;
 mod read;
+mod recent;
 
 pub use commit::Outcome;
 
@@ -31,6 +32,14 @@ pub struct Resolved {
     pub pk: String,
     /// The table, for rows; `None` for kv entries.
     pub table: Option<Arc<Table>>,
+}
+
+impl Resolved {
+    /// Whether every user reads this key alike: a kv entry, or a row of a table every user
+    /// may read in full ([`Table::open_read`]).
+    pub fn open_read(&self) -> bool {
+        self.table.as_ref().is_none_or(|t| t.open_read)
+    }
 }
 
 /// How long after a catalog reload an unknown table name does not trigger another one.

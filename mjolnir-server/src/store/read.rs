@@ -169,9 +169,7 @@ pub(super) async fn read_as(
     // Tables every user may read in full (and the kv store) need no role: the query runs
     // as a prepared statement, planned once per connection. Otherwise `mjolnir.read_as`
     // runs it as the app's role and `user`, planning it on every call.
-    let open = keys
-        .iter()
-        .all(|r| r.table.as_ref().is_none_or(|t| t.open_read));
+    let open = keys.iter().all(Resolved::open_read);
     let rows: Vec<(i32, i64, Option<Value>)> = if open {
         sqlx::query_as(AssertSqlSafe(query))
             .bind(&pks)

@@ -1,0 +1,191 @@
+//! An instance answers, without the database, a first send that read a key older than it
+//! has committed since (`store/recent.rs`), and only that: re-sends, keys of tables with
+//! row-level security and keys it did not write go to the database as before.
+
+mod support;
+
+use mjolnir_client::{Client, CommitOutcome, Unsolicited};
+use mjolnir_core::protocol::{Entry, ServerMessage};
+use mjolnir_core::{Key, ReadSet, WriteOp, WriteSet};
+use mjolnir_server::server::Running;
+use serde_json::json;
+use support::{TestDb, app_with_schema, obj, writes};
+
+const SCHEMA: &str = "
+CREATE TABLE counters (id integer PRIMARY KEY, n integer NOT NULL);
+INSERT INTO counters VALUES (1, 0);
+CREATE TABLE profiles (name text PRIMARY KEY, motto text NOT NULL);
+INSERT INTO profiles VALUES ('alice', 'hi');
+ALTER TABLE profiles ENABLE ROW LEVEL SECURITY;
+CREATE POLICY read_all ON profiles FOR SELECT USING (true);
+CREATE POLICY own_row ON profiles FOR UPDATE USING (name = mjolnir.user_id());
+";
+
+fn counter() -> Key {
+    Key::row("counters", 1)
+}
+
+fn set_n(n: i64) -> WriteSet {
+    writes(vec![(
+        counter(),
+        WriteOp::Update {
+            set: obj(json!({"n": n})),
+        },
+    )])
+}
+
+/// Conflicts this instance answered from its recent commits.
+fn known_stale(server: &Running) -> u64 {
+    let metrics = server.state.metrics.render();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mjolnir_known_stale_commits_total "))
+        .expect("the counter is exported")
+        .parse()
+        .unwrap()
+}
+
+async fn read_one(client: &Client, key: &Key) -> (ReadSet, Entry) {
+    let entry = client.read(vec![key.clone()]).await.unwrap().remove(0);
+    ([(key.clone(), entry.version)].into_iter().collect(), entry)
+}
+
+/// With and without group commit: the shortcut does not depend on batching.
+async fn start(db: &TestDb, app: &std::path::Path, group_commit: usize) -> Running {
+    db.start_with(app, |c| c.knobs.group_commit = group_commit)
+        .await
+}
+
+async fn a_stale_first_send_is_answered_from_memory(group_commit: usize) {
+    let db = TestDb::new(&format!("recent{group_commit}")).await;
+    let app = app_with_schema(SCHEMA);
+    let server = start(&db, app.path(), group_commit).await;
+    let client = Client::connect(&server.ws_url(), Some("u")).await.unwrap();
+    let (old, _) = read_one(&client, &counter()).await;
+    let (_, first) = client.commit_new(old.clone(), set_n(1)).await.unwrap();
+    let CommitOutcome::Committed(v1) = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(known_stale(&server), 0);
+
+    // A new transaction that read the old version: the instance knows better.
+    let (_, outcome) = client.commit_new(old.clone(), set_n(7)).await.unwrap();
+    let CommitOutcome::Conflict(stale) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(known_stale(&server), 1);
+    assert_eq!(stale.len(), 1);
+    assert_eq!(stale[0].key, counter());
+    assert_eq!(stale[0].version, v1);
+    assert_eq!(
+        stale[0].value.as_ref().unwrap()["n"],
+        1,
+        "the committed value"
+    );
+
+    // The same commit, not marked as a first send, is decided by the database: the same
+    // answer, not counted.
+    let outcome = client
+        .commit(client.next_txn_id(), old, set_n(7))
+        .await
+        .unwrap();
+    let CommitOutcome::Conflict(again) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(again, stale);
+    assert_eq!(known_stale(&server), 1);
+
+    // Nothing of the conflicts was applied; a fresh read commits.
+    let (now, entry) = read_one(&client, &counter()).await;
+    assert_eq!(entry.value.unwrap()["n"], 1);
+    let (_, outcome) = client.commit_new(now, set_n(2)).await.unwrap();
+    assert!(matches!(outcome, CommitOutcome::Committed(v) if v > v1));
+}
+
+#[tokio::test]
+async fn a_stale_first_send_is_answered_from_memory_in_a_batch() {
+    a_stale_first_send_is_answered_from_memory(16).await;
+}
+
+#[tokio::test]
+async fn a_stale_first_send_is_answered_from_memory_without_group_commit() {
+    a_stale_first_send_is_answered_from_memory(1).await;
+}
+
+/// A commit re-sent after a lost connection has made its own reads stale, if it landed.
+/// Only the database's record of committed ids can tell, so the instance that committed it
+/// must not answer from memory: the re-send is answered `committed`, applied once.
+#[tokio::test]
+async fn a_resent_commit_is_answered_committed_by_the_instance_that_committed_it() {
+    let db = TestDb::new("recent_resend").await;
+    let app = app_with_schema(SCHEMA);
+    let server = start(&db, app.path(), 16).await;
+    let client = Client::connect(&server.ws_url(), Some("u")).await.unwrap();
+    let (reads, _) = read_one(&client, &counter()).await;
+    let (txn, first) = client.commit_new(reads.clone(), set_n(1)).await.unwrap();
+    let CommitOutcome::Committed(version) = first else {
+        panic!("{first:?}")
+    };
+
+    let again = client
+        .commit(txn.clone(), reads.clone(), set_n(1))
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, CommitOutcome::Committed(v) if v == version),
+        "{again:?}"
+    );
+    assert_eq!(known_stale(&server), 0);
+
+    // Why the mark matters: a re-send wrongly marked as a first send gets a conflict, and
+    // a client that then re-ran the transaction would apply it twice.
+    let raw = mjolnir_core::ClientMessage::Commit {
+        txn,
+        reads,
+        writes: set_n(1),
+        first: true,
+    };
+    client.send_raw(raw.to_json()).await.unwrap();
+    let reply = client.next_unsolicited().await;
+    assert!(
+        matches!(
+            reply,
+            Some(Unsolicited::Message(ServerMessage::Conflict { .. }))
+        ),
+        "{reply:?}"
+    );
+    assert_eq!(known_stale(&server), 1);
+}
+
+/// A row of a table with row-level security is what its user may see, so no user is
+/// answered from another's write: such keys always go to the database.
+#[tokio::test]
+async fn keys_under_row_level_security_are_decided_by_the_database() {
+    let db = TestDb::new("recent_rls").await;
+    let app = app_with_schema(SCHEMA);
+    let server = start(&db, app.path(), 16).await;
+    let alice = Client::connect(&server.ws_url(), Some("alice"))
+        .await
+        .unwrap();
+    let key = Key::row("profiles", "alice");
+    let (old, _) = read_one(&alice, &key).await;
+    let motto = |m: &str| {
+        writes(vec![(
+            key.clone(),
+            WriteOp::Update {
+                set: obj(json!({ "motto": m })),
+            },
+        )])
+    };
+    let (_, first) = alice.commit_new(old.clone(), motto("hey")).await.unwrap();
+    let CommitOutcome::Committed(v1) = first else {
+        panic!("{first:?}")
+    };
+    let (_, outcome) = alice.commit_new(old, motto("ho")).await.unwrap();
+    let CommitOutcome::Conflict(stale) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(known_stale(&server), 0, "decided by the database");
+    assert_eq!(stale[0].version, v1);
+    assert_eq!(stale[0].value.as_ref().unwrap()["motto"], "hey");
+}
