@@ -80,11 +80,12 @@ impl Store {
             Err(ServerError::Reply(r)) => return Ok(Outcome::Rejected(r)),
             Err(e) => return Err(e),
         };
+        // Checked again when a lane takes it: the batches before it may make it stale.
+        if let Some(conflict) = self.committer.known_conflict(first, &plan) {
+            return Ok(conflict);
+        }
         // Read-only commits write nothing and need no fsync: batching would only delay them.
         if plan.writes.is_empty() || self.knobs.group_commit <= 1 {
-            if let Some(conflict) = self.committer.known_conflict(first, &plan) {
-                return Ok(conflict);
-            }
             return self.committer.commit_alone(user, txn, &plan).await;
         }
         self.committer
