@@ -119,9 +119,15 @@ use_sync() {
 }
 
 run_one() {
-    local system=$1 workload=$2 clients=$3 sync=$4 round=$5
+    local system=$1 workload=$2 clients=$3 sync=$4 round=$5 server_pid=""
+    # The processes whose CPU time the run accounts for (see mjolnir-bench/src/cpu.rs).
+    case $system in
+        mjolnir) server_pid=$SERVER_PID ;;
+        endpoint) server_pid=$ENDPOINT_PID ;;
+    esac
     timeout --kill-after=5 "$RUN_TIMEOUT" \
         "$BENCH" run --system "$system" --workload "$workload" --clients "$clients" \
+        --postgres-pid "$(head -n 1 "$PG_DIR/data/postmaster.pid")" ${server_pid:+--server-pid "$server_pid"} \
         --seconds "$SECONDS_PER_RUN" --warmup "$WARMUP" --sync "$sync" --round "$round" \
         --mjolnir-url "ws://127.0.0.1:$SERVER_PORT/ws" \
         --endpoint-url "http://127.0.0.1:$ENDPOINT_PORT" \

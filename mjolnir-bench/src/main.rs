@@ -2,6 +2,7 @@
 //! hand-written axum + sqlx endpoint. `scripts/bench.sh` starts PostgreSQL and the servers,
 //! calls `run` for every system and point, interleaved, and then `report`.
 
+mod cpu;
 mod driver;
 mod memory;
 mod report;
@@ -118,6 +119,13 @@ struct RunArgs {
     /// Where to append the result line.
     #[arg(long)]
     out: PathBuf,
+    /// The postmaster's process id: with it, the CPU time of PostgreSQL in the window is
+    /// measured (see `cpu.rs`).
+    #[arg(long)]
+    postgres_pid: Option<u32>,
+    /// The process id of the server under test (Mjölnir or the endpoint), for the same.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[tokio::main]
@@ -173,7 +181,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         warmup: Duration::from_secs_f64(args.warmup),
         measure: Duration::from_secs_f64(args.seconds),
     };
-    let rec = match args.system {
+    // Each system's window starts when its load does, which is when the probe starts too.
+    let probe = cpu::Probe {
+        postgres: args.postgres_pid,
+        server: args.server_pid.filter(|_| args.system != System::Pgbench),
+    };
+    let probe_window = || probe.spawn(window.warmup, window.measure);
+    let (rec, cpu) = match args.system {
         System::Mjolnir => {
             let workers = MjolnirWorker::connect_all(
                 &args.mjolnir_url,
@@ -181,11 +195,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 args.keep_subscriptions,
             )
             .await?;
-            driver::drive(workers, args.workload, window).await?
+            let cpu = probe_window();
+            (driver::drive(workers, args.workload, window).await?, cpu)
         }
         System::Endpoint => {
             let workers = EndpointWorker::all(&args.endpoint_url, args.clients)?;
-            driver::drive(workers, args.workload, window).await?
+            let cpu = probe_window();
+            (driver::drive(workers, args.workload, window).await?, cpu)
         }
         System::Pgbench => {
             let database_url = args
@@ -197,9 +213,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 database_url,
                 work_dir: args.work_dir.clone(),
             };
-            pgbench.run(args.workload, args.clients, window).await?
+            let cpu = probe_window();
+            (pgbench.run(args.workload, args.clients, window).await?, cpu)
         }
     };
+    let cpu = cpu.await?.and_then(|used| used.per_transfer(rec.committed));
     let label = RunLabel {
         system: args.system,
         workload: args.workload,
@@ -207,7 +225,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         sync: args.sync.clone(),
         round: args.round,
     };
-    let result = RunResult::new(label, window.measure, &rec);
+    let mut result = RunResult::new(label, window.measure, &rec);
+    result.cpu_us = cpu;
     println!(
         "{:>8} {:>7} {:>3} clients sync={:<3} round {}: {:>7.0} TPS, abort {:>5.1} %, p50 {:.2} ms, p99 {:.2} ms, max attempts {}, gave up {}",
         result.label.system.name(),

@@ -47,8 +47,11 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// One cell of the table: a (sync, workload, clients) point.
 type Point = (String, Workload, u32);
 
+/// The runs of one point, by system, then by round.
+type PointRuns = BTreeMap<System, BTreeMap<u32, RunResult>>;
+
 /// Runs by point, then by system, then by round.
-type Grouped = BTreeMap<Point, BTreeMap<System, BTreeMap<u32, RunResult>>>;
+type Grouped = BTreeMap<Point, PointRuns>;
 
 fn group(results: &[RunResult]) -> Grouped {
     let mut grouped = Grouped::new();
@@ -180,8 +183,73 @@ pub fn render(results: &[RunResult], ctx: &Context) -> String {
             }
         }
         let _ = writeln!(w);
+        cpu_table(w, &points);
     }
     doc
+}
+
+/// Where each system's transfers spent the cores: CPU µs per committed transfer, medians
+/// over rounds, as PostgreSQL + server + load generator = total. Nothing if no run measured it.
+fn cpu_table(w: &mut String, points: &[(&Point, &PointRuns)]) {
+    let measured = |runs: &PointRuns| {
+        runs.values()
+            .flat_map(BTreeMap::values)
+            .any(|r| r.cpu_us.is_some())
+    };
+    if !points.iter().any(|(_, runs)| measured(runs)) {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "CPU time per committed transfer in the measured window, in µs: PostgreSQL (every \
+         process of the cluster) + the server (Mjölnir or the endpoint; pgbench has none) + \
+         the load generator (`mjolnir-bench`, or pgbench's own client) = total, and in \
+         parentheses the cores that kept busy (total × TPS). All share the same cores, so a \
+         system's rate is bounded by how much of them each transfer takes; a system that kept \
+         fewer cores busy than the machine has was waiting, not computing.\n"
+    );
+    let _ = writeln!(w, "| workload | clients | pgbench | endpoint | Mjölnir |");
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|");
+    for ((_, workload, clients), runs) in points {
+        let cell = |system: System| {
+            let measured: Vec<(crate::cpu::PerTransfer, f64)> = runs
+                .get(&system)
+                .into_iter()
+                .flat_map(BTreeMap::values)
+                .filter_map(|r| Some((r.cpu_us?, r.tps)))
+                .collect();
+            if measured.is_empty() {
+                return "–".to_owned();
+            }
+            // The total is the sum of the medians shown, so that the cell adds up.
+            let m = |f: fn(&crate::cpu::PerTransfer) -> f64| {
+                median(measured.iter().map(|(p, _)| f(p)).collect())
+            };
+            let (postgres, server, client) = (m(|p| p.postgres), m(|p| p.server), m(|p| p.client));
+            let total = postgres + server + client;
+            // Cores kept busy: below the machine's count, the system waited, not computed.
+            let cores = median(
+                measured
+                    .iter()
+                    .map(|(p, tps)| (p.postgres + p.server + p.client) * tps / 1e6)
+                    .collect(),
+            );
+            if system == System::Pgbench {
+                format!("{postgres:.0} + {client:.0} = **{total:.0}** ({cores:.2})")
+            } else {
+                format!("{postgres:.0} + {server:.0} + {client:.0} = **{total:.0}** ({cores:.2})")
+            }
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {clients} | {} | {} | {} |",
+            workload.name(),
+            cell(System::Pgbench),
+            cell(System::Endpoint),
+            cell(System::Mjolnir),
+        );
+    }
+    let _ = writeln!(w);
 }
 
 /// Writes `doc` (from [`render`]) to `out` and, beside it, the plot of the same results
@@ -257,6 +325,7 @@ mod tests {
             max_attempts: 1,
             p50_us: 1000,
             p99_us: 2000,
+            cpu_us: None,
         }
     }
 
@@ -279,6 +348,43 @@ mod tests {
         );
         assert!(doc.contains("**0.38** (0.50 / 0.25)"), "{doc}");
         assert!(doc.contains("| uniform | 8 | 150 | – | 50 |"), "{doc}");
+        assert!(
+            !doc.contains("CPU time per committed transfer"),
+            "not measured: no table"
+        );
+    }
+
+    #[test]
+    fn cpu_per_transfer_is_split_and_summed() {
+        use crate::cpu::PerTransfer;
+        let with = |system, round, postgres, server, client| {
+            let mut r = run(system, round, 100.0);
+            r.cpu_us = Some(PerTransfer {
+                postgres,
+                server,
+                client,
+            });
+            r
+        };
+        let results = vec![
+            with(System::Pgbench, 1, 150.0, 0.0, 20.0),
+            with(System::Pgbench, 2, 170.0, 0.0, 20.0),
+            with(System::Pgbench, 3, 160.0, 0.0, 30.0),
+            with(System::Mjolnir, 1, 200.0, 100.0, 60.0),
+        ];
+        let doc = render(
+            &results,
+            &Context {
+                command: String::new(),
+                environment: String::new(),
+            },
+        );
+        assert!(
+            doc.contains(
+                "| uniform | 8 | 160 + 20 = **180** (0.02) | – | 200 + 100 + 60 = **360** (0.04) |"
+            ),
+            "{doc}"
+        );
     }
 
     #[test]

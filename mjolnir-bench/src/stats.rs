@@ -146,6 +146,9 @@ pub struct RunResult {
     pub max_attempts: u64,
     pub p50_us: u64,
     pub p99_us: u64,
+    /// CPU time per committed transfer in the window, when the run was told the processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_us: Option<crate::cpu::PerTransfer>,
 }
 
 impl RunResult {
@@ -172,6 +175,7 @@ impl RunResult {
             max_attempts: rec.max_attempts,
             p50_us: rec.percentile_us(0.50),
             p99_us: rec.percentile_us(0.99),
+            cpu_us: None,
         }
     }
 }
