@@ -275,7 +275,12 @@ pub async fn follow(
 ) {
     loop {
         match next_commit(&mut listener, store.pool()).await {
-            Ok(Some((version, changes))) => feed.publish(&store, version, &changes, &metrics).await,
+            Ok(Some((version, changes))) => {
+                // Before any push: a client told of a change must not then find this
+                // instance unaware of it.
+                store.remember(&changes);
+                feed.publish(&store, version, &changes, &metrics).await;
+            }
             Ok(None) => {
                 tracing::warn!(
                     "lost the commit notification stream; asking every client to reconnect"

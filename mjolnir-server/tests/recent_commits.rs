@@ -189,3 +189,36 @@ async fn keys_under_row_level_security_are_decided_by_the_database() {
     assert_eq!(stale[0].version, v1);
     assert_eq!(stale[0].value.as_ref().unwrap()["motto"], "hey");
 }
+
+/// Another instance's commits reach this one through the change feed, and are known too:
+/// the shortcut does not depend on the client landing where the key was written.
+#[tokio::test]
+async fn a_commit_on_another_instance_is_known_from_the_change_feed() {
+    let db = TestDb::new("recent_feed").await;
+    let app = app_with_schema(SCHEMA);
+    let a = start(&db, app.path(), 16).await;
+    let b = start(&db, app.path(), 16).await;
+    let on_a = Client::connect(&a.ws_url(), Some("u")).await.unwrap();
+    let on_b = Client::connect(&b.ws_url(), Some("u")).await.unwrap();
+    let mut pushes = on_b.pushes();
+    let (old, _) = read_one(&on_b, &counter()).await;
+
+    let (_, first) = on_a.commit_new(old.clone(), set_n(5)).await.unwrap();
+    let CommitOutcome::Committed(v1) = first else {
+        panic!("{first:?}")
+    };
+    // The push to b's client comes after b's feed has remembered the change.
+    let (pushed, _) = tokio::time::timeout(std::time::Duration::from_secs(10), pushes.recv())
+        .await
+        .expect("a push within 10 s")
+        .unwrap();
+    assert_eq!(pushed, v1);
+
+    let (_, outcome) = on_b.commit_new(old, set_n(9)).await.unwrap();
+    let CommitOutcome::Conflict(stale) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(known_stale(&b), 1, "answered by b from the feed");
+    assert_eq!(stale[0].version, v1);
+    assert_eq!(stale[0].value.as_ref().unwrap()["n"], 5);
+}

@@ -9,10 +9,10 @@
 //! and change set recorded, and its deferred constraints checked then and there. A refused write undoes that
 //! transaction alone. The end of the call is **the commit point of every transaction of
 //! the batch**; outcomes are answered only after it, and a conflict's fresh values are
-//! read after it too, unless this instance committed them itself (`recent.rs`).
+//! read after it too, unless this instance already knows them (`recent.rs`).
 //!
 //! Before a batch goes to the database, a first send that read a key at an older version
-//! than this instance has since committed is answered as a conflict at once (`recent.rs`):
+//! than this instance knows was committed since is answered as a conflict at once (`recent.rs`):
 //! under contention that is most of what queues behind a batch.
 //!
 //! If the call fails as a whole, each transaction of the batch is committed again on its
@@ -47,7 +47,7 @@ pub(crate) struct Committer {
     lanes: Lanes<Pending>,
     /// Transactions decided by the set-based path of `mjolnir.commit_batch`.
     set_based: Counter,
-    /// What this instance committed lately, to answer certain conflicts without the database.
+    /// What was committed lately, to answer certain conflicts without the database.
     recent: Recent,
     /// Conflicts answered from `recent`.
     known_stale: Counter,
@@ -137,7 +137,7 @@ impl Committer {
         })
     }
 
-    /// The conflict of a first send that read a key older than this instance has
+    /// The conflict of a first send that read a key older than this instance knows was
     /// committed since (see `recent.rs`), if it did.
     pub(super) fn known_conflict(&self, first: bool, plan: &Plan) -> Option<Outcome> {
         if !first {
@@ -149,6 +149,14 @@ impl Committer {
         }
         self.known_stale.inc();
         Some(Outcome::Conflict { stale })
+    }
+
+    /// Remembers changes committed elsewhere (see `Store::remember`).
+    pub(super) fn remember<'a>(
+        &self,
+        changes: impl IntoIterator<Item = (&'a Resolved, &'a Entry)>,
+    ) {
+        self.recent.record(changes);
     }
 
     /// Answers the known conflicts of a batch; returns the rest, in order.

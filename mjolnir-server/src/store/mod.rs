@@ -100,6 +100,18 @@ impl Store {
         self.catalog().infos()
     }
 
+    /// Remembers committed changes from the change feed, other instances' included, so
+    /// that a commit here that read an older version is known stale (`recent.rs`). Keys of
+    /// tables this instance does not know yet are skipped.
+    pub fn remember(&self, changes: &[mjolnir_core::protocol::Entry]) {
+        let catalog = self.catalog();
+        let known: Vec<(Resolved, &mjolnir_core::protocol::Entry)> = changes
+            .iter()
+            .filter_map(|e| Some((resolve_one(&catalog, &e.key).ok()?, e)))
+            .collect();
+        self.committer.remember(known.iter().map(|(r, e)| (r, *e)));
+    }
+
     fn catalog(&self) -> Arc<Catalog> {
         self.catalog.read().expect("catalog lock").0.clone()
     }

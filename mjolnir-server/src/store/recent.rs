@@ -1,14 +1,15 @@
-//! What this instance committed lately: the newest version and value of each key it wrote.
+//! What was committed lately: the newest version and value of each key written.
 //!
 //! Under contention most commits that reach the lane are already lost: every transaction
 //! queued behind a batch read before that batch's winner. This memory lets the committer
 //! answer such a commit as a conflict before it takes a lane's turn, without the database:
-//! a read of version `v` is certainly stale if this instance committed a write of the same
-//! key at `w > v`, since a key's versions only grow.
+//! a read of version `v` is certainly stale if a write of the same key committed at
+//! `w > v`, since a key's versions only grow.
 //!
-//! It is only a shortcut. Another instance keeps its own; a key written elsewhere, or
-//! forgotten here, simply goes to the database, which decides as before. Two rules keep the
-//! shortcut right:
+//! Each instance learns of its own commits when they are decided, and of every instance's
+//! from the change feed (`Store::remember`), a moment later. It is only a shortcut: a key
+//! it has not heard of yet, or has forgotten, goes to the database, which decides as
+//! before. Two rules keep the shortcut right:
 //! - only keys every user reads alike are kept (kv entries and rows of open tables, see
 //!   [`Resolved::open_read`]), so the value given back is the one a read would give;
 //! - only commits marked as a first send use it (`ClientMessage::Commit::first`): a re-sent
