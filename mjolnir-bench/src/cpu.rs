@@ -5,6 +5,9 @@
 //! On this benchmark's machines every process shares the same few cores, so a system that
 //! needs more CPU per transfer in total commits fewer transfers per second, whatever its
 //! design. The split shows which part of the stack the difference comes from.
+//!
+//! For Mjölnir it also reads how busy the server's commit lanes were (its
+//! `mjolnir_commit_lane_busy_seconds_total`): near 100 %, the lane, not the cores, sets the rate.
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -32,6 +35,29 @@ pub struct Probe {
     pub server: Option<u32>,
 }
 
+/// A Mjölnir server's Prometheus endpoint, for its lanes' busy time.
+#[derive(Clone, Debug)]
+pub struct Lanes {
+    pub metrics_url: String,
+}
+
+impl Lanes {
+    /// Seconds the commit lanes have been busy so far; `None` if the server did not say.
+    async fn busy_seconds(&self) -> Option<f64> {
+        let text = reqwest::get(&self.metrics_url)
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("mjolnir_commit_lane_busy_seconds_total "))?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
 /// Clock ticks used so far, by part.
 #[derive(Clone, Copy, Debug, Default)]
 struct Sample {
@@ -43,20 +69,35 @@ struct Sample {
 impl Probe {
     /// Samples at the start and at the end of the measured window, which begins `warmup`
     /// from now and lasts `measure`. `None` if `/proc` could not be read.
+    /// With `lanes`, the share of the window the commit lanes were busy too.
     pub fn spawn(
         self,
+        lanes: Option<Lanes>,
         warmup: Duration,
         measure: Duration,
     ) -> tokio::task::JoinHandle<Option<Used>> {
         tokio::spawn(async move {
             tokio::time::sleep(warmup).await;
             let start = self.sample()?;
+            let busy_start = match &lanes {
+                Some(l) => l.busy_seconds().await,
+                None => None,
+            };
+            let began = tokio::time::Instant::now();
             tokio::time::sleep(measure).await;
             let end = self.sample()?;
+            let busy_end = match &lanes {
+                Some(l) => l.busy_seconds().await,
+                None => None,
+            };
+            let elapsed = began.elapsed().as_secs_f64();
             Some(Used {
                 postgres: end.postgres.saturating_sub(start.postgres),
                 server: end.server.saturating_sub(start.server),
                 client: end.client.saturating_sub(start.client),
+                lane_busy: busy_start
+                    .zip(busy_end)
+                    .map(|(a, b)| (b - a).max(0.0) / elapsed),
             })
         })
     }
@@ -99,6 +140,8 @@ pub struct Used {
     postgres: u64,
     server: u64,
     client: u64,
+    /// Lane-seconds of commit batches per second of the window.
+    pub lane_busy: Option<f64>,
 }
 
 impl Used {
@@ -196,6 +239,7 @@ mod tests {
             postgres: 0,
             server: 0,
             client: 10,
+            lane_busy: None,
         };
         let per = used.per_transfer(1000).unwrap();
         assert!(

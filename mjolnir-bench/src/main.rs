@@ -186,7 +186,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         postgres: args.postgres_pid,
         server: args.server_pid.filter(|_| args.system != System::Pgbench),
     };
-    let probe_window = || probe.spawn(window.warmup, window.measure);
+    // Mjölnir's metrics beside its WebSocket: ws://host:port/ws → http://host:port/metrics.
+    let lanes = (args.system == System::Mjolnir).then(|| cpu::Lanes {
+        metrics_url: args
+            .mjolnir_url
+            .replacen("ws://", "http://", 1)
+            .trim_end_matches("/ws")
+            .to_owned()
+            + "/metrics",
+    });
+    let probe_window = || probe.spawn(lanes.clone(), window.warmup, window.measure);
     let (rec, cpu) = match args.system {
         System::Mjolnir => {
             let workers = MjolnirWorker::connect_all(
@@ -217,7 +226,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             (pgbench.run(args.workload, args.clients, window).await?, cpu)
         }
     };
-    let cpu = cpu.await?.and_then(|used| used.per_transfer(rec.committed));
+    let used = cpu.await?;
+    let cpu = used.and_then(|used| used.per_transfer(rec.committed));
     let label = RunLabel {
         system: args.system,
         workload: args.workload,
@@ -227,6 +237,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut result = RunResult::new(label, window.measure, &rec);
     result.cpu_us = cpu;
+    result.commit_lane_busy = used.and_then(|u| u.lane_busy);
     println!(
         "{:>8} {:>7} {:>3} clients sync={:<3} round {}: {:>7.0} TPS, abort {:>5.1} %, p50 {:.2} ms, p99 {:.2} ms, max attempts {}, gave up {}",
         result.label.system.name(),

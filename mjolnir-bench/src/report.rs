@@ -204,9 +204,11 @@ fn cpu_table(w: &mut String, points: &[(&Point, &PointRuns)]) {
         "CPU time per committed transfer in the measured window, in µs: PostgreSQL (every \
          process of the cluster) + the server (Mjölnir or the endpoint; pgbench has none) + \
          the load generator (`mjolnir-bench`, or pgbench's own client) = total, and in \
-         parentheses the cores that kept busy (total × TPS). All share the same cores, so a \
-         system's rate is bounded by how much of them each transfer takes; a system that kept \
-         fewer cores busy than the machine has was waiting, not computing.\n"
+         parentheses the cores that kept busy (total × TPS) and, for Mjölnir, the share of the \
+         window its commit lane was busy. All share the same cores, so a system's rate is \
+         bounded by how much of them each transfer takes; a system that kept fewer cores busy \
+         than the machine has was waiting, not computing, and a lane busy near 100 % is what \
+         it waited for.\n"
     );
     let _ = writeln!(w, "| workload | clients | pgbench | endpoint | Mjölnir |");
     let _ = writeln!(w, "|---|---:|---:|---:|---:|");
@@ -234,10 +236,23 @@ fn cpu_table(w: &mut String, points: &[(&Point, &PointRuns)]) {
                     .map(|(p, tps)| (p.postgres + p.server + p.client) * tps / 1e6)
                     .collect(),
             );
+            let lane: Vec<f64> = runs
+                .get(&system)
+                .into_iter()
+                .flat_map(BTreeMap::values)
+                .filter_map(|r| r.commit_lane_busy)
+                .collect();
+            let lane = if lane.is_empty() {
+                String::new()
+            } else {
+                format!("; lane {:.0} %", 100.0 * median(lane))
+            };
             if system == System::Pgbench {
                 format!("{postgres:.0} + {client:.0} = **{total:.0}** ({cores:.2})")
             } else {
-                format!("{postgres:.0} + {server:.0} + {client:.0} = **{total:.0}** ({cores:.2})")
+                format!(
+                    "{postgres:.0} + {server:.0} + {client:.0} = **{total:.0}** ({cores:.2}{lane})"
+                )
             }
         };
         let _ = writeln!(
@@ -326,6 +341,7 @@ mod tests {
             p50_us: 1000,
             p99_us: 2000,
             cpu_us: None,
+            commit_lane_busy: None,
         }
     }
 
@@ -366,11 +382,13 @@ mod tests {
             });
             r
         };
+        let mut lane = with(System::Mjolnir, 1, 200.0, 100.0, 60.0);
+        lane.commit_lane_busy = Some(0.97);
         let results = vec![
             with(System::Pgbench, 1, 150.0, 0.0, 20.0),
             with(System::Pgbench, 2, 170.0, 0.0, 20.0),
             with(System::Pgbench, 3, 160.0, 0.0, 30.0),
-            with(System::Mjolnir, 1, 200.0, 100.0, 60.0),
+            lane,
         ];
         let doc = render(
             &results,
@@ -381,7 +399,7 @@ mod tests {
         );
         assert!(
             doc.contains(
-                "| uniform | 8 | 160 + 20 = **180** (0.02) | – | 200 + 100 + 60 = **360** (0.04) |"
+                "| uniform | 8 | 160 + 20 = **180** (0.02) | – | 200 + 100 + 60 = **360** (0.04; lane 97 %) |"
             ),
             "{doc}"
         );

@@ -149,6 +149,10 @@ pub struct RunResult {
     /// CPU time per committed transfer in the window, when the run was told the processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_us: Option<crate::cpu::PerTransfer>,
+    /// Mjölnir only: the share of the window its commit lanes were busy (1.0: one lane all
+    /// the time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_lane_busy: Option<f64>,
 }
 
 impl RunResult {
@@ -176,6 +180,7 @@ impl RunResult {
             p50_us: rec.percentile_us(0.50),
             p99_us: rec.percentile_us(0.99),
             cpu_us: None,
+            commit_lane_busy: None,
         }
     }
 }

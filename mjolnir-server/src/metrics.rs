@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -27,6 +28,11 @@ pub struct Metrics {
     pub commit_batch_size: Histogram,
     /// Reads per batch (see `store/lanes.rs`).
     pub read_batch_size: Histogram,
+    /// Seconds the commit lanes spent running batches: near the seconds elapsed (times the
+    /// lanes), the lanes are the bottleneck.
+    pub commit_lane_busy: Counter<f64, AtomicU64>,
+    /// The same for the read lanes.
+    pub read_lane_busy: Counter<f64, AtomicU64>,
     /// Transactions decided by the set-based path of group commit.
     pub set_based_commits: Counter,
     /// Conflicts answered from the instance's recent commits, without the database.
@@ -49,6 +55,8 @@ impl Default for Metrics {
             // 1 to 64 (the default largest batch) and beyond.
             commit_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             read_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
+            commit_lane_busy: Counter::default(),
+            read_lane_busy: Counter::default(),
             set_based_commits: Counter::default(),
             known_stale_commits: Counter::default(),
             open_connections: Gauge::default(),
@@ -86,6 +94,16 @@ impl Default for Metrics {
             "read_batch_size",
             "Reads per batched read",
             m.read_batch_size.clone(),
+        );
+        registry.register(
+            "commit_lane_busy_seconds",
+            "Seconds the commit lanes spent running batches",
+            m.commit_lane_busy.clone(),
+        );
+        registry.register(
+            "read_lane_busy_seconds",
+            "Seconds the read lanes spent running batches",
+            m.read_lane_busy.clone(),
         );
         registry.register(
             "set_based_commits",

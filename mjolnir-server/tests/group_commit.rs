@@ -137,15 +137,21 @@ async fn start_one_lane(db: &TestDb, app: &std::path::Path, group_commit: usize)
     .await
 }
 
+/// The value of the metric line starting with `prefix` (0 if there is none).
+fn metric(server: &Running, prefix: &str) -> f64 {
+    server
+        .state
+        .metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
 /// Transactions per batch seen by `server`: (batches, transactions, batches of more than 4).
 fn batches(server: &Running) -> (u64, u64, u64) {
-    let text = server.state.metrics.render();
-    let value = |prefix: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap_or(0.0)
-    };
+    let value = |prefix: &str| metric(server, prefix);
     let count = value("mjolnir_commit_batch_size_count ") as u64;
     let sum = value("mjolnir_commit_batch_size_sum ") as u64;
     let upto4 = value("mjolnir_commit_batch_size_bucket{le=\"4.0\"} ") as u64;
@@ -317,10 +323,14 @@ async fn mixed_batch(group_commit: usize) {
     );
 
     let (_, _, big) = batches(&server);
+    // The gate's commit held the lane on the test's lock for 200 ms and more: busy time.
+    let busy = metric(&server, "mjolnir_commit_lane_busy_seconds_total ");
     if group_commit > 1 {
         assert!(big >= 1, "the 8 transactions must have formed one batch");
+        assert!(busy >= 0.2, "the lane was busy {busy} s");
     } else {
         assert_eq!(big, 0);
+        assert_eq!(busy, 0.0, "no lane without group commit");
     }
 }
 

@@ -101,6 +101,7 @@ impl Committer {
                 knobs.group_commit_lanes,
                 knobs.group_commit,
                 metrics.commit_batch_size.clone(),
+                metrics.commit_lane_busy.clone(),
             ),
             set_based: metrics.set_based_commits.clone(),
             recent: Recent::default(),

@@ -6,9 +6,11 @@
 //! one. Batches form only while every lane is busy, which is exactly when sharing pays.
 //! Used by commits (`batch.rs`) and reads (`read.rs`).
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 /// What runs the batches of one kind of request.
@@ -25,6 +27,9 @@ pub(super) struct Lanes<J> {
     max_lanes: usize,
     max_batch: usize,
     batch_sizes: Histogram,
+    /// Seconds spent running batches, all lanes together: against the time elapsed, how
+    /// near the lanes are to being the bottleneck.
+    busy: Counter<f64, AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -36,8 +41,13 @@ struct Queue<J> {
 
 impl<J> Lanes<J> {
     /// At most `max_lanes` batches at once, each of at most `max_batch` jobs (both at least
-    /// one); `batch_sizes` observes every batch.
-    pub(super) fn new(max_lanes: usize, max_batch: usize, batch_sizes: Histogram) -> Lanes<J> {
+    /// one); `batch_sizes` observes every batch and `busy` adds up the time they take.
+    pub(super) fn new(
+        max_lanes: usize,
+        max_batch: usize,
+        batch_sizes: Histogram,
+        busy: Counter<f64, AtomicU64>,
+    ) -> Lanes<J> {
         Lanes {
             queue: Mutex::new(Queue {
                 waiting: VecDeque::new(),
@@ -46,6 +56,7 @@ impl<J> Lanes<J> {
             max_lanes: max_lanes.max(1),
             max_batch: max_batch.max(1),
             batch_sizes,
+            busy,
         }
     }
 }
@@ -82,7 +93,9 @@ async fn lane<R: Runner>(runner: Arc<R>) {
             q.waiting.drain(..n).collect()
         };
         runner.lanes().batch_sizes.observe(batch.len() as f64);
+        let started = std::time::Instant::now();
         runner.clone().run(batch).await;
+        runner.lanes().busy.inc_by(started.elapsed().as_secs_f64());
     }
 }
 

@@ -65,6 +65,7 @@ impl Reader {
                 knobs.group_commit_lanes,
                 knobs.group_commit,
                 metrics.read_batch_size.clone(),
+                metrics.read_lane_busy.clone(),
             ),
         }
     }
