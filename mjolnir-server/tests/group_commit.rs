@@ -603,6 +603,50 @@ async fn a_deferred_constraint_is_checked_for_each_transaction_of_a_batch() {
     assert!(sum > count, "the two must have formed one batch");
 }
 
+/// The lane keeps its connection between batches. If that connection dies meanwhile (here:
+/// its backend is terminated), the next commit on the lane fails on it, and is committed on
+/// a pooled connection instead: the client sees it commit, once, not an internal error.
+#[tokio::test]
+async fn a_lane_whose_connection_died_commits_on_another() {
+    let db = TestDb::new("gc_lane_conn").await;
+    let app = app_with_schema(&schema());
+    let server = start_one_lane(&db, app.path(), 16).await;
+    let client = Client::connect(&server.ws_url(), Some("alice"))
+        .await
+        .unwrap();
+    let bump = |n: i64| {
+        writes(vec![(
+            Key::row("gate", 1),
+            WriteOp::Update {
+                set: obj(json!({ "n": n })),
+            },
+        )])
+    };
+    let reads = read_set(&client, &[Key::row("gate", 1)]).await;
+    let (_, first) = client.commit_new(reads, bump(1)).await.unwrap();
+    assert!(matches!(first, CommitOutcome::Committed(_)), "{first:?}");
+
+    let pool = db.pool().await;
+    let (killed,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()
+            AND query LIKE '%mjolnir.commit_batch%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(killed >= 1, "the lane's connection ran the first commit");
+
+    let reads = read_set(&client, &[Key::row("gate", 1)]).await;
+    let (_, second) = client.commit_new(reads, bump(2)).await.unwrap();
+    assert!(matches!(second, CommitOutcome::Committed(_)), "{second:?}");
+    let (n,): (i32,) = sqlx::query_as("SELECT n FROM gate WHERE id = 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+}
+
 /// Counters bumped by many clients through two instances, in batches of at most 3: every
 /// acknowledged increment is there exactly once, and the conflicts inside batches are
 /// answered and retried.

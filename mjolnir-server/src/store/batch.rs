@@ -18,6 +18,12 @@
 //! If the call fails as a whole, each transaction of the batch is committed again on its
 //! own with [`Committer::commit_alone`]: that is always safe, because a transaction that
 //! did commit is found by its txn id and answered from the dedup record.
+//!
+//! A lane keeps its connection from one batch to the next ([`Via::Lane`]). Taking one
+//! from the pool for every batch made the lane wait for the pool's health check and land
+//! on whichever backend was free: measured, about a fifth of the commit rate at 8 and 32
+//! clients. A held connection that fails is dropped, and what it was committing is
+//! committed again on a pooled, tested one, by the same rule.
 
 use super::commit::{
     ALREADY_COMMITTED, HIDDEN_ROW, MISSING_ROW, Outcome, Plan, classify, classify_code,
@@ -34,7 +40,8 @@ use mjolnir_core::protocol::{Entry, ErrorReply};
 use mjolnir_core::{ErrorKind, TxnId, Version, WriteOp};
 use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -51,6 +58,17 @@ pub(crate) struct Committer {
     recent: Recent,
     /// Conflicts answered from `recent`.
     known_stale: Counter,
+    /// The connections lanes commit on between batches, at most one per lane.
+    held: std::sync::Mutex<Vec<PoolConnection<Postgres>>>,
+}
+
+/// Which connection a call of `mjolnir.commit_batch` runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Via {
+    /// One the lanes keep between batches (or a fresh one from the pool, then kept).
+    Lane,
+    /// Any from the pool: for calls outside the lanes, which may run concurrently.
+    Pool,
 }
 
 #[derive(Debug)]
@@ -86,7 +104,9 @@ impl Runner for Committer {
         }
         if let [_] = batch.as_slice() {
             let p = batch.into_iter().next().expect("one");
-            let outcome = self.commit_alone(p.user.as_deref(), &p.txn, &p.plan).await;
+            let outcome = self
+                .commit_alone(p.user.as_deref(), &p.txn, &p.plan, Via::Lane)
+                .await;
             let _ = p.reply.send(outcome);
         } else {
             self.run_batch(batch).await;
@@ -106,6 +126,7 @@ impl Committer {
             set_based: metrics.set_based_commits.clone(),
             recent: Recent::default(),
             known_stale: metrics.known_stale_commits.clone(),
+            held: std::sync::Mutex::new(Vec::new()),
             pool,
             knobs,
         }
@@ -183,7 +204,7 @@ impl Committer {
                 plan: &p.plan,
             })
             .collect();
-        let decided = match self.call(&members).await {
+        let decided = match self.call(&members, Via::Lane).await {
             Ok(decided) => decided,
             Err(e) => {
                 tracing::warn!(error = %e, size = batch.len(), "batch failed, committing its transactions one by one");
@@ -203,7 +224,9 @@ impl Committer {
         let runs = alone.into_iter().map(|p| {
             let this = self.clone();
             tokio::spawn(async move {
-                let outcome = this.commit_alone(p.user.as_deref(), &p.txn, &p.plan).await;
+                let outcome = this
+                    .commit_alone(p.user.as_deref(), &p.txn, &p.plan, Via::Pool)
+                    .await;
                 let _ = p.reply.send(outcome);
             })
         });
@@ -213,22 +236,30 @@ impl Committer {
     }
 
     /// Commits one transaction as a batch of its own, re-running it after a deadlock or
-    /// serialization failure.
+    /// serialization failure, or on a pooled connection after the lane's failed.
     pub(super) async fn commit_alone(
         &self,
         user: Option<&str>,
         txn: &TxnId,
         plan: &Plan,
+        mut via: Via,
     ) -> Result<Outcome> {
         let member = [Member { user, txn, plan }];
         let mut attempt = 0;
         loop {
-            let (code, message) = match self.call(&member).await {
+            let (code, message) = match self.call(&member, via).await {
                 Ok(mut decided) => match decided.pop().expect("one outcome per member") {
                     Decided::Outcome(o) => return Ok(o),
                     Decided::Alone(Some(error)) => error,
                     Decided::Alone(None) => unreachable!("only a failed batch leaves no error"),
                 },
+                // The held connection broke: the commit may or may not have landed, and a
+                // pooled connection finds out.
+                Err(ServerError::Db(e)) if via == Via::Lane && connection_lost(&e) => {
+                    tracing::warn!(%txn, error = %e, "the lane's connection failed, committing on another");
+                    via = Via::Pool;
+                    continue;
+                }
                 Err(ServerError::Db(e)) => match sqlstate(&e) {
                     Some(code) if is_transient_code(&code) => (code, e.to_string()),
                     // An error at the statement's end is its COMMIT refusing: a deferred
@@ -263,9 +294,9 @@ impl Committer {
     }
 
     /// Validates and applies `batch` in one call of `mjolnir.commit_batch`, one statement
-    /// and so one PostgreSQL transaction. `Err` means nothing of the batch is known to be
-    /// committed.
-    async fn call(&self, batch: &[Member<'_>]) -> Result<Vec<Decided>> {
+    /// and so one PostgreSQL transaction, on a connection `via`. `Err` means nothing of the
+    /// batch is known to be committed.
+    async fn call(&self, batch: &[Member<'_>], via: Via) -> Result<Vec<Decided>> {
         let reads: Vec<&Resolved> = batch
             .iter()
             .flat_map(|m| &m.plan.reads)
@@ -316,7 +347,7 @@ impl Committer {
             Option<i32>,
             bool,
         );
-        let rows: Vec<Row> = sqlx::query_as(
+        let query = sqlx::query_as(
             "SELECT * FROM mjolnir.commit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         )
         .bind(&hashes)
@@ -337,9 +368,21 @@ impl Committer {
         .bind(&a.statements)
         .bind(&a.write_sqls)
         .bind(&a.write_sets)
-        .bind(&a.write_checks)
-        .fetch_all(&self.pool)
-        .await?;
+        .bind(&a.write_checks);
+        let rows: Vec<Row> = match via {
+            Via::Pool => query.fetch_all(&self.pool).await?,
+            Via::Lane => {
+                let held = self.held.lock().expect("held connections").pop();
+                let mut conn = match held {
+                    Some(conn) => conn,
+                    None => self.pool.acquire().await?,
+                };
+                let rows = query.fetch_all(&mut *conn).await?;
+                // Kept only after a call that worked: one that failed may be broken.
+                self.held.lock().expect("held connections").push(conn);
+                rows
+            }
+        };
         // The batch has committed (or decided nothing at all): now the answers.
         let mut decided = Vec::with_capacity(batch.len());
         // The stale keys of each conflict, by user: which answer, and its keys.
@@ -420,6 +463,16 @@ impl Committer {
             }
         }
         Ok(decided)
+    }
+}
+
+/// Whether `e` says the connection is gone rather than that the statement failed: an I/O
+/// or protocol error, or PostgreSQL's `08…` (connection exception) and `57P0…` (the backend
+/// was terminated or the server is shutting down).
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match sqlstate(e) {
+        Some(code) => code.starts_with("08") || code.starts_with("57P0"),
+        None => matches!(e, sqlx::Error::Io(_) | sqlx::Error::Protocol(_)),
     }
 }
 

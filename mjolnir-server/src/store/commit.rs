@@ -20,6 +20,7 @@
 //!
 //! [`find_stale`]: mjolnir_core::find_stale
 
+use super::batch::Via;
 use super::{Resolved, Store};
 use crate::catalog::{Table, quote_ident};
 use crate::error::{Result, ServerError};
@@ -86,7 +87,10 @@ impl Store {
         }
         // Read-only commits write nothing and need no fsync: batching would only delay them.
         if plan.writes.is_empty() || self.knobs.group_commit <= 1 {
-            return self.committer.commit_alone(user, txn, &plan).await;
+            return self
+                .committer
+                .commit_alone(user, txn, &plan, Via::Pool)
+                .await;
         }
         self.committer
             .submit(user.map(str::to_owned), txn.clone(), first, plan)
