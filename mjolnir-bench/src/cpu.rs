@@ -225,13 +225,18 @@ mod tests {
             server: Some(std::process::id()),
         };
         let before = probe.sample().expect("/proc is readable");
+        // Spin until a clock tick (10 ms of CPU) shows, however busy the machine: a fixed
+        // spell of wall time may get less CPU than one tick.
         let t = std::time::Instant::now();
         let mut x = 0u64;
-        while t.elapsed() < Duration::from_millis(60) {
-            x = x.wrapping_mul(31).wrapping_add(1);
+        let mut after = before;
+        while after.client == before.client && t.elapsed() < Duration::from_secs(10) {
+            for _ in 0..1_000_000 {
+                x = x.wrapping_mul(31).wrapping_add(1);
+            }
+            after = probe.sample().unwrap();
         }
         std::hint::black_box(x);
-        let after = probe.sample().unwrap();
         assert!(after.client > before.client, "{before:?} → {after:?}");
         assert!(after.server > before.server);
         assert_eq!(after.postgres, 0);

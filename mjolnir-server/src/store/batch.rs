@@ -21,9 +21,9 @@
 //!
 //! A lane keeps its connection from one batch to the next ([`Via::Lane`]). Taking one
 //! from the pool for every batch made the lane wait for the pool's health check and land
-//! on whichever backend was free: measured, about a fifth of the commit rate at 8 and 32
-//! clients. A held connection that fails is dropped, and what it was committing is
-//! committed again on a pooled, tested one, by the same rule.
+//! on whichever backend was free, and the lane is what sets the commit rate. A held
+//! connection that fails is dropped, and what it was committing is committed again on a
+//! pooled, tested one, by the same rule.
 
 use super::commit::{
     ALREADY_COMMITTED, HIDDEN_ROW, MISSING_ROW, Outcome, Plan, classify, classify_code,
