@@ -1,6 +1,6 @@
 //! Keys: what a transaction reads and writes.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::fmt;
 
 /// A primary-key value. Apps' tables have a text, integer or uuid primary key; uuids travel
@@ -8,7 +8,8 @@ use std::fmt;
 ///
 /// Integer keys travel as JSON numbers, so they must stay within ±2^53 to survive a trip
 /// through JavaScript; the server rejects larger ones with a typed error.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Deserialized by hand (`tagged.rs`), not derived, to skip serde's buffering.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(untagged)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum Pk {
@@ -47,8 +48,9 @@ impl From<i64> for Pk {
 /// key/value entry.
 ///
 /// The derived order is the canonical order of keys in read and write sets, so that equal
-/// sets always serialize the same way.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// sets always serialize the same way. Deserialized by hand (`tagged.rs`), not derived, to
+/// skip serde's buffering.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum Key {

@@ -113,8 +113,9 @@ pub enum ClientMessage {
     Unsubscribe { keys: Vec<Key> },
 }
 
-/// What the server sends.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What the server sends. Deserialized by hand (`tagged.rs`), not derived: the browser
+/// runtime reads every one of these, and serde's derived reader would buffer each first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub enum ServerMessage {

@@ -10,6 +10,7 @@
 //! key the client does not hold yet: the template then shows a placeholder and the caller
 //! re-renders once the key arrives.
 
+use crate::number;
 use serde_json::{Number, Value};
 use std::fmt;
 
@@ -161,16 +162,11 @@ pub fn display(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
-        Value::Number(n) => format_number(n.as_f64().unwrap_or(f64::NAN)),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => i.to_string(),
+            (None, f) => number::to_js_string(f.unwrap_or(f64::NAN)),
+        },
         other => other.to_string(),
-    }
-}
-
-fn format_number(f: f64) -> String {
-    if f.fract() == 0.0 && f.abs() < 1e21 {
-        format!("{}", f as i64)
-    } else {
-        f.to_string()
     }
 }
 
@@ -204,7 +200,7 @@ fn to_number(v: &Value) -> f64 {
         Value::Bool(b) => f64::from(u8::from(*b)),
         Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
         Value::String(s) if s.trim().is_empty() => 0.0,
-        Value::String(s) => s.trim().parse().unwrap_or(f64::NAN),
+        Value::String(s) => number::from_js_string(s),
         _ => f64::NAN,
     }
 }
@@ -291,10 +287,13 @@ fn lex(text: &str) -> Result<Vec<(Token, usize)>, ParseError> {
             while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
                 i += 1;
             }
-            let n = text[start..i].parse().map_err(|_| ParseError {
-                message: "bad number".into(),
-                at: start,
-            })?;
+            let n = number::from_js_string(&text[start..i]);
+            if n.is_nan() {
+                return Err(ParseError {
+                    message: "bad number".into(),
+                    at: start,
+                });
+            }
             out.push((Token::Number(n), start));
         } else if c == '\'' || c == '"' {
             let start = i;
@@ -609,6 +608,9 @@ mod tests {
             Ok(json!("empty"))
         );
         assert_eq!(eval("1 / 4"), Ok(json!(0.25)));
+        assert_eq!(eval("'2.5' * 2"), Ok(json!(5)));
+        assert_eq!(eval("' .5 ' * '4'"), Ok(json!(2)));
+        assert_eq!(eval("'1e-7' * 1 + ''"), Ok(json!("1e-7")));
         assert_eq!(eval("kv('motd') + ', ' + user"), Ok(json!("hello, alice")));
         assert_eq!(eval("state['count'] === 3"), Ok(json!(true)));
     }
@@ -635,6 +637,7 @@ mod tests {
                 .contains("unknown name")
         );
         assert!(Expr::parse("1 +").is_err());
+        assert!(Expr::parse("1.2.3").is_err());
         assert!(Expr::parse("'open").is_err());
         assert!(Expr::parse("a = 1").is_err());
         assert!(Expr::parse("state.x.find(1)").is_err());
@@ -655,6 +658,10 @@ mod tests {
     fn values_render_like_javascript_strings() {
         assert_eq!(display(&json!(100)), "100");
         assert_eq!(display(&json!(0.5)), "0.5");
+        assert_eq!(display(&json!(1e21)), "1e+21");
+        assert_eq!(display(&json!(1e20)), "100000000000000000000");
+        assert_eq!(display(&json!(1e-7)), "1e-7");
+        assert_eq!(display(&json!(-9007199254740993_i64)), "-9007199254740993");
         assert_eq!(display(&Value::Null), "");
         assert_eq!(display(&json!(true)), "true");
     }

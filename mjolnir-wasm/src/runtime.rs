@@ -657,10 +657,11 @@ impl Runtime {
                 self.revert(effects);
                 self.finish_job(
                     &job,
-                    Err(
-                        RuntimeError::Protocol(format!("unexpected reply to a commit: {other:?}"))
-                            .into(),
-                    ),
+                    Err(RuntimeError::Protocol(format!(
+                        "unexpected reply to a commit: {}",
+                        other.to_json()
+                    ))
+                    .into()),
                 );
                 self.drive();
             }
