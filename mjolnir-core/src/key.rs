@@ -21,7 +21,7 @@ impl fmt::Display for Pk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Pk::Int(n) => write!(f, "{n}"),
-            Pk::Text(s) => write!(f, "{s:?}"),
+            Pk::Text(s) => f.write_str(&quoted(s)),
         }
     }
 }
@@ -77,9 +77,17 @@ impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Key::Row { table, pk } => write!(f, "{table}[{pk}]"),
-            Key::Kv { key } => write!(f, "kv[{key:?}]"),
+            Key::Kv { key } => write!(f, "kv[{}]", quoted(key)),
         }
     }
+}
+
+/// `text` as a JSON string literal (which JavaScript reads the same), for messages.
+///
+/// Rather than `{:?}`: `Debug` for strings brings the Unicode tables it escapes by into the
+/// wasm, and a JavaScript developer reads JSON's escapes more easily than Rust's.
+pub fn quoted(text: &str) -> String {
+    serde_json::Value::from(text).to_string()
 }
 
 #[cfg(test)]
@@ -106,5 +114,6 @@ mod tests {
     fn display_names_the_key() {
         assert_eq!(Key::row("users", "alice").to_string(), "users[\"alice\"]");
         assert_eq!(Key::row("todos", 3).to_string(), "todos[3]");
+        assert_eq!(Key::kv("a\"b\n").to_string(), r#"kv["a\"b\n"]"#);
     }
 }

@@ -10,6 +10,7 @@
 //! key the client does not hold yet: the template then shows a placeholder and the caller
 //! re-renders once the key arrives.
 
+use crate::key::quoted;
 use crate::number;
 use serde_json::{Number, Value};
 use std::fmt;
@@ -261,8 +262,8 @@ enum Token {
 impl fmt::Display for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Token::Number(n) => write!(f, "{n}"),
-            Token::Str(s) => write!(f, "{s:?}"),
+            Token::Number(n) => f.write_str(&number::to_js_string(*n)),
+            Token::Str(s) => f.write_str(&quoted(s)),
             Token::Ident(s) => write!(f, "{s}"),
             Token::Punct(p) => write!(f, "'{p}'"),
         }
@@ -338,7 +339,10 @@ fn lex(text: &str) -> Result<Vec<(Token, usize)>, ParseError> {
         } else {
             let Some(p) = PUNCTS.iter().find(|p| text[i..].starts_with(**p)) else {
                 return Err(ParseError {
-                    message: format!("unexpected character {c:?}"),
+                    message: format!(
+                        "unexpected character {}",
+                        quoted(c.encode_utf8(&mut [0; 4]))
+                    ),
                     at: i,
                 });
             };
@@ -511,7 +515,7 @@ impl Parser {
                 }
                 other => {
                     return Err(ParseError {
-                        message: format!("unknown name {other:?}"),
+                        message: format!("unknown name {}", quoted(other)),
                         at,
                     });
                 }

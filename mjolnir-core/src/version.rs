@@ -43,7 +43,8 @@ impl<'de> Deserialize<'de> for Version {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         text.parse::<u64>().map(Version).map_err(|_| {
             serde::de::Error::custom(format!(
-                "invalid version {text:?}: expected a decimal string"
+                "invalid version {}: expected a decimal string",
+                crate::key::quoted(&text)
             ))
         })
     }

@@ -20,9 +20,9 @@
 //! itself. `key` is the key as it travels, e.g. `{kind: 'row', table: 'users', pk: 'alice'}`.
 //! Pages reach the classes for `instanceof` through [`error_classes`].
 
+use crate::convert::key_to_js;
 use mjolnir_core::protocol::ErrorReply;
 use mjolnir_core::{ErrorKind, Key};
-use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 #[wasm_bindgen(inline_js = r#"
@@ -154,13 +154,6 @@ enum Class {
     Schema,
 }
 
-/// A value as the plain JavaScript value its JSON would parse to (objects, not `Map`s).
-fn to_js(value: &impl Serialize) -> JsValue {
-    value
-        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
-        .unwrap_or(JsValue::NULL)
-}
-
 /// The wire name of a kind (`"wrong_type"`): what programs match on as `err.code`.
 fn code_of(kind: ErrorKind) -> String {
     match serde_json::to_value(kind) {
@@ -175,11 +168,11 @@ impl From<RuntimeError> for JsValue {
         let message = err.to_string();
         match err {
             RuntimeError::Conflict { key, attempts } => {
-                ConflictError::new(&message, &to_js(&key), attempts).into()
+                ConflictError::new(&message, &key_to_js(&key), attempts).into()
             }
             RuntimeError::Rejected(reply) => {
                 let code = code_of(reply.code);
-                let key = reply.key.as_ref().map_or(JsValue::NULL, to_js);
+                let key = reply.key.as_ref().map_or(JsValue::NULL, key_to_js);
                 match class_of(reply.code) {
                     Class::Base => MjolnirError::new(&message, &code, &key).into(),
                     Class::Forbidden => ForbiddenError::new(&message, &code, &key).into(),

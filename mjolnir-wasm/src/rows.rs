@@ -7,6 +7,7 @@
 use crate::convert::{data_descriptor, from_js, row_key, to_js};
 use crate::runtime::Runtime;
 use js_sys::Reflect;
+use mjolnir_core::key::quoted;
 use mjolnir_core::protocol::PkKind;
 use mjolnir_core::{Key, Pk, WriteOp};
 use serde_json::{Map, Value};
@@ -189,8 +190,8 @@ impl Table {
             .cloned()
             .ok_or_else(|| {
                 JsValue::from(js_sys::TypeError::new(&format!(
-                    "no table {:?} (or not connected yet)",
-                    self.name
+                    "no table {} (or not connected yet)",
+                    quoted(&self.name)
                 )))
             })?;
         let pk = match (row.get(&info.pk), info.pk_kind) {
@@ -205,8 +206,14 @@ impl Table {
             }
             _ => {
                 return Err(js_sys::TypeError::new(&format!(
-                    "{}.insert needs a {:?} value for {}",
-                    self.name, info.pk_kind, info.pk
+                    "{}.insert needs {} for {}",
+                    self.name,
+                    match info.pk_kind {
+                        PkKind::Text => "a string",
+                        PkKind::Integer => "an integer",
+                        PkKind::Uuid => "a uuid string (or none, to have one made)",
+                    },
+                    info.pk
                 ))
                 .into());
             }
