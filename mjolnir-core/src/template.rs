@@ -665,6 +665,7 @@ mod tests {
         assert_eq!(display(&json!(1e21)), "1e+21");
         assert_eq!(display(&json!(1e20)), "100000000000000000000");
         assert_eq!(display(&json!(1e-7)), "1e-7");
+        assert_eq!(display(&eval("1 / 3").unwrap()), "0.3333333333333333");
         assert_eq!(display(&json!(-9007199254740993_i64)), "-9007199254740993");
         assert_eq!(display(&Value::Null), "");
         assert_eq!(display(&json!(true)), "true");
