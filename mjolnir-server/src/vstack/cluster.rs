@@ -111,6 +111,10 @@ impl LocalCluster {
         cmd.arg("-D")
             .arg(self.dir.join("data"))
             .args(["-m", "fast", "-w", "-s", "stop"]);
+        // Like the start, in a process group of its own: a second Ctrl-C while `mjolnir dev`
+        // stops the server would otherwise interrupt pg_ctl too, which then gives up waiting
+        // (and, early enough, before asking), leaving the server running.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd
     }
 

@@ -1,0 +1,96 @@
+//! `mjolnir dev` stopped from a terminal: Ctrl-C signals the whole foreground process group,
+//! and an impatient developer presses it more than once. The private PostgreSQL must still
+//! be stopped, and the command must still exit cleanly.
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The pid in `postmaster.pid` if that process is alive.
+fn live_postmaster(data: &Path) -> Option<i32> {
+    let text = fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    kill(Pid::from_raw(pid), None).ok().map(|()| pid)
+}
+
+#[test]
+fn repeated_ctrl_c_still_stops_the_private_postgres() {
+    let root = tempfile::tempdir().unwrap();
+    // As root, the cluster belongs to `postgres`, which must be able to enter the directory.
+    fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let app = root.path().join("bank");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bank");
+    copy_dir(&examples.join("migrations"), &app.join("migrations"));
+    fs::copy(examples.join("index.html"), app.join("index.html")).unwrap();
+
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_mjolnir"))
+        .args(["dev", "--listen", "127.0.0.1", "--port", "0"])
+        .arg(&app)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        // A foreground job of its own, as a shell runs it: Ctrl-C goes to this group.
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let group = Pid::from_raw(dev.id() as i32);
+    let mut stdout = BufReader::new(dev.stdout.take().unwrap());
+    let mut line = String::new();
+    let started = Instant::now();
+    while !line.contains("open http://") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "mjolnir dev exited before serving"
+        );
+        assert!(started.elapsed() < Duration::from_secs(120), "no server");
+    }
+    let data = app.join(".mjolnir/pg/data");
+    let postmaster = live_postmaster(&data).expect("the private PostgreSQL runs");
+
+    // Ctrl-C every 20 ms until the command exits: some land while it stops PostgreSQL.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = dev.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "mjolnir dev did not exit");
+        let _ = killpg(group, Signal::SIGINT);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let rest: Vec<String> = stdout.lines().map_while(Result::ok).collect();
+    assert!(status.success(), "{status}; it printed {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("Stopping PostgreSQL")),
+        "{rest:?}"
+    );
+    // A fast shutdown has finished once pg_ctl -w returns; allow the process a moment to go.
+    let gone = Instant::now() + Duration::from_secs(10);
+    while kill(Pid::from_raw(postmaster), None).is_ok() && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(live_postmaster(&data), None, "PostgreSQL was left running");
+}
