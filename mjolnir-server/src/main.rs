@@ -123,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
                 &common,
                 Identity::Header(user_header),
             );
-            let running = server::start(config, shutdown_signal()).await?;
+            let running = server::start(config, shutdown_signal()?).await?;
             println!("Mjölnir serving on {}", running.http_url());
             running.wait().await?;
             Ok(())
@@ -134,6 +134,8 @@ async fn main() -> anyhow::Result<()> {
 async fn dev(app_dir: PathBuf, database_url: Option<String>, common: Common) -> anyhow::Result<()> {
     anyhow::ensure!(app_dir.is_dir(), "{} is not a directory", app_dir.display());
     let app_dir = app_dir.canonicalize()?;
+    // Before PostgreSQL starts: from then on a Ctrl-C must reach the code that stops it.
+    let shutdown = shutdown_signal()?;
     let cluster = match database_url {
         Some(_) => None,
         None => {
@@ -152,7 +154,7 @@ async fn dev(app_dir: PathBuf, database_url: Option<String>, common: Common) -> 
     // Anyone can claim any user in dev mode: it is for one developer's machine.
     let config = config(&url, app_dir, &common, Identity::TrustClaim);
     let result = async {
-        let running = server::start(config, shutdown_signal()).await?;
+        let running = server::start(config, shutdown).await?;
         println!("Mjölnir dev server: open {}", running.http_url());
         running.wait().await?;
         anyhow::Ok(())
@@ -192,13 +194,19 @@ fn default_client_dir() -> Option<PathBuf> {
         .find(|dir| dir.join("mjolnir.js").is_file())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called,
+/// not when the future is first polled: a Ctrl-C that comes while PostgreSQL starts, or
+/// just after the address is printed, must stop the server and then `mjolnir dev`'s
+/// PostgreSQL, not kill the process with the default action and leave PostgreSQL running.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+    })
 }

@@ -111,10 +111,6 @@ impl LocalCluster {
         cmd.arg("-D")
             .arg(self.dir.join("data"))
             .args(["-m", "fast", "-w", "-s", "stop"]);
-        // Like the start, in a process group of its own: a second Ctrl-C while `mjolnir dev`
-        // stops the server would otherwise interrupt pg_ctl too, which then gives up waiting
-        // (and, early enough, before asking), leaving the server running.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd
     }
 
@@ -213,7 +209,12 @@ impl RunAs {
         })
     }
 
-    /// Runs from `dir` because the caller's working directory may be closed to `postgres`.
+    /// Runs from `dir` because the caller's working directory may be closed to `postgres`,
+    /// and in a process group of its own: Ctrl-C in a terminal signals the whole foreground
+    /// group, and initdb, the server and its stop must each finish or stop when `mjolnir
+    /// dev` says so, not on their own. A second Ctrl-C while `mjolnir dev` stops the server
+    /// would otherwise interrupt `pg_ctl stop`, which then gives up waiting (or, early
+    /// enough, asking) and leaves the server running.
     fn command(self, program: &Path, dir: &Path) -> std::process::Command {
         let mut cmd = match self {
             Self::CurrentUser => std::process::Command::new(program),
@@ -224,6 +225,7 @@ impl RunAs {
             }
         };
         cmd.current_dir(dir);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd
     }
 }
@@ -417,9 +419,6 @@ async fn launch(dir: &Path, binaries: &Binaries, run_as: RunAs) -> Result<u16, C
         let mut pg_ctl = run_as.command(&binaries.pg_ctl(), dir);
         pg_ctl.arg("-D").arg(dir.join("data")).arg("-l").arg(&log);
         pg_ctl.args(["-w", "-t", "60", "-s", "-o", &options, "start"]);
-        // A process group of its own: Ctrl-C in the terminal signals the whole foreground
-        // group, and the server must stop when `mjolnir dev` says so, not on its own.
-        std::os::unix::process::CommandExt::process_group(&mut pg_ctl, 0);
         match run(pg_ctl.into()).await {
             Ok(_) => {
                 fs::write(&port_file, format!("{port}\n"))
