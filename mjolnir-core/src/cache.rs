@@ -12,7 +12,7 @@ use crate::protocol::Entry;
 use crate::{Key, Version};
 use imbl::OrdMap;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -253,7 +253,9 @@ impl Cache {
     }
 
     fn merge(&mut self, entries: &[Entry], admit: Admit) -> Vec<Key> {
-        let mut changed = Vec::new();
+        // A set rather than a sorted and deduplicated Vec: the wasm already holds a
+        // `BTreeSet<Key>` (an attempt's misses), and the sort would be one more to ship.
+        let mut changed = BTreeSet::new();
         for entry in entries {
             // `null` on the wire means absent, so a `Some(null)` built in process does too.
             let value = entry.value.as_ref().filter(|v| !v.is_null());
@@ -268,11 +270,15 @@ impl Cache {
                         continue;
                     }
                 }
-                Some(_) => changed.push(entry.key.clone()),
+                Some(_) => {
+                    changed.insert(entry.key.clone());
+                }
                 None if admit == Admit::HeldOrPinned && !self.pins.contains_key(&entry.key) => {
                     continue;
                 }
-                None => changed.push(entry.key.clone()),
+                None => {
+                    changed.insert(entry.key.clone());
+                }
             }
             let cached = Cached {
                 version: entry.version,
@@ -281,9 +287,7 @@ impl Cache {
             let slot = Slot::new(cached, &self.clock);
             self.entries.insert(entry.key.clone(), slot);
         }
-        changed.sort_unstable();
-        changed.dedup();
-        changed
+        changed.into_iter().collect()
     }
 
     /// Keeps `keys` from eviction until as many [`Cache::unpin`]s. Pinning a key the cache

@@ -28,9 +28,12 @@ pub fn to_js(value: &Value) -> JsValue {
     }
 }
 
-/// A key as its wire form would parse: `{kind: "row", table, pk}` or `{kind: "kv", key}`.
+/// A key as its wire form parses: `{kind: "row", table, pk}` or `{kind: "kv", key}`.
 pub fn key_to_js(key: &Key) -> JsValue {
-    serde_json::to_value(key).map_or(JsValue::NULL, |v| to_js(&v))
+    serde_json::to_string(key)
+        .ok()
+        .and_then(|text| js_sys::JSON::parse(&text).ok())
+        .unwrap_or(JsValue::NULL)
 }
 
 /// A JavaScript value as JSON. `undefined` and `null` become `null`, as do `NaN` and the

@@ -155,11 +155,13 @@ enum Class {
 }
 
 /// The wire name of a kind (`"wrong_type"`): what programs match on as `err.code`.
-fn code_of(kind: ErrorKind) -> String {
-    match serde_json::to_value(kind) {
-        Ok(serde_json::Value::String(code)) => code,
+pub(crate) fn code_of(kind: ErrorKind) -> String {
+    // The JSON text of a unit variant is its quoted name. Through text rather than
+    // `serde_json::Value`, whose serializer the wasm would carry for this alone.
+    match serde_json::to_string(&kind) {
+        Ok(text) => text.trim_matches('"').to_owned(),
         // Unreachable for a unit-variant enum; the Display form is the next best name.
-        _ => kind.to_string(),
+        Err(_) => kind.to_string(),
     }
 }
 

@@ -643,10 +643,7 @@ impl Runtime {
             }
             ServerMessage::Rejected { error, .. } => {
                 self.revert(effects);
-                let reason = serde_json::to_value(error.code)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
+                let reason = crate::error::code_of(error.code);
                 let key = error.key.clone();
                 let err: JsValue = RuntimeError::Rejected(error).into();
                 self.emit_abort(&reason, key.as_ref(), Some(&err));
