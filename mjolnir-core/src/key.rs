@@ -82,10 +82,8 @@ impl fmt::Display for Key {
     }
 }
 
-/// `text` as a JSON string literal (which JavaScript reads the same), for messages.
-///
-/// Rather than `{:?}`: `Debug` for strings brings the Unicode tables it escapes by into the
-/// wasm, and a JavaScript developer reads JSON's escapes more easily than Rust's.
+/// `text` as a JSON string literal (which JavaScript reads the same), for messages: a
+/// JavaScript developer reads JSON's escapes more easily than `{:?}`'s Rust ones.
 pub fn quoted(text: &str) -> String {
     serde_json::Value::from(text).to_string()
 }
