@@ -51,6 +51,8 @@ WORK=$(mktemp -d /tmp/mjolnir-bench.XXXXXX)
 chmod 755 "$WORK" # the cluster below belongs to `postgres`, which must reach it
 RESULTS=$WORK/results.jsonl
 
+# shellcheck source=lib/port.sh
+source scripts/lib/port.sh
 # shellcheck source=lib/pg.sh
 source scripts/lib/pg.sh
 # shellcheck source=lib/server.sh
@@ -86,7 +88,7 @@ psql_bench() { "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT
 endpoint_start() {
     local attempt waited
     for attempt in 1 2 3 4 5; do
-        ENDPOINT_PORT=$((20000 + RANDOM % 40000))
+        ENDPOINT_PORT=$(random_port)
         if (exec 3<>"/dev/tcp/127.0.0.1/$ENDPOINT_PORT") 2>/dev/null; then
             continue
         fi

@@ -5,6 +5,9 @@
 #                  (re)create the empty database NAME in that cluster
 # The Rust tests use mjolnir_server::vstack instead; this stays in bash so test.sh needs no build.
 
+# shellcheck source=port.sh
+source "$(dirname "${BASH_SOURCE[0]}")/port.sh"
+
 PG_DIR=""
 PG_PORT=""
 PG_BIN=""
@@ -74,7 +77,7 @@ pg_start() {
     # A port that refuses connections now may be taken before postgres binds it: retry then.
     local attempt port
     for attempt in 1 2 3 4 5; do
-        port=$((20000 + RANDOM % 40000))
+        port=$(random_port)
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             continue # something listens there
         fi

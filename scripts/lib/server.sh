@@ -5,6 +5,9 @@
 #                 SERVER_PORT and SERVER_PID
 #   server_stop   stop it (safe to call more than once, and when nothing was started)
 
+# shellcheck source=port.sh
+source "$(dirname "${BASH_SOURCE[0]}")/port.sh"
+
 SERVER_PID=""
 SERVER_PORT=""
 
@@ -19,7 +22,7 @@ server_start() {
     # A port that refuses connections now may be taken before the server binds it: the
     # server then exits at once, and another port is tried.
     for attempt in 1 2 3 4 5; do
-        port=$((20000 + RANDOM % 40000))
+        port=$(random_port)
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             continue # something listens there
         fi

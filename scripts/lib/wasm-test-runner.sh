@@ -26,6 +26,8 @@
 # page loads) and started again, up to WASM_TEST_ATTEMPTS runs in all. A failing test is
 # never retried.
 set -uo pipefail
+# shellcheck source=port.sh
+source "$(dirname "${BASH_SOURCE[0]}")/port.sh"
 
 limit=${WASM_TEST_LIMIT:-60}
 attempts=${WASM_TEST_ATTEMPTS:-3}
@@ -54,8 +56,8 @@ for ((attempt = 1; attempt <= attempts; attempt++)); do
         port=${WASM_BINDGEN_TEST_ADDRESS##*:}
     else
         # This port could be taken before the runner binds it; that case is tried again below.
-        port=$((20000 + RANDOM % 40000))
-        while listening "$port"; do port=$((20000 + RANDOM % 40000)); done
+        port=$(random_port)
+        while listening "$port"; do port=$(random_port); done
     fi
     kick "$port" &
     kicker=$!
