@@ -71,6 +71,14 @@ impl Seen {
         self.bits & (1 << i) != 0
     }
 
+    /// Whether the map held `name`, whatever its value (`null` included).
+    fn given(&self, name: &str) -> bool {
+        self.names
+            .iter()
+            .position(|n| *n == name)
+            .is_some_and(|i| self.has(i))
+    }
+
     /// Refuses any field the variant does not have: as `deny_unknown_fields` did, a field
     /// of another variant is unknown to this one.
     fn only<E: de::Error>(&self, allowed: &'static [&'static str]) -> Result<(), E> {
@@ -258,7 +266,7 @@ impl<'de> Visitor<'de> for ServerMessageVisitor {
                 seen.only(&["id", "entries"])?;
                 let id = match s.id {
                     Some(id) => id,
-                    None if seen.has(5) => {
+                    None if seen.given("id") => {
                         return Err(A::Error::invalid_type(
                             de::Unexpected::Unit,
                             &"a u32 read id",

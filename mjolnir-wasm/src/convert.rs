@@ -78,17 +78,18 @@ fn json_of(value: &JsValue) -> Result<Value, String> {
     }
     if let Some(map) = value.dyn_ref::<js_sys::Map>() {
         let mut object = Map::new();
-        let mut failed = None;
+        // `forEach` cannot stop early: the first failure is kept and reported.
+        let mut failed: Option<String> = None;
         map.for_each(&mut |item, name| match (name.as_string(), json_of(&item)) {
             (Some(name), Ok(item)) => {
                 object.insert(name, item);
             }
             (None, _) => {
-                failed = failed
-                    .take()
-                    .or(Some("a Map with a key that is not a string".to_owned()))
+                failed.get_or_insert_with(|| "a Map with a key that is not a string".to_owned());
             }
-            (_, Err(e)) => failed = failed.take().or(Some(e)),
+            (_, Err(e)) => {
+                failed.get_or_insert(e);
+            }
         });
         return failed.map_or(Ok(Value::Object(object)), Err);
     }
