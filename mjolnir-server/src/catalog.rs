@@ -108,16 +108,14 @@ pub struct Table {
     /// An expression giving the row `r` as JSON, with bigint and numeric columns converted
     /// per [`ColumnType`].
     pub row_json: String,
-    /// Row-level security is on: what a user may read depends on who they are, so the
-    /// change feed re-reads a change as each subscriber before pushing it.
-    pub row_security: bool,
     /// The app put triggers of its own on the table. Their effects may depend on the order
     /// in which rows are written, so group commit writes such a table one transaction at a
     /// time, never set-based (migration 0004).
     pub app_triggers: bool,
     /// Every user may read every row: no row-level security, and `mjolnir_app` may SELECT
     /// the whole table. Reads of such a table need not switch to the app's role, which
-    /// lets them run as plain prepared statements (see `store/read.rs`).
+    /// lets them run as plain prepared statements (see `store/read.rs`, which checks that
+    /// it still holds: the app may change either while the server runs).
     pub open_read: bool,
 }
 
@@ -306,7 +304,6 @@ impl Catalog {
                 pk: pks[0],
                 qualified,
                 row_json,
-                row_security,
                 open_read: !row_security && app_may_select,
                 app_triggers,
             };

@@ -23,11 +23,19 @@ pub async fn connect(url: &str, size: u32) -> Result<PgPool, sqlx::Error> {
 }
 
 /// Applies Mjölnir's migrations, then the app's own (`APP_DIR/migrations/*.sql`, in
-/// sqlx's `<version>_<name>.sql` naming), then grants the app's role its privileges.
+/// sqlx's `<version>_<name>.sql` naming).
 ///
 /// Each set keeps its own bookkeeping table in the `mjolnir` schema, so neither can
 /// mistake the other's migrations for its own. sqlx takes an advisory lock while migrating,
 /// so several instances starting at once apply each migration once.
+///
+/// Before the app's migrations run, the default privileges of the app's schema give
+/// `mjolnir_app` (the role every user's reads and writes run as) the rights of reading and
+/// writing rows of every table created from then on, and of using its sequences. A table
+/// gets them once, when it is created; what the app then takes away (`REVOKE UPDATE ON
+/// accounts FROM mjolnir_app`, to make a table read-only) stands, since nothing grants
+/// privileges on existing tables again. Setting the default privileges again at each start
+/// changes no existing table.
 pub async fn migrate(
     pool: &PgPool,
     app_migrations: Option<&Path>,
@@ -41,23 +49,24 @@ pub async fn migrate(
     own.dangerous_set_table_name("mjolnir._migrations");
     own.run(pool).await?;
 
+    let schema = crate::catalog::quote_ident(app_schema);
+    for grant in [
+        format!("GRANT USAGE ON SCHEMA {schema} TO mjolnir_app"),
+        format!(
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO mjolnir_app"
+        ),
+        format!(
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE ON SEQUENCES TO mjolnir_app"
+        ),
+    ] {
+        sqlx::query(AssertSqlSafe(grant)).execute(pool).await?;
+    }
+
     if let Some(dir) = app_migrations.filter(|d| d.is_dir()) {
         let mut app = Migrator::new(dir).await?;
         app.create_schema("mjolnir");
         app.dangerous_set_table_name("mjolnir._app_migrations");
         app.run(pool).await?;
-    }
-
-    // Privileges only: what each user may do is the app's policies' business.
-    let schema = crate::catalog::quote_ident(app_schema);
-    for grant in [
-        format!("GRANT USAGE ON SCHEMA {schema} TO mjolnir_app"),
-        format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO mjolnir_app"
-        ),
-        format!("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO mjolnir_app"),
-    ] {
-        sqlx::query(AssertSqlSafe(grant)).execute(pool).await?;
     }
     Ok(())
 }

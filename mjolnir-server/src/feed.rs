@@ -120,23 +120,25 @@ impl Feed {
     }
 
     /// Sends each connection the changes of one commit that touch keys it holds, as one
-    /// push. Changes of tables without row-level security go out as committed; changes of
-    /// tables with it are read again as each subscriber's user, so nobody is pushed what
-    /// the app's policies would not let them read. Never waits on a client: a connection
-    /// whose queue is full is too slow to follow and is closed.
+    /// push. Changes that every user may read (`open[i]`: the commit found the table
+    /// without row-level security and readable by the app's role, see migration 0006) go
+    /// out as committed; the others are read again as each subscriber's user, so nobody is
+    /// pushed what the app's policies would not let them read. Never waits on a client: a
+    /// connection whose queue is full is too slow to follow and is closed.
     pub async fn publish(
         &self,
         store: &Store,
         version: Version,
         changes: &[Entry],
+        open: &[bool],
         metrics: &Metrics,
     ) {
         let mut pushes: HashMap<ConnId, Vec<Entry>> = HashMap::new();
         let mut guarded: HashMap<Option<String>, Vec<(ConnId, Key)>> = HashMap::new();
         {
             let r = self.registry.lock().expect("feed lock");
-            for change in changes {
-                let needs_reread = store.has_row_security(&change.key);
+            for (i, change) in changes.iter().enumerate() {
+                let needs_reread = !open.get(i).copied().unwrap_or(false);
                 for id in r.holders.get(&change.key).into_iter().flatten() {
                     if needs_reread {
                         let user = r.conns.get(id).and_then(|c| c.user.clone());
@@ -250,6 +252,35 @@ struct Notification {
     version: Version,
     #[serde(default)]
     changes: Option<Vec<Entry>>,
+    /// The 1-based positions in `changes` of the entries every user may read; without it
+    /// (a change set of an older server) every entry is re-read as each subscriber.
+    #[serde(default)]
+    open: Vec<usize>,
+}
+
+/// One commit as the feed publishes it.
+struct Commit {
+    version: Version,
+    changes: Vec<Entry>,
+    /// Per change: whether every user may read it.
+    open: Vec<bool>,
+}
+
+impl Notification {
+    fn into_commit(self) -> Commit {
+        let changes = self.changes.unwrap_or_default();
+        let mut open = vec![false; changes.len()];
+        for i in self.open {
+            if let Some(slot) = i.checked_sub(1).and_then(|i| open.get_mut(i)) {
+                *slot = true;
+            }
+        }
+        Commit {
+            version: self.version,
+            changes,
+            open,
+        }
+    }
 }
 
 /// Subscribes to the commit notifications of every instance. Done before the instance
@@ -275,11 +306,18 @@ pub async fn follow(
 ) {
     loop {
         match next_commit(&mut listener, store.pool()).await {
-            Ok(Some((version, changes))) => {
+            Ok(Some(commit)) => {
                 // Before any push: a client told of a change must not then find this
                 // instance unaware of it.
-                store.remember(&changes);
-                feed.publish(&store, version, &changes, &metrics).await;
+                store.remember(&commit.changes);
+                feed.publish(
+                    &store,
+                    commit.version,
+                    &commit.changes,
+                    &commit.open,
+                    &metrics,
+                )
+                .await;
             }
             Ok(None) => {
                 tracing::warn!(
@@ -304,22 +342,19 @@ pub async fn follow(
 async fn next_commit(
     listener: &mut PgListener,
     pool: &PgPool,
-) -> Result<Option<(Version, Vec<Entry>)>, sqlx::Error> {
+) -> Result<Option<Commit>, sqlx::Error> {
     let Some(n) = listener.try_recv().await? else {
         return Ok(None);
     };
     let note: Notification =
         serde_json::from_str(n.payload()).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    let changes = match note.changes {
-        Some(c) => c,
-        None => {
-            let (logged,): (sqlx::types::Json<Notification>,) =
-                sqlx::query_as("SELECT changes FROM mjolnir.commit_log WHERE version = $1")
-                    .bind(note.version.0 as i64)
-                    .fetch_one(pool)
-                    .await?;
-            logged.0.changes.unwrap_or_default()
-        }
-    };
-    Ok(Some((note.version, changes)))
+    if note.changes.is_some() {
+        return Ok(Some(note.into_commit()));
+    }
+    let (logged,): (sqlx::types::Json<Notification>,) =
+        sqlx::query_as("SELECT changes FROM mjolnir.commit_log WHERE version = $1")
+            .bind(note.version.0 as i64)
+            .fetch_one(pool)
+            .await?;
+    Ok(Some(logged.0.into_commit()))
 }

@@ -1,6 +1,6 @@
-//! An instance answers, without the database, a first send that read a key older than it
-//! has committed since (`store/recent.rs`), and only that: re-sends, keys of tables with
-//! row-level security and keys it did not write go to the database as before.
+//! An instance tells, without a lane's turn, a first send that read a key older than it
+//! knows was committed since (`store/recent.rs`), and only that: re-sends and keys it has
+//! not heard of go to the database as before; the stale keys' values are read as the user.
 
 mod support;
 
@@ -14,11 +14,10 @@ use support::{TestDb, app_with_schema, obj, writes};
 const SCHEMA: &str = "
 CREATE TABLE counters (id integer PRIMARY KEY, n integer NOT NULL);
 INSERT INTO counters VALUES (1, 0);
-CREATE TABLE profiles (name text PRIMARY KEY, motto text NOT NULL);
-INSERT INTO profiles VALUES ('alice', 'hi');
-ALTER TABLE profiles ENABLE ROW LEVEL SECURITY;
-CREATE POLICY read_all ON profiles FOR SELECT USING (true);
-CREATE POLICY own_row ON profiles FOR UPDATE USING (name = mjolnir.user_id());
+CREATE TABLE diaries (name text PRIMARY KEY, entry text NOT NULL);
+INSERT INTO diaries VALUES ('alice', 'dear diary');
+ALTER TABLE diaries ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_diary ON diaries USING (name = mjolnir.user_id());
 ";
 
 fn counter() -> Key {
@@ -157,37 +156,55 @@ async fn a_resent_commit_is_answered_committed_by_the_instance_that_committed_it
     assert_eq!(known_stale(&server), 1);
 }
 
-/// A row of a table with row-level security is what its user may see, so no user is
-/// answered from another's write: such keys always go to the database.
+/// The memory holds versions, never values: a conflict it answers carries the stale keys
+/// as the committing user reads them now, so nobody is answered with another's hidden row.
 #[tokio::test]
-async fn keys_under_row_level_security_are_decided_by_the_database() {
+async fn a_conflict_from_memory_carries_the_stale_keys_as_the_user_reads_them() {
     let db = TestDb::new("recent_rls").await;
     let app = app_with_schema(SCHEMA);
     let server = start(&db, app.path(), 16).await;
     let alice = Client::connect(&server.ws_url(), Some("alice"))
         .await
         .unwrap();
-    let key = Key::row("profiles", "alice");
-    let (old, _) = read_one(&alice, &key).await;
-    let motto = |m: &str| {
+    let bob = Client::connect(&server.ws_url(), Some("bob"))
+        .await
+        .unwrap();
+    let key = Key::row("diaries", "alice");
+    let (alice_old, _) = read_one(&alice, &key).await;
+    let (bob_old, hidden) = read_one(&bob, &key).await;
+    assert_eq!(hidden.value, None, "bob cannot see alice's diary");
+    let entry = |e: &str| {
         writes(vec![(
             key.clone(),
             WriteOp::Update {
-                set: obj(json!({ "motto": m })),
+                set: obj(json!({ "entry": e })),
             },
         )])
     };
-    let (_, first) = alice.commit_new(old.clone(), motto("hey")).await.unwrap();
+    let (_, first) = alice
+        .commit_new(alice_old.clone(), entry("hey"))
+        .await
+        .unwrap();
     let CommitOutcome::Committed(v1) = first else {
         panic!("{first:?}")
     };
-    let (_, outcome) = alice.commit_new(old, motto("ho")).await.unwrap();
+
+    let (_, outcome) = alice.commit_new(alice_old, entry("ho")).await.unwrap();
     let CommitOutcome::Conflict(stale) = outcome else {
         panic!("{outcome:?}")
     };
-    assert_eq!(known_stale(&server), 0, "decided by the database");
+    assert_eq!(known_stale(&server), 1, "answered from memory");
     assert_eq!(stale[0].version, v1);
-    assert_eq!(stale[0].value.as_ref().unwrap()["motto"], "hey");
+    assert_eq!(stale[0].value.as_ref().unwrap()["entry"], "hey");
+
+    let (_, outcome) = bob.commit_new(bob_old, set_n(1)).await.unwrap();
+    let CommitOutcome::Conflict(stale) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(known_stale(&server), 2, "answered from memory");
+    assert_eq!(stale[0].key, key);
+    assert_eq!(stale[0].version, v1);
+    assert_eq!(stale[0].value, None, "still hidden from bob");
 }
 
 /// Another instance's commits reach this one through the change feed, and are known too:

@@ -8,8 +8,8 @@
 //! subtransaction), as `mjolnir_app` with its user: its writes, then its versions, txn id
 //! and change set recorded, and its deferred constraints checked then and there. A refused write undoes that
 //! transaction alone. The end of the call is **the commit point of every transaction of
-//! the batch**; outcomes are answered only after it, and a conflict's fresh values are
-//! read after it too, unless this instance already knows them (`recent.rs`).
+//! the batch**; outcomes are answered only after it. A conflict's fresh values are read
+//! after it too, as the committing user, by the reader (`read.rs`), outside the lane.
 //!
 //! Before a batch goes to the database, a first send that read a key at an older version
 //! than this instance knows was committed since is answered as a conflict at once (`recent.rs`):
@@ -30,7 +30,7 @@ use super::commit::{
     is_transient_code, missing_row, sqlstate, statement,
 };
 use super::lanes::{self, Lanes, Runner};
-use super::read::read_as;
+use super::read::Reader;
 use super::recent::Recent;
 use super::{Resolved, locks};
 use crate::error::{Result, ServerError};
@@ -50,7 +50,11 @@ use tokio::sync::oneshot;
 #[derive(Debug)]
 pub(crate) struct Committer {
     pool: PgPool,
+    /// The schema of the app's tables (`mjolnir.commit_batch` asks which are open).
+    schema: String,
     knobs: Knobs,
+    /// Reads the values a conflict carries.
+    reader: Arc<Reader>,
     lanes: Lanes<Pending>,
     /// Transactions decided by the set-based path of `mjolnir.commit_batch`.
     set_based: Counter,
@@ -81,9 +85,18 @@ pub(super) struct Pending {
     reply: oneshot::Sender<Result<Outcome>>,
 }
 
+/// What the database decided for one transaction.
+#[derive(Debug)]
+pub(super) enum Decision {
+    Final(Outcome),
+    /// A conflict: these keys were read stale. Their current values, which the conflict
+    /// carries, are still to be read as the committing user ([`Committer::finish`]).
+    Stale(Vec<Resolved>),
+}
+
 /// What a transaction of a batch came to.
 enum Decided {
-    Outcome(Outcome),
+    Outcome(Decision),
     /// Failed in a way the batch does not classify (a deadlock, a concurrent commit of its
     /// txn id, …), with the error's SQLSTATE and message, or with the whole batch (`None`):
     /// nothing of it was applied; it is committed again on its own.
@@ -104,10 +117,10 @@ impl Runner for Committer {
         }
         if let [_] = batch.as_slice() {
             let p = batch.into_iter().next().expect("one");
-            let outcome = self
+            let decision = self
                 .commit_alone(p.user.as_deref(), &p.txn, &p.plan, Via::Lane)
                 .await;
-            let _ = p.reply.send(outcome);
+            self.answer(p, decision);
         } else {
             self.run_batch(batch).await;
         }
@@ -115,8 +128,16 @@ impl Runner for Committer {
 }
 
 impl Committer {
-    pub(super) fn new(pool: PgPool, knobs: Knobs, metrics: &Metrics) -> Committer {
+    pub(super) fn new(
+        pool: PgPool,
+        schema: &str,
+        knobs: Knobs,
+        metrics: &Metrics,
+        reader: Arc<Reader>,
+    ) -> Committer {
         Committer {
+            schema: schema.to_owned(),
+            reader,
             lanes: Lanes::new(
                 knobs.group_commit_lanes,
                 knobs.group_commit,
@@ -159,9 +180,9 @@ impl Committer {
         })
     }
 
-    /// The conflict of a first send that read a key older than this instance knows was
-    /// committed since (see `recent.rs`), if it did.
-    pub(super) fn known_conflict(&self, first: bool, plan: &Plan) -> Option<Outcome> {
+    /// The keys a first send read stale, by what this instance knows was committed since
+    /// (see `recent.rs`), if any.
+    pub(super) fn known_stale(&self, first: bool, plan: &Plan) -> Option<Vec<Resolved>> {
         if !first {
             return None;
         }
@@ -170,24 +191,52 @@ impl Committer {
             return None;
         }
         self.known_stale.inc();
-        Some(Outcome::Conflict { stale })
+        Some(stale)
     }
 
     /// Remembers changes committed elsewhere (see `Store::remember`).
-    pub(super) fn remember<'a>(
-        &self,
-        changes: impl IntoIterator<Item = (&'a Resolved, &'a Entry)>,
-    ) {
+    pub(super) fn remember<'a>(&self, changes: impl IntoIterator<Item = (&'a Resolved, Version)>) {
         self.recent.record(changes);
     }
 
+    /// The outcome of a decision: a conflict gets its stale keys' current values, read as
+    /// `user`, so that it carries nothing the app's policies hide from them now.
+    pub(super) async fn finish(&self, user: Option<&str>, decision: Decision) -> Result<Outcome> {
+        match decision {
+            Decision::Final(outcome) => Ok(outcome),
+            Decision::Stale(keys) => Ok(Outcome::Conflict {
+                stale: self.reader.read(user, keys).await?,
+            }),
+        }
+    }
+
+    /// Answers a queued transaction. A conflict's values are read in a task of its own, so
+    /// the lane goes on with the next batch meanwhile.
+    fn answer(self: &Arc<Self>, p: Pending, decision: Result<Decision>) {
+        match decision {
+            Ok(Decision::Stale(keys)) => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let outcome = this.finish(p.user.as_deref(), Decision::Stale(keys)).await;
+                    let _ = p.reply.send(outcome);
+                });
+            }
+            Ok(Decision::Final(outcome)) => {
+                let _ = p.reply.send(Ok(outcome));
+            }
+            Err(e) => {
+                let _ = p.reply.send(Err(e));
+            }
+        }
+    }
+
     /// Answers the known conflicts of a batch; returns the rest, in order.
-    fn answer_known_conflicts(&self, batch: Vec<Pending>) -> Vec<Pending> {
+    fn answer_known_conflicts(self: &Arc<Self>, batch: Vec<Pending>) -> Vec<Pending> {
         batch
             .into_iter()
-            .filter_map(|p| match self.known_conflict(p.first, &p.plan) {
-                Some(conflict) => {
-                    let _ = p.reply.send(Ok(conflict));
+            .filter_map(|p| match self.known_stale(p.first, &p.plan) {
+                Some(keys) => {
+                    self.answer(p, Ok(Decision::Stale(keys)));
                     None
                 }
                 None => Some(p),
@@ -214,9 +263,7 @@ impl Committer {
         let mut alone = Vec::new();
         for (p, d) in batch.into_iter().zip(decided) {
             match d {
-                Decided::Outcome(o) => {
-                    let _ = p.reply.send(Ok(o));
-                }
+                Decided::Outcome(decision) => self.answer(p, Ok(decision)),
                 Decided::Alone(_) => alone.push(p),
             }
         }
@@ -224,10 +271,10 @@ impl Committer {
         let runs = alone.into_iter().map(|p| {
             let this = self.clone();
             tokio::spawn(async move {
-                let outcome = this
+                let decision = this
                     .commit_alone(p.user.as_deref(), &p.txn, &p.plan, Via::Pool)
                     .await;
-                let _ = p.reply.send(outcome);
+                this.answer(p, decision);
             })
         });
         for run in runs.collect::<Vec<_>>() {
@@ -243,7 +290,7 @@ impl Committer {
         txn: &TxnId,
         plan: &Plan,
         mut via: Via,
-    ) -> Result<Outcome> {
+    ) -> Result<Decision> {
         let member = [Member { user, txn, plan }];
         let mut attempt = 0;
         loop {
@@ -265,7 +312,7 @@ impl Committer {
                     // An error at the statement's end is its COMMIT refusing: a deferred
                     // constraint of the app.
                     _ => match classify(&e) {
-                        Some(reply) => return Ok(Outcome::Rejected(reply)),
+                        Some(reply) => return Ok(Decision::Final(Outcome::Rejected(reply))),
                         None => return Err(ServerError::Db(e)),
                     },
                 },
@@ -277,19 +324,23 @@ impl Committer {
                 continue;
             }
             if code == ALREADY_COMMITTED
-                && let Some(version) = self.committed_version(txn).await?
+                && let Some(version) = self.committed_version(user, txn).await?
             {
-                return Ok(Outcome::Duplicate { version });
+                return Ok(Decision::Final(Outcome::Duplicate { version }));
             }
             return Err(ServerError::Database { code, message });
         }
     }
 
-    async fn committed_version(&self, txn: &TxnId) -> Result<Option<Version>> {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT version FROM mjolnir.txns WHERE txn = $1")
-            .bind(&txn.0)
-            .fetch_optional(&self.pool)
-            .await?;
+    /// The version `user`'s transaction `txn` committed at, if it did. A transaction id is
+    /// `user`'s own: another user's record of the same id says nothing of it.
+    async fn committed_version(&self, user: Option<&str>, txn: &TxnId) -> Result<Option<Version>> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT version FROM mjolnir.txns WHERE app_user = $1 AND txn = $2")
+                .bind(user.unwrap_or(""))
+                .bind(&txn.0)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(|(v,)| Version(v as u64)))
     }
 
@@ -342,14 +393,16 @@ impl Committer {
             Option<i64>,
             Option<Vec<i32>>,
             Option<Value>,
+            Option<Vec<bool>>,
             Option<String>,
             Option<String>,
             Option<i32>,
             bool,
         );
         let query = sqlx::query_as(
-            "SELECT * FROM mjolnir.commit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+            "SELECT * FROM mjolnir.commit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
         )
+        .bind(&self.schema)
         .bind(&hashes)
         .bind(&exclusive)
         .bind(&a.txn_ids)
@@ -385,47 +438,37 @@ impl Committer {
         };
         // The batch has committed (or decided nothing at all): now the answers.
         let mut decided = Vec::with_capacity(batch.len());
-        // The stale keys of each conflict, by user: which answer, and its keys.
-        let mut conflicts: HashMap<Option<&str>, Vec<(usize, Vec<Resolved>)>> = HashMap::new();
         if let Some(row) = rows.first()
-            && row.7
+            && row.8
         {
             self.set_based.inc_by(rows.len() as u64);
         }
-        for (m, (outcome, version, stale, values, code, message, failed, _)) in
+        for (m, (outcome, version, stale, values, changed, code, message, failed, _)) in
             batch.iter().zip(rows)
         {
             decided.push(match outcome.as_str() {
-                "duplicate" => Decided::Outcome(Outcome::Duplicate {
+                "duplicate" => Decided::Outcome(Decision::Final(Outcome::Duplicate {
                     version: Version(version.unwrap_or(0) as u64),
-                }),
-                "conflict" => {
-                    let reads: Vec<(Resolved, Version)> = stale
+                })),
+                "conflict" => Decided::Outcome(Decision::Stale(
+                    stale
                         .unwrap_or_default()
                         .into_iter()
                         .filter_map(|i| m.plan.reads.get((i as usize).wrapping_sub(1)))
-                        .cloned()
-                        .collect();
-                    // Usually a key this instance has just written: its value is known.
-                    let known = self.recent.stale(&reads);
-                    if known.len() == reads.len() {
-                        Decided::Outcome(Outcome::Conflict { stale: known })
-                    } else {
-                        let keys = reads.into_iter().map(|(r, _)| r).collect();
-                        conflicts
-                            .entry(m.user)
-                            .or_default()
-                            .push((decided.len(), keys));
-                        Decided::Outcome(Outcome::Conflict { stale: Vec::new() })
-                    }
-                }
+                        .map(|(r, _)| r.clone())
+                        .collect(),
+                )),
                 "committed" => {
-                    let outcome = committed(m.plan, version, values);
-                    if let Outcome::Committed { changes, .. } = &outcome {
-                        self.recent
-                            .record(m.plan.writes.iter().map(|(r, _)| r).zip(changes));
+                    let outcome = committed(m.plan, version, values, changed);
+                    if let Outcome::Committed { version, changes } = &outcome {
+                        let changed = m.plan.writes.iter().map(|(r, _)| r);
+                        self.recent.record(
+                            changed
+                                .filter(|r| changes.iter().any(|c| c.key == r.key))
+                                .map(|r| (r, *version)),
+                        );
                     }
-                    Decided::Outcome(outcome)
+                    Decided::Outcome(Decision::Final(outcome))
                 }
                 _ => {
                     let code = code.unwrap_or_default();
@@ -433,11 +476,11 @@ impl Committer {
                     let write = failed.and_then(|i| m.plan.writes.get((i as usize).wrapping_sub(1)));
                     match (code.as_str(), write) {
                         (HIDDEN_ROW | MISSING_ROW, Some((r, op))) => Decided::Outcome(
-                            Outcome::Rejected(missing_row(r, op, code == HIDDEN_ROW)),
+                            Decision::Final(Outcome::Rejected(missing_row(r, op, code == HIDDEN_ROW))),
                         ),
                         (ALREADY_COMMITTED, _) => Decided::Alone(Some((code, message))),
                         _ => match classify_code(&code, &message) {
-                            Some(reply) => Decided::Outcome(Outcome::Rejected(reply)),
+                            Some(reply) => Decided::Outcome(Decision::Final(Outcome::Rejected(reply))),
                             None => {
                                 tracing::debug!(txn = %m.txn, %code, %message, "committing alone after a database error in its batch");
                                 Decided::Alone(Some((code, message)))
@@ -446,21 +489,6 @@ impl Committer {
                     }
                 }
             });
-        }
-        // A conflict carries its stale keys' current values. Those this instance does not
-        // know newer versions of are read after the batch (so at least as new as the
-        // versions that made them stale): one read per user.
-        for (user, answers) in conflicts {
-            let keys: Vec<Resolved> = answers
-                .iter()
-                .flat_map(|(_, k)| k.iter().cloned())
-                .collect();
-            let mut entries = read_as(&self.pool, user, &keys).await?.into_iter();
-            for (i, keys) in answers {
-                decided[i] = Decided::Outcome(Outcome::Conflict {
-                    stale: entries.by_ref().take(keys.len()).collect(),
-                });
-            }
         }
         Ok(decided)
     }
@@ -521,8 +549,14 @@ impl Arrays<'_> {
 }
 
 /// The outcome of a transaction `mjolnir.commit_batch` committed: the change set as the
-/// feed carries it, or for a read-only transaction, the newest version it read.
-fn committed(plan: &Plan, version: Option<i64>, values: Option<Value>) -> Outcome {
+/// feed carries it (the writes that changed something, `changed` saying which), or for a
+/// read-only transaction, the newest version it read.
+fn committed(
+    plan: &Plan,
+    version: Option<i64>,
+    values: Option<Value>,
+    changed: Option<Vec<bool>>,
+) -> Outcome {
     let Some(version) = version else {
         let newest = plan.reads.iter().map(|(_, v)| v.0).max().unwrap_or(0);
         return Outcome::Committed {
@@ -535,11 +569,14 @@ fn committed(plan: &Plan, version: Option<i64>, values: Option<Value>) -> Outcom
         Some(Value::Array(values)) => values,
         _ => Vec::new(),
     };
+    let changed = changed.unwrap_or_default();
     let changes = plan
         .writes
         .iter()
         .zip(values.into_iter().chain(std::iter::repeat(Value::Null)))
-        .map(|((r, op), value)| Entry {
+        .zip(changed.into_iter().chain(std::iter::repeat(true)))
+        .filter(|(_, changed)| *changed)
+        .map(|(((r, op), value), _)| Entry {
             key: r.key.clone(),
             version,
             value: match op {

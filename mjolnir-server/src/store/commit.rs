@@ -5,22 +5,21 @@
 //! transaction, so PostgreSQL commits it the moment the call returns:
 //! 1. lock every key (advisory locks in hash order) and check the transaction id was not
 //!    already committed;
-//! 2. [`find_stale`]'s rule, in SQL: a read is stale if the key's version is not the one
-//!    read. If any is, nothing is applied (a conflict), and the server then reads the stale
-//!    keys' current values for the client;
+//! 2. a read is stale if its key's value changed since the version read (migration 0006:
+//!    `changed <= read <= version`). If any is, nothing is applied (a conflict), and the
+//!    server then reads the stale keys' current values for the client, as its user;
 //! 3. as `mjolnir_app` with the connection's user: the [`Statement`] of each write, so the
-//!    app's row-level security, CHECK constraints and triggers apply;
-//! 4. the new versions, the transaction id, the NOTIFY (`mjolnir.announce`);
+//!    app's row-level security, CHECK constraints and triggers apply. A write that changes
+//!    nothing draws no new value version;
+//! 4. the new versions, the transaction id (the user's own), the NOTIFY (`mjolnir.announce`);
 //! 5. the end of the statement is **the commit point**. Before it nothing is visible and
 //!    nothing is decided; after it the writes, the versions, the dedup record and the
 //!    notification are all durable together.
 //!
 //! Under load, commits are batched (`batch.rs`): the same steps for each transaction,
 //! several transactions in one call. A lone commit is a batch of one.
-//!
-//! [`find_stale`]: mjolnir_core::find_stale
 
-use super::batch::Via;
+use super::batch::{Decision, Via};
 use super::{Resolved, Store};
 use crate::catalog::{Table, quote_ident};
 use crate::error::{Result, ServerError};
@@ -82,15 +81,16 @@ impl Store {
             Err(e) => return Err(e),
         };
         // Checked again when a lane takes it: the batches before it may make it stale.
-        if let Some(conflict) = self.committer.known_conflict(first, &plan) {
-            return Ok(conflict);
+        if let Some(stale) = self.committer.known_stale(first, &plan) {
+            return self.committer.finish(user, Decision::Stale(stale)).await;
         }
         // Read-only commits write nothing and need no fsync: batching would only delay them.
         if plan.writes.is_empty() || self.knobs.group_commit <= 1 {
-            return self
+            let decision = self
                 .committer
                 .commit_alone(user, txn, &plan, Via::Pool)
-                .await;
+                .await?;
+            return self.committer.finish(user, decision).await;
         }
         self.committer
             .submit(user.map(str::to_owned), txn.clone(), first, plan)
@@ -179,10 +179,16 @@ fn pk_matches(pk_text: &str, v: &Value) -> bool {
 
 /// The statements one write runs as. `sql` is the write alone, over `$1` (`arg`: the row,
 /// the changed columns or the kv value, jsonb) and `$2` (the primary key as text),
-/// returning the new value as jsonb (`NULL` for a delete). `set` is the same write for many
-/// keys of a batch at once, over `$1` (all the batch's args), `$2` (all its primary keys)
-/// and `$3` (the indexes of the writes to run), returning `(ord, value)` for each index;
-/// `None` for a table with triggers of the app's own.
+/// returning `(value, changed)`: the new value as jsonb (`NULL` for a delete) and whether
+/// the write changed anything. `set` is the same write for many keys of a batch at once,
+/// over `$1` (all the batch's args), `$2` (all its primary keys) and `$3` (the indexes of
+/// the writes to run), returning `(ord, value, changed)` for each index; `None` for a
+/// table with triggers of the app's own.
+///
+/// A write of a row that returns no row matched none (see `check`). A kv write that
+/// returns no row changed nothing: a put of the value already stored, the delete of an
+/// absent entry. A write that changes nothing draws no new value version for its key
+/// (migration 0006), so that nobody whom the app lets run it can make others conflict.
 #[derive(Debug)]
 pub(super) struct Statement {
     pub(super) sql: String,
@@ -197,25 +203,30 @@ pub(super) fn statement(r: &Resolved, op: &WriteOp) -> Statement {
     let Some(t) = &r.table else {
         return match op {
             WriteOp::Put { value } => Statement {
-                sql: "INSERT INTO mjolnir.kv (key, value) VALUES ($2, $1)
-                      ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING value"
+                sql: "INSERT INTO mjolnir.kv AS kv (key, value) VALUES ($2, $1)
+                      ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+                      WHERE kv.value IS DISTINCT FROM EXCLUDED.value
+                      RETURNING value, true AS changed"
                     .to_owned(),
                 set: Some(
                     "WITH u AS (SELECT j AS ord, $2[j] AS key, $1[j] AS value FROM unnest($3::int[]) AS j),
-                      w AS (INSERT INTO mjolnir.kv (key, value) SELECT u.key, u.value FROM u
-                            ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING key, value)
-                      SELECT u.ord, w.value FROM w JOIN u ON u.key = w.key"
+                      w AS (INSERT INTO mjolnir.kv AS kv (key, value) SELECT u.key, u.value FROM u
+                            ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+                            WHERE kv.value IS DISTINCT FROM EXCLUDED.value
+                            RETURNING key, value)
+                      SELECT u.ord, w.value, true AS changed FROM w JOIN u ON u.key = w.key"
                         .to_owned(),
                 ),
                 arg: value.clone(),
                 check: None,
             },
-            // Deleting an absent kv entry is not an error.
             _ => Statement {
-                sql: "DELETE FROM mjolnir.kv WHERE key = $2 RETURNING NULL::jsonb".to_owned(),
+                sql: "DELETE FROM mjolnir.kv WHERE key = $2 RETURNING NULL::jsonb, true AS changed"
+                    .to_owned(),
                 set: Some(
                     "DELETE FROM mjolnir.kv AS kv USING unnest($3::int[]) AS u(ord)
-                      WHERE kv.key = $2[u.ord] RETURNING u.ord AS ord, NULL::jsonb AS value"
+                      WHERE kv.key = $2[u.ord]
+                      RETURNING u.ord AS ord, NULL::jsonb AS value, true AS changed"
                         .to_owned(),
                 ),
                 arg: Value::Null,
@@ -241,53 +252,66 @@ pub(super) fn statement(r: &Resolved, op: &WriteOp) -> Statement {
             let p_cols = column_list(&row, "p.");
             Statement {
                 sql: format!(
-                    "INSERT INTO {table} AS r ({cols}) SELECT {cols} FROM jsonb_populate_record(NULL::{table}, $1) RETURNING {json}"
+                    "INSERT INTO {table} AS r ({cols}) SELECT {cols} FROM jsonb_populate_record(NULL::{table}, $1)
+                     RETURNING {json}, true AS changed"
                 ),
                 set: set_form(format!(
                     "WITH u AS (SELECT j AS ord FROM unnest($3::int[]) AS j),
                      w AS (INSERT INTO {table} AS r ({cols})
                            SELECT {p_cols} FROM u, jsonb_populate_record(NULL::{table}, $1[u.ord]) AS p
                            RETURNING r.{pk_col} AS pk, {json} AS value)
-                     SELECT u.ord, w.value FROM w JOIN u ON w.pk = ($2[u.ord])::{pk_ty}"
+                     SELECT u.ord, w.value, true AS changed FROM w JOIN u ON w.pk = ($2[u.ord])::{pk_ty}"
                 )),
                 arg: Value::Object(row),
                 check: None,
             }
         }
-        // An empty update still locks the row and checks the user may see it.
+        // An empty update changes nothing, but still locks the row and checks the user may
+        // see it.
         WriteOp::Update { set } if set.is_empty() => Statement {
-            sql: format!("SELECT {json} FROM {table} r WHERE r.{pk_col} = $2::{pk_ty} FOR UPDATE"),
+            sql: format!(
+                "SELECT {json}, false AS changed FROM {table} r WHERE r.{pk_col} = $2::{pk_ty} FOR UPDATE"
+            ),
             set: set_form(format!(
-                "SELECT u.ord AS ord, {json} AS value
+                "SELECT u.ord AS ord, {json} AS value, false AS changed
                  FROM {table} r JOIN unnest($3::int[]) AS u(ord) ON r.{pk_col} = ($2[u.ord])::{pk_ty}
                  FOR UPDATE OF r"
             )),
             arg: Value::Null,
             check: check(),
         },
+        // The row as it was (`o.old`, the same expression over the row before the update)
+        // tells whether the update, with whatever the app's triggers did, changed anything.
         WriteOp::Update { set } => {
             let cols = column_list(set, "");
             let p_cols = column_list(set, "p.");
             Statement {
                 sql: format!(
                     "UPDATE {table} AS r SET ({cols}) = (SELECT {cols} FROM jsonb_populate_record(NULL::{table}, $1))
-                     WHERE r.{pk_col} = $2::{pk_ty} RETURNING {json}"
+                     FROM (SELECT r.{pk_col} AS pk, {json} AS old FROM {table} r WHERE r.{pk_col} = $2::{pk_ty}) AS o
+                     WHERE r.{pk_col} = o.pk
+                     RETURNING {json}, {json} IS DISTINCT FROM o.old AS changed"
                 ),
                 set: set_form(format!(
                     "UPDATE {table} AS r
-                     SET ({cols}) = (SELECT {p_cols} FROM jsonb_populate_record(NULL::{table}, $1[u.ord]) AS p)
-                     FROM unnest($3::int[]) AS u(ord) WHERE r.{pk_col} = ($2[u.ord])::{pk_ty}
-                     RETURNING u.ord AS ord, {json} AS value"
+                     SET ({cols}) = (SELECT {p_cols} FROM jsonb_populate_record(NULL::{table}, $1[o.ord]) AS p)
+                     FROM (SELECT u.ord, r.{pk_col} AS pk, {json} AS old
+                             FROM {table} r JOIN unnest($3::int[]) AS u(ord) ON r.{pk_col} = ($2[u.ord])::{pk_ty}) AS o
+                     WHERE r.{pk_col} = o.pk
+                     RETURNING o.ord AS ord, {json} AS value, {json} IS DISTINCT FROM o.old AS changed"
                 )),
                 arg: Value::Object(set.clone()),
                 check: check(),
             }
         }
         WriteOp::Delete => Statement {
-            sql: format!("DELETE FROM {table} AS r WHERE r.{pk_col} = $2::{pk_ty} RETURNING NULL::jsonb"),
+            sql: format!(
+                "DELETE FROM {table} AS r WHERE r.{pk_col} = $2::{pk_ty} RETURNING NULL::jsonb, true AS changed"
+            ),
             set: set_form(format!(
                 "DELETE FROM {table} AS r USING unnest($3::int[]) AS u(ord)
-                 WHERE r.{pk_col} = ($2[u.ord])::{pk_ty} RETURNING u.ord AS ord, NULL::jsonb AS value"
+                 WHERE r.{pk_col} = ($2[u.ord])::{pk_ty}
+                 RETURNING u.ord AS ord, NULL::jsonb AS value, true AS changed"
             )),
             arg: Value::Null,
             check: check(),

@@ -17,7 +17,7 @@ use crate::catalog::{Catalog, KV_SPACE, Table};
 use crate::error::Result;
 use crate::knobs::Knobs;
 use crate::metrics::Metrics;
-use mjolnir_core::Key;
+use mjolnir_core::{Key, Version};
 use sqlx::PgPool;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -35,8 +35,9 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// Whether every user reads this key alike: a kv entry, or a row of a table every user
-    /// may read in full ([`Table::open_read`]).
+    /// Whether every user reads this key alike, as far as the catalog knows: a kv entry, or
+    /// a row of a table every user may read in full ([`Table::open_read`]). A read checks
+    /// it again in the database (`Reader::read_now`).
     pub fn open_read(&self) -> bool {
         self.table.as_ref().is_none_or(|t| t.open_read)
     }
@@ -65,9 +66,16 @@ impl Store {
         metrics: &Metrics,
     ) -> Result<Store> {
         let catalog = Catalog::load(&pool, schema).await?;
+        let reader = Arc::new(read::Reader::new(pool.clone(), schema, &knobs, metrics));
         Ok(Store {
-            committer: Arc::new(batch::Committer::new(pool.clone(), knobs.clone(), metrics)),
-            reader: Arc::new(read::Reader::new(pool.clone(), &knobs, metrics)),
+            committer: Arc::new(batch::Committer::new(
+                pool.clone(),
+                schema,
+                knobs.clone(),
+                metrics,
+                reader.clone(),
+            )),
+            reader,
             pool,
             schema: schema.to_owned(),
             knobs,
@@ -83,17 +91,6 @@ impl Store {
         &self.knobs
     }
 
-    /// Whether `key` is a row of a table with row-level security (see [`Table::row_security`]).
-    pub fn has_row_security(&self, key: &Key) -> bool {
-        match key {
-            Key::Row { table, .. } => self
-                .catalog()
-                .table(key, table)
-                .is_ok_and(|t| t.row_security),
-            Key::Kv { .. } => false,
-        }
-    }
-
     pub fn table_infos(
         &self,
     ) -> std::collections::BTreeMap<String, mjolnir_core::protocol::TableInfo> {
@@ -105,21 +102,25 @@ impl Store {
     /// tables this instance does not know yet are skipped.
     pub fn remember(&self, changes: &[mjolnir_core::protocol::Entry]) {
         let catalog = self.catalog();
-        let known: Vec<(Resolved, &mjolnir_core::protocol::Entry)> = changes
+        let known: Vec<(Resolved, Version)> = changes
             .iter()
-            .filter_map(|e| Some((resolve_one(&catalog, &e.key).ok()?, e)))
+            .filter_map(|e| Some((resolve_one(&catalog, &e.key).ok()?, e.version)))
             .collect();
-        self.committer.remember(known.iter().map(|(r, e)| (r, *e)));
+        self.committer.remember(known.iter().map(|(r, v)| (r, *v)));
     }
 
     fn catalog(&self) -> Arc<Catalog> {
         self.catalog.read().expect("catalog lock").0.clone()
     }
 
-    /// Resolves keys, reloading the catalog once if a table is unknown: another instance
-    /// may have migrated since this one started.
+    /// Resolves keys, reloading the catalog once if a table is unknown (another instance
+    /// may have migrated since this one started) or a read found it outdated.
     pub async fn resolve(&self, keys: impl IntoIterator<Item = &Key>) -> Result<Vec<Resolved>> {
         let keys: Vec<&Key> = keys.into_iter().collect();
+        if self.reader.take_catalog_outdated() {
+            let fresh = Arc::new(Catalog::load(&self.pool, &self.schema).await?);
+            *self.catalog.write().expect("catalog lock") = (fresh, Instant::now());
+        }
         let mut catalog = self.catalog();
         let unknown = keys
             .iter()

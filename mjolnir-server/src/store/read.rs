@@ -12,22 +12,68 @@ use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgPool};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::oneshot;
 
 impl Store {
     /// Reads `keys` as `user` sees them, from one snapshot.
     ///
     /// A row the app's policies hide from `user` reads as absent, at its real version.
-    /// Reads that arrive while the database is busy are batched (`lanes.rs`): one call
-    /// per user for all of them.
     pub async fn read(&self, user: Option<&str>, keys: &[mjolnir_core::Key]) -> Result<Vec<Entry>> {
         let keys = self.resolve(keys).await?;
-        if self.knobs.group_commit <= 1 {
-            return read_as(&self.pool, user, &keys).await;
+        self.reader.read(user, keys).await
+    }
+}
+
+/// Runs reads, batched while the database is busy (`lanes.rs`): one call per user for
+/// all of them. One per instance.
+#[derive(Debug)]
+pub(super) struct Reader {
+    pool: PgPool,
+    /// The schema of the app's tables, for the check of [`Reader::read_now`].
+    schema: String,
+    batched: bool,
+    lanes: Lanes<ReadJob>,
+    /// Set when a read found a table the catalog says is open no longer open: the store
+    /// then loads the catalog again (`Store::resolve`).
+    catalog_outdated: AtomicBool,
+}
+
+#[derive(Debug)]
+pub(super) struct ReadJob {
+    user: Option<String>,
+    keys: Vec<Resolved>,
+    reply: oneshot::Sender<Result<Vec<Entry>>>,
+}
+
+impl Reader {
+    pub(super) fn new(pool: PgPool, schema: &str, knobs: &Knobs, metrics: &Metrics) -> Reader {
+        Reader {
+            pool,
+            schema: schema.to_owned(),
+            batched: knobs.group_commit > 1,
+            lanes: Lanes::new(
+                knobs.group_commit_lanes,
+                knobs.group_commit,
+                metrics.read_batch_size.clone(),
+                metrics.read_lane_busy.clone(),
+            ),
+            catalog_outdated: AtomicBool::new(false),
+        }
+    }
+
+    /// Reads `keys` as `user` sees them, in the next batch of reads.
+    pub(super) async fn read(
+        self: &Arc<Self>,
+        user: Option<&str>,
+        keys: Vec<Resolved>,
+    ) -> Result<Vec<Entry>> {
+        if !self.batched {
+            return self.read_now(user, &keys).await;
         }
         let (reply, entries) = oneshot::channel();
         lanes::push(
-            &self.reader,
+            self,
             ReadJob {
                 user: user.map(str::to_owned),
                 keys,
@@ -41,33 +87,10 @@ impl Store {
             ))
         })
     }
-}
 
-/// Runs batches of reads. One per instance.
-#[derive(Debug)]
-pub(super) struct Reader {
-    pool: PgPool,
-    lanes: Lanes<ReadJob>,
-}
-
-#[derive(Debug)]
-pub(super) struct ReadJob {
-    user: Option<String>,
-    keys: Vec<Resolved>,
-    reply: oneshot::Sender<Result<Vec<Entry>>>,
-}
-
-impl Reader {
-    pub(super) fn new(pool: PgPool, knobs: &Knobs, metrics: &Metrics) -> Reader {
-        Reader {
-            pool,
-            lanes: Lanes::new(
-                knobs.group_commit_lanes,
-                knobs.group_commit,
-                metrics.read_batch_size.clone(),
-                metrics.read_lane_busy.clone(),
-            ),
-        }
+    /// Whether a read found the catalog outdated since this was last asked.
+    pub(super) fn take_catalog_outdated(&self) -> bool {
+        self.catalog_outdated.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -78,33 +101,44 @@ impl Runner for Reader {
         &self.lanes
     }
 
-    /// One `read_as` call per user in the batch, concurrently; each job gets its slice.
+    /// One statement for the jobs that read only what every user reads alike, and one per
+    /// user for the others, concurrently; each job gets its slice.
     async fn run(self: Arc<Self>, batch: Vec<ReadJob>) {
-        let mut by_user: HashMap<Option<String>, Vec<ReadJob>> = HashMap::new();
+        // `None`: the jobs whose keys the catalog says are open to everyone.
+        let mut groups: HashMap<Option<Option<String>>, Vec<ReadJob>> = HashMap::new();
         for job in batch {
-            by_user.entry(job.user.clone()).or_default().push(job);
+            let group = if job.keys.iter().all(Resolved::open_read) {
+                None
+            } else {
+                Some(job.user.clone())
+            };
+            groups.entry(group).or_default().push(job);
         }
-        let calls: Vec<_> = by_user
+        let calls: Vec<_> = groups
             .into_iter()
-            .map(|(user, jobs)| {
-                let pool = self.pool.clone();
+            .map(|(group, jobs)| {
+                let this = self.clone();
                 tokio::spawn(async move {
                     let keys: Vec<Resolved> =
                         jobs.iter().flat_map(|j| j.keys.iter().cloned()).collect();
-                    match read_as(&pool, user.as_deref(), &keys).await {
-                        Ok(entries) => {
+                    let read = match &group {
+                        None => this.read_open(&keys).await,
+                        Some(user) => this.read_as(user.as_deref(), &keys).await.map(Some),
+                    };
+                    match read {
+                        Ok(Some(entries)) => {
                             let mut entries = entries.into_iter();
                             for job in jobs {
                                 let mine = entries.by_ref().take(job.keys.len()).collect();
                                 let _ = job.reply.send(Ok(mine));
                             }
                         }
-                        // Each on its own, so that each gets its own error.
-                        Err(_) => {
+                        // Each on its own, as its user, so that each gets its own error, or
+                        // what its user may read of a table no longer open to all.
+                        Ok(None) | Err(_) => {
                             for job in jobs {
-                                let _ = job
-                                    .reply
-                                    .send(read_as(&pool, user.as_deref(), &job.keys).await);
+                                let read = this.read_now(job.user.as_deref(), &job.keys).await;
+                                let _ = job.reply.send(read);
                             }
                         }
                     }
@@ -117,92 +151,175 @@ impl Runner for Reader {
     }
 }
 
-/// Reads the current version and value of each key, in the order given, in one statement
-/// (one round trip and one snapshot), as `user` may see them: as `mjolnir_app` with
-/// `user` (`mjolnir.read_as`), so the app's row-level-security policies and privileges
-/// apply, unless every table read is open to every user.
-pub(super) async fn read_as(
-    pool: &PgPool,
-    user: Option<&str>,
-    keys: &[Resolved],
-) -> Result<Vec<Entry>> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
+impl Reader {
+    /// Reads the current version and value of each key, in the order given, in one
+    /// statement (one round trip and one snapshot), as `user` may see them: as
+    /// `mjolnir_app` with `user` (`mjolnir.read_as`), so the app's row-level-security
+    /// policies and privileges apply, unless every table read is open to every user.
+    pub(super) async fn read_now(
+        &self,
+        user: Option<&str>,
+        keys: &[Resolved],
+    ) -> Result<Vec<Entry>> {
+        if keys.iter().all(Resolved::open_read)
+            && let Some(entries) = self.read_open(keys).await?
+        {
+            return Ok(entries);
+        }
+        self.read_as(user, keys).await
     }
-    // Keys grouped by space, each group a slice of the parameter arrays, with one SELECT
-    // per group. The statement is built only from names the catalog read from PostgreSQL,
-    // quoted with `quote_ident`, and the slice bounds; every value is a parameter.
-    let mut order: Vec<usize> = (0..keys.len()).collect();
-    order.sort_by(|&a, &b| keys[a].space.cmp(&keys[b].space));
-    let pks: Vec<&str> = order.iter().map(|&i| keys[i].pk.as_str()).collect();
-    let spaces: Vec<&str> = order.iter().map(|&i| keys[i].space.as_str()).collect();
-    let mut selects = Vec::new();
-    let mut lo = 0;
-    while lo < order.len() {
-        let space = &keys[order[lo]].space;
-        let hi = lo
-            + order[lo..]
-                .iter()
-                .take_while(|&&i| &keys[i].space == space)
-                .count();
-        let value = match &keys[order[lo]].table {
-            Some(t) => format!(
-                "(SELECT {json} FROM {table} r WHERE r.{pk} = k.pk::{ty})",
-                json = t.row_json,
-                table = t.qualified,
-                pk = quote_ident(&t.pk_column().name),
-                ty = t.pk_column().sql_type,
-            ),
-            None => "(SELECT kv.value FROM mjolnir.kv kv WHERE kv.key = k.pk)".to_owned(),
-        };
-        // PostgreSQL arrays are 1-based and slices inclusive.
-        selects.push(format!(
-            "SELECT ({lo} + k.ord)::int,
-                    coalesce((SELECT v.version FROM mjolnir.versions v
-                               WHERE v.space = k.space AND v.pk = k.pk), 0),
-                    {value}
-             FROM unnest($1[{from}:{hi}], $2[{from}:{hi}]) WITH ORDINALITY AS k(pk, space, ord)",
-            from = lo + 1,
-        ));
-        lo = hi;
+
+    /// Reads keys of tables the catalog says every user may read in full (and of the kv
+    /// store) without switching to the app's role.
+    ///
+    /// The catalog was read at start, and the app may have turned row-level security on or
+    /// revoked a privilege since: the statement checks, in its own snapshot, that every
+    /// table it reads is still open (`mjolnir.open_spaces`). If one is not, its rows are
+    /// thrown away (`None`: read them as the user) and the catalog is loaded again.
+    async fn read_open(&self, keys: &[Resolved]) -> Result<Option<Vec<Entry>>> {
+        if keys.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let statement = ReadStatement::new(keys);
+        let rows: Vec<(i32, i64, Option<Value>, bool)> =
+            sqlx::query_as(AssertSqlSafe(statement.open_query()))
+                .bind(&statement.pks)
+                .bind(&statement.spaces)
+                .bind(&self.schema)
+                .bind(&statement.tables)
+                .fetch_all(&self.pool)
+                .await?;
+        if rows.iter().all(|(_, _, _, open)| *open) {
+            let rows = rows
+                .into_iter()
+                .map(|(pos, version, value, _)| (pos, version, value));
+            return Ok(Some(statement.entries(keys, rows)));
+        }
+        tracing::info!(tables = ?statement.tables, "a table is no longer open to every user: reading as the user, and loading the catalog again");
+        self.catalog_outdated.store(true, Ordering::Relaxed);
+        Ok(None)
     }
-    let query = selects.join(" UNION ALL ");
-    // Tables every user may read in full (and the kv store) need no role: the query runs
-    // as a prepared statement, planned once per connection. Otherwise `mjolnir.read_as`
-    // runs it as the app's role and `user`, planning it on every call.
-    let open = keys.iter().all(Resolved::open_read);
-    let rows: Vec<(i32, i64, Option<Value>)> = if open {
-        sqlx::query_as(AssertSqlSafe(query))
-            .bind(&pks)
-            .bind(&spaces)
-            .fetch_all(pool)
-            .await?
-    } else {
-        sqlx::query_as("SELECT * FROM mjolnir.read_as($1, $2, $3, $4)")
-            .bind(user.unwrap_or(""))
-            .bind(query)
-            .bind(&pks)
-            .bind(&spaces)
-            .fetch_all(pool)
-            .await?
-    };
-    let mut found: Vec<Option<(Version, Option<Value>)>> = vec![None; keys.len()];
-    for (pos, version, value) in rows {
-        // `pos` is 1-based in `order`.
-        if let Some(&i) = order.get((pos as usize).wrapping_sub(1)) {
-            found[i] = Some((Version(version as u64), value));
+
+    /// Reads keys as `mjolnir_app` with `user`, through `mjolnir.read_as`, which plans the
+    /// statement on every call.
+    async fn read_as(&self, user: Option<&str>, keys: &[Resolved]) -> Result<Vec<Entry>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let statement = ReadStatement::new(keys);
+        let rows: Vec<(i32, i64, Option<Value>)> =
+            sqlx::query_as("SELECT * FROM mjolnir.read_as($1, $2, $3, $4)")
+                .bind(user.unwrap_or(""))
+                .bind(&statement.query)
+                .bind(&statement.pks)
+                .bind(&statement.spaces)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(statement.entries(keys, rows))
+    }
+}
+
+/// The statement reading some keys: keys grouped by space, each group a slice of the
+/// parameter arrays, with one SELECT per group. Built only from names the catalog read
+/// from PostgreSQL, quoted with `quote_ident`, and the slice bounds; every value is a
+/// parameter.
+struct ReadStatement<'a> {
+    /// The keys' positions, sorted by space.
+    order: Vec<usize>,
+    pks: Vec<&'a str>,
+    spaces: Vec<&'a str>,
+    /// The tables read, each once.
+    tables: Vec<&'a str>,
+    /// Over `$1` (the primary keys) and `$2` (the spaces), returning `(ord, version, value)`.
+    query: String,
+}
+
+impl<'a> ReadStatement<'a> {
+    fn new(keys: &'a [Resolved]) -> ReadStatement<'a> {
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by(|&a, &b| keys[a].space.cmp(&keys[b].space));
+        let pks: Vec<&str> = order.iter().map(|&i| keys[i].pk.as_str()).collect();
+        let spaces: Vec<&str> = order.iter().map(|&i| keys[i].space.as_str()).collect();
+        let mut tables = Vec::new();
+        let mut selects = Vec::new();
+        let mut lo = 0;
+        while lo < order.len() {
+            let space = &keys[order[lo]].space;
+            let hi = lo
+                + order[lo..]
+                    .iter()
+                    .take_while(|&&i| &keys[i].space == space)
+                    .count();
+            let value = match &keys[order[lo]].table {
+                Some(t) => {
+                    tables.push(t.name.as_str());
+                    format!(
+                        "(SELECT {json} FROM {table} r WHERE r.{pk} = k.pk::{ty})",
+                        json = t.row_json,
+                        table = t.qualified,
+                        pk = quote_ident(&t.pk_column().name),
+                        ty = t.pk_column().sql_type,
+                    )
+                }
+                None => "(SELECT kv.value FROM mjolnir.kv kv WHERE kv.key = k.pk)".to_owned(),
+            };
+            // PostgreSQL arrays are 1-based and slices inclusive.
+            selects.push(format!(
+                "SELECT ({lo} + k.ord)::int,
+                        coalesce((SELECT v.version FROM mjolnir.versions v
+                                   WHERE v.space = k.space AND v.pk = k.pk), 0),
+                        {value}
+                 FROM unnest($1[{from}:{hi}], $2[{from}:{hi}]) WITH ORDINALITY AS k(pk, space, ord)",
+                from = lo + 1,
+            ));
+            lo = hi;
+        }
+        ReadStatement {
+            order,
+            pks,
+            spaces,
+            tables,
+            query: selects.join(" UNION ALL "),
         }
     }
-    Ok(keys
-        .iter()
-        .zip(found)
-        .map(|(r, f)| {
-            let (version, value) = f.unwrap_or((Version::ABSENT, None));
-            Entry {
-                key: r.key.clone(),
-                version,
-                value,
+
+    /// The query for tables every user may read in full (and the kv store), which needs
+    /// no role: it runs as a prepared statement, planned once per connection, where
+    /// `mjolnir.read_as` plans on every call. Each row also says whether every table read
+    /// is still open, over `$3` (the app's schema) and `$4` (the tables).
+    fn open_query(&self) -> String {
+        format!(
+            "SELECT q.*, g.open
+               FROM ({query}) AS q,
+                    (SELECT mjolnir.open_spaces($3, $4::text[]) @> $4::text[] AS open) AS g",
+            query = self.query
+        )
+    }
+
+    /// The entries read, in the order of `keys`, from the statement's rows.
+    fn entries(
+        &self,
+        keys: &[Resolved],
+        rows: impl IntoIterator<Item = (i32, i64, Option<Value>)>,
+    ) -> Vec<Entry> {
+        let order = &self.order;
+        let mut found: Vec<Option<(Version, Option<Value>)>> = vec![None; keys.len()];
+        for (pos, version, value) in rows {
+            // `pos` is 1-based in `order`.
+            if let Some(&i) = order.get((pos as usize).wrapping_sub(1)) {
+                found[i] = Some((Version(version as u64), value));
             }
-        })
-        .collect())
+        }
+        keys.iter()
+            .zip(found)
+            .map(|(r, f)| {
+                let (version, value) = f.unwrap_or((Version::ABSENT, None));
+                Entry {
+                    key: r.key.clone(),
+                    version,
+                    value,
+                }
+            })
+            .collect()
+    }
 }

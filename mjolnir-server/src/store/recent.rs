@@ -1,24 +1,26 @@
-//! What was committed lately: the newest version and value of each key written.
+//! What was committed lately: the newest version at which each key's value changed.
 //!
 //! Under contention most commits that reach the lane are already lost: every transaction
 //! queued behind a batch read before that batch's winner. This memory lets the committer
-//! answer such a commit as a conflict before it takes a lane's turn, without the database:
-//! a read of version `v` is certainly stale if a write of the same key committed at
-//! `w > v`, since a key's versions only grow.
+//! tell such a commit is a conflict before it takes a lane's turn and its locks: a read of
+//! version `v` is certainly stale if the key's value changed at `w > v`.
 //!
 //! Each instance learns of its own commits when they are decided, and of every instance's
 //! from the change feed (`Store::remember`), a moment later. It is only a shortcut: a key
 //! it has not heard of yet, or has forgotten, goes to the database, which decides as
 //! before. Two rules keep the shortcut right:
-//! - only keys every user reads alike are kept (kv entries and rows of open tables, see
-//!   [`Resolved::open_read`]), so the value given back is the one a read would give;
+//! - it holds versions, never values: the stale keys' values a conflict carries are read
+//!   as the committing user, as every read is, so what the app's policies hide now stays
+//!   hidden however the policies were when the value was committed. (A version is no
+//!   secret: the database's own check tells a conflict just the same.) Only writes that
+//!   changed their key's value are recorded, since one that changed nothing leaves earlier
+//!   reads current (migration 0006);
 //! - only commits marked as a first send use it (`ClientMessage::Commit::first`): a re-sent
 //!   commit may itself have written the key, and only the database's record of committed
 //!   txn ids can say so.
 
 use super::Resolved;
 use mjolnir_core::Version;
-use mjolnir_core::protocol::Entry;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -37,53 +39,49 @@ pub(super) struct Recent {
 
 #[derive(Debug, Default)]
 struct Generations {
-    new: HashMap<Slot, Entry>,
-    old: HashMap<Slot, Entry>,
+    new: HashMap<Slot, Version>,
+    old: HashMap<Slot, Version>,
 }
 
 impl Generations {
-    fn get(&self, slot: &Slot) -> Option<&Entry> {
-        self.new.get(slot).or_else(|| self.old.get(slot))
+    fn get(&self, slot: &Slot) -> Option<Version> {
+        self.new.get(slot).or_else(|| self.old.get(slot)).copied()
     }
 }
 
 impl Recent {
-    /// Remembers committed changes (each with the key it resolved to), keeping the newer
-    /// entry where one is already known: lanes may report out of version order.
-    pub(super) fn record<'a>(&self, changes: impl IntoIterator<Item = (&'a Resolved, &'a Entry)>) {
+    /// Remembers that each key's value changed at the version given, keeping the newer
+    /// version where one is already known: lanes may report out of version order.
+    pub(super) fn record<'a>(&self, changes: impl IntoIterator<Item = (&'a Resolved, Version)>) {
         let mut g = self.inner.lock().expect("recent commits");
-        for (r, entry) in changes {
-            if !r.open_read() {
-                continue;
-            }
+        for (r, version) in changes {
             let slot = (r.space.clone(), r.pk.clone());
-            if g.get(&slot)
-                .is_some_and(|known| known.version >= entry.version)
-            {
+            if g.get(&slot).is_some_and(|known| known >= version) {
                 continue;
             }
             if g.new.len() >= GENERATION && !g.new.contains_key(&slot) {
                 g.old = std::mem::take(&mut g.new);
             }
-            g.new.insert(slot, entry.clone());
+            g.new.insert(slot, version);
         }
     }
 
-    /// The newer entries known for the reads that are certainly stale; empty if none is.
+    /// The keys read that are certainly stale: their value changed after the version read.
     pub(super) fn stale<'a>(
         &self,
         reads: impl IntoIterator<Item = &'a (Resolved, Version)>,
-    ) -> Vec<Entry> {
+    ) -> Vec<Resolved> {
         let g = self.inner.lock().expect("recent commits");
         if g.new.is_empty() && g.old.is_empty() {
             return Vec::new();
         }
         reads
             .into_iter()
-            .filter_map(|(r, read)| {
-                let known = g.get(&(r.space.clone(), r.pk.clone()))?;
-                (known.version > *read).then(|| known.clone())
+            .filter(|(r, read)| {
+                g.get(&(r.space.clone(), r.pk.clone()))
+                    .is_some_and(|changed| changed > *read)
             })
+            .map(|(r, _)| r.clone())
             .collect()
     }
 }
@@ -92,7 +90,6 @@ impl Recent {
 mod tests {
     use super::*;
     use mjolnir_core::Key;
-    use serde_json::json;
 
     fn kv(name: &str) -> Resolved {
         Resolved {
@@ -103,21 +100,17 @@ mod tests {
         }
     }
 
-    fn entry(name: &str, version: u64, value: i64) -> Entry {
-        Entry {
-            key: Key::kv(name),
-            version: Version(version),
-            value: Some(json!(value)),
-        }
+    fn keys(stale: Vec<Resolved>) -> Vec<Key> {
+        stale.into_iter().map(|r| r.key).collect()
     }
 
     #[test]
-    fn a_read_older_than_a_known_write_is_stale_and_gets_the_newest_value() {
+    fn a_read_older_than_a_known_change_is_stale() {
         let recent = Recent::default();
         let (a, b) = (kv("a"), kv("b"));
-        recent.record([(&a, &entry("a", 5, 50)), (&b, &entry("b", 6, 60))]);
+        recent.record([(&a, Version(5)), (&b, Version(6))]);
         // Out of order: the older report does not replace the newer one.
-        recent.record([(&a, &entry("a", 3, 30))]);
+        recent.record([(&a, Version(3))]);
 
         assert!(
             recent.stale(&[(a.clone(), Version(5))]).is_empty(),
@@ -126,8 +119,8 @@ mod tests {
         assert!(recent.stale(&[(a.clone(), Version(7))]).is_empty(), "newer");
         assert!(recent.stale(&[(kv("c"), Version(0))]).is_empty(), "unknown");
         assert_eq!(
-            recent.stale(&[(a.clone(), Version(4)), (b.clone(), Version(6))]),
-            vec![entry("a", 5, 50)]
+            keys(recent.stale(&[(a.clone(), Version(4)), (b.clone(), Version(6))])),
+            vec![Key::kv("a")]
         );
     }
 
@@ -138,7 +131,7 @@ mod tests {
             .map(|i| kv(&i.to_string()))
             .collect();
         for (i, r) in keys.iter().enumerate() {
-            recent.record([(r, &entry(&r.pk, 1 + i as u64, 0))]);
+            recent.record([(r, Version(1 + i as u64))]);
         }
         let g = recent.inner.lock().unwrap();
         assert!(g.new.len() + g.old.len() <= GENERATION * 2);
