@@ -141,11 +141,16 @@ async fn dev(app_dir: PathBuf, database_url: Option<String>, common: Common) -> 
         None => {
             let dir = app_dir.join(".mjolnir").join("pg");
             println!("Starting PostgreSQL in {}", dir.display());
-            Some(
-                LocalCluster::start(&dir, "app")
-                    .await
-                    .context("starting the private PostgreSQL")?,
-            )
+            let cluster = LocalCluster::start(&dir, "app")
+                .await
+                .context("starting the private PostgreSQL")?;
+            // No TCP port: the developer's psql needs the socket's directory to connect.
+            println!(
+                "PostgreSQL listens only on a unix socket in {}: psql '{}'",
+                cluster.socket_dir().display(),
+                cluster.database_url()
+            );
+            Some(cluster)
         }
     };
     let url = database_url

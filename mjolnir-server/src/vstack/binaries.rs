@@ -59,6 +59,12 @@ impl Binaries {
     pub(crate) fn pg_ctl(&self) -> PathBuf {
         self.bindir.join("pg_ctl")
     }
+
+    /// Only the tests connect with psql; the cluster itself needs no client program.
+    #[cfg(test)]
+    pub(crate) fn psql(&self) -> PathBuf {
+        self.bindir.join("psql")
+    }
 }
 
 async fn pg_config_bindir() -> Option<PathBuf> {

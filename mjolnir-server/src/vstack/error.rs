@@ -24,11 +24,29 @@ pub enum ClusterError {
     )]
     ParentNotTraversable { path: PathBuf },
 
+    /// The socket directory is the only gate to a server that trusts every connection on it.
     #[error(
-        "socket path {} is longer than the 107 bytes unix sockets allow: use a shorter cluster directory",
+        "refusing to put the PostgreSQL socket in {}: {problem}; another user may have made it to reach \
+         the server: remove it, or use a shorter cluster directory",
         path.display()
     )]
-    SocketPathTooLong { path: PathBuf },
+    UnsafeSocketDir {
+        path: PathBuf,
+        problem: SocketDirProblem,
+    },
+
+    /// An older mjolnir started servers on 127.0.0.1 with trust authentication; one still
+    /// running lets every local user in, so it is not attached to.
+    #[error(
+        "the PostgreSQL server running on {data} listens on TCP ({listen_addresses}), where every local user \
+         can connect as its superuser (an older mjolnir started it so): stop it with `pg_ctl stop -D {data}` \
+         (as the user owning it) and start again",
+        data = data.display()
+    )]
+    ListensOnTcp {
+        data: PathBuf,
+        listen_addresses: String,
+    },
 
     #[error("another process kept {} locked for {secs} s while starting its cluster", path.display())]
     Locked { path: PathBuf, secs: u64 },
@@ -47,10 +65,17 @@ pub enum ClusterError {
         output: String,
     },
 
-    #[error("postgres on port {port} did not accept connections within {secs} s: {source}")]
+    #[error("postgres did not accept connections on {} within {secs} s: {source}", socket.display())]
     NotReady {
-        port: u16,
+        socket: PathBuf,
         secs: u64,
+        #[source]
+        source: sqlx::Error,
+    },
+
+    #[error("`{query}` failed: {source}")]
+    Query {
+        query: &'static str,
         #[source]
         source: sqlx::Error,
     },
@@ -61,6 +86,20 @@ pub enum ClusterError {
         #[source]
         source: sqlx::Error,
     },
+}
+
+/// What is wrong with a socket directory that [`ClusterError::UnsafeSocketDir`] refuses.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SocketDirProblem {
+    #[error("it is a symbolic link")]
+    Symlink,
+    #[error("it is not a directory")]
+    NotADirectory,
+    #[error("it belongs to uid {found}, not to the server's user (uid {expected})")]
+    WrongOwner { found: u32, expected: u32 },
+    #[error("it has mode {found:o}, not 700")]
+    WrongMode { found: u32 },
 }
 
 impl ClusterError {
