@@ -1,6 +1,7 @@
 //! The HTTP face of an instance: the WebSocket endpoint, metrics and the app's static files.
 
 use crate::feed::{Feed, Outgoing};
+use crate::files::PublicFiles;
 use crate::identity::Identity;
 use crate::knobs::Knobs;
 use crate::metrics::Metrics;
@@ -10,7 +11,6 @@ use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt, future};
@@ -39,11 +39,11 @@ const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// it out of the way of an app's own folders.
 pub const CLIENT_PATH: &str = "/_mjolnir";
 
-/// The router of one instance. `static_dir` is the app directory whose files are served
-/// (see [`hide_private_files`]); `client_dir` holds the built browser client.
+/// The router of one instance. `static_files` are the app directory's public files;
+/// `client_dir` holds the built browser client.
 pub fn router(
     state: Arc<AppState>,
-    static_dir: Option<PathBuf>,
+    static_files: Option<PublicFiles>,
     client_dir: Option<PathBuf>,
 ) -> Router {
     let mut router = Router::new()
@@ -54,27 +54,11 @@ pub fn router(
         Some(dir) => router.nest_service(CLIENT_PATH, tower_http::services::ServeDir::new(dir)),
         None => router.route(&format!("{CLIENT_PATH}/{{*file}}"), get(client_missing)),
     };
-    if let Some(dir) = static_dir {
-        let files = tower_http::services::ServeDir::new(dir).append_index_html_on_directories(true);
-        router = router
-            .fallback_service(files)
-            .layer(middleware::from_fn(hide_private_files));
+    if let Some(files) = static_files {
+        let files = Arc::new(files);
+        router = router.fallback(move |req: Request| files.clone().serve(req));
     }
     router.with_state(state)
-}
-
-/// The app directory also holds the app's migrations and, in dev mode, its database
-/// (`.mjolnir/`): neither is for browsers.
-async fn hide_private_files(req: Request, next: Next) -> Response {
-    let private = req
-        .uri()
-        .path()
-        .split('/')
-        .any(|seg| seg.starts_with('.') || seg == "migrations");
-    if private {
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    next.run(req).await
 }
 
 /// Without a built client the drop-in's URL still answers, with a script that says why

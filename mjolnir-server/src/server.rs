@@ -3,10 +3,12 @@
 use crate::app::{AppState, router};
 use crate::db;
 use crate::feed::{self, Feed};
+use crate::files::PublicFiles;
 use crate::identity::Identity;
 use crate::knobs::Knobs;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use anyhow::Context;
 use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -134,13 +136,16 @@ pub async fn start(
         identity: config.identity.clone(),
         instance: config.instance.clone(),
     });
+    let static_files = match &config.app_dir {
+        Some(dir) => Some(
+            PublicFiles::new(dir)
+                .with_context(|| format!("opening the app directory {}", dir.display()))?,
+        ),
+        None => None,
+    };
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let app = router(
-        state.clone(),
-        config.app_dir.clone(),
-        config.client_dir.clone(),
-    );
+    let app = router(state.clone(), static_files, config.client_dir.clone());
     let app = match &config.content_security_policy {
         Some(policy) => app.layer(SetResponseHeaderLayer::if_not_present(
             axum::http::header::CONTENT_SECURITY_POLICY,
