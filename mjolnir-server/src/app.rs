@@ -2,18 +2,19 @@
 
 use crate::feed::{Feed, Outgoing};
 use crate::files::PublicFiles;
-use crate::identity::Identity;
+use crate::identity::{Identity, Vouched};
 use crate::knobs::Knobs;
 use crate::metrics::Metrics;
 use crate::session::{self, Incoming};
 use crate::store::Store;
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt, future};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -84,16 +85,15 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 async fn ws(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let header_user = match &state.identity {
-        Identity::Header(name) => headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        Identity::TrustClaim => None,
-    };
+    // Decided now, from the request, and told the client after its hello (see identity.rs).
+    let vouched = state.identity.vouch(peer.ip(), &headers);
+    if let Vouched::Refused(refusal) = &vouched {
+        tracing::info!(%peer, %refusal, "the connection will be refused its user");
+    }
     let limit = state.knobs.max_message_bytes;
     upgrade
         .max_message_size(limit)
@@ -102,11 +102,11 @@ async fn ws(
         // made an idle connection cost ~140 KiB of server memory (mjolnir-bench memory).
         // Messages are small; a larger one is still read, in more steps.
         .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| serve_socket(state, header_user, socket))
+        .on_upgrade(move |socket| serve_socket(state, vouched, socket))
 }
 
 /// Translates WebSocket frames to and from the session's own frame types.
-async fn serve_socket(state: Arc<AppState>, header_user: Option<String>, socket: WebSocket) {
+async fn serve_socket(state: Arc<AppState>, vouched: Vouched, socket: WebSocket) {
     let (sink, stream) = socket.split();
     let incoming = stream
         .take_while(|frame| future::ready(!matches!(frame, Ok(Message::Close(_)))))
@@ -134,5 +134,5 @@ async fn serve_socket(state: Arc<AppState>, header_user: Option<String>, socket:
             })),
         }))
     });
-    session::run(state, header_user, Box::pin(incoming), Box::pin(outgoing)).await;
+    session::run(state, vouched, Box::pin(incoming), Box::pin(outgoing)).await;
 }

@@ -178,6 +178,8 @@ pub async fn start(
                 tracing::warn!(error = %e, "could not set TCP_NODELAY");
             }
         });
+        // The peer's address decides whether a proxy's user header is believed.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
         tokio::select! {
             done = serve => done,
