@@ -5,12 +5,13 @@ use crate::files::PublicFiles;
 use crate::identity::{Identity, Vouched};
 use crate::knobs::Knobs;
 use crate::metrics::Metrics;
+use crate::origin::AllowedOrigins;
 use crate::session::{self, Incoming};
 use crate::store::Store;
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt, future};
@@ -28,6 +29,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub knobs: Knobs,
     pub identity: Identity,
+    pub origins: AllowedOrigins,
     /// A name for this instance, sent in every welcome (tests use it to tell instances apart).
     pub instance: String,
 }
@@ -87,8 +89,20 @@ async fn ws(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    uri: Uri,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let from_proxy = state.identity.is_trusted_proxy(peer.ip());
+    if let Err(refusal) = state.origins.check(&headers, &uri, from_proxy) {
+        state.metrics.refused_origins.inc();
+        tracing::info!(%peer, %refusal, "WebSocket refused");
+        return (
+            StatusCode::FORBIDDEN,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("Mjölnir refused this WebSocket: {refusal}\n"),
+        )
+            .into_response();
+    }
     // Decided now, from the request, and told the client after its hello (see identity.rs).
     let vouched = state.identity.vouch(peer.ip(), &headers);
     if let Vouched::Refused(refusal) = &vouched {

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 use mjolnir_server::identity::{Identity, TrustedProxies, parse_proxy};
 use mjolnir_server::knobs::Knobs;
+use mjolnir_server::origin::{AllowedOrigins, Origin};
 use mjolnir_server::server::{self, Config};
 use mjolnir_server::vstack::LocalCluster;
 use std::net::{IpAddr, SocketAddr};
@@ -124,6 +125,18 @@ struct Common {
     /// "script-src 'self' 'wasm-unsafe-eval'" (what Mjölnir pages need at the least).
     #[arg(long, env = "MJOLNIR_CONTENT_SECURITY_POLICY")]
     content_security_policy: Option<String>,
+    /// An origin whose pages may open a WebSocket, for example https://app.example.com;
+    /// repeat it for several. A browser's upgrade from any other origin is refused (403).
+    /// Default: under `serve`, the origin of the host the request was sent to (its Host
+    /// header, or a trusted proxy's X-Forwarded-Host); under `dev`, pages from localhost,
+    /// 127.0.0.0/8 and [::1], to which these are added. Native clients send no origin and
+    /// are not refused.
+    #[arg(
+        long = "allowed-origin",
+        env = "MJOLNIR_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origin: Vec<Origin>,
 }
 
 impl Common {
@@ -159,7 +172,8 @@ async fn main() -> anyhow::Result<()> {
             common,
         } => {
             let identity = proxy.identity();
-            let config = config(&database_url, app_dir, &common, identity.clone());
+            let origins = AllowedOrigins::serve(common.allowed_origin.clone());
+            let config = config(&database_url, app_dir, &common, identity.clone(), origins);
             let running = server::start(config, shutdown_signal()?).await?;
             println!("Mjölnir serving on {}", running.http_url());
             match &identity {
@@ -201,7 +215,8 @@ async fn dev(app_dir: PathBuf, database_url: Option<String>, common: Common) -> 
         .or_else(|| cluster.as_ref().map(LocalCluster::database_url))
         .expect("one of the two");
     // Anyone can claim any user in dev mode: it is for one developer's machine.
-    let config = config(&url, app_dir, &common, Identity::TrustClaim);
+    let origins = AllowedOrigins::Loopback(common.allowed_origin.clone());
+    let config = config(&url, app_dir, &common, Identity::TrustClaim, origins);
     let result = async {
         let running = server::start(config, shutdown).await?;
         println!("Mjölnir dev server: open {}", running.http_url());
@@ -216,11 +231,18 @@ async fn dev(app_dir: PathBuf, database_url: Option<String>, common: Common) -> 
     result
 }
 
-fn config(url: &str, app_dir: PathBuf, common: &Common, identity: Identity) -> Config {
+fn config(
+    url: &str,
+    app_dir: PathBuf,
+    common: &Common,
+    identity: Identity,
+    origins: AllowedOrigins,
+) -> Config {
     let mut config = Config::new(url);
     config.app_dir = Some(app_dir);
     config.listen = SocketAddr::new(common.listen, common.port);
     config.identity = identity;
+    config.origins = origins;
     config.knobs = common.knobs();
     config.client_dir = common.client_dir.clone().or_else(default_client_dir);
     config.content_security_policy = common.content_security_policy.clone();

@@ -7,6 +7,7 @@ use crate::files::PublicFiles;
 use crate::identity::Identity;
 use crate::knobs::Knobs;
 use crate::metrics::Metrics;
+use crate::origin::AllowedOrigins;
 use crate::store::Store;
 use anyhow::Context;
 use axum::serve::ListenerExt;
@@ -36,6 +37,8 @@ pub struct Config {
     pub app_schema: String,
     pub listen: SocketAddr,
     pub identity: Identity,
+    /// The pages that may open a WebSocket.
+    pub origins: AllowedOrigins,
     pub knobs: Knobs,
     pub instance: String,
 }
@@ -50,6 +53,7 @@ impl Config {
             app_schema: "public".to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             identity: Identity::TrustClaim,
+            origins: AllowedOrigins::Loopback(Vec::new()),
             knobs: Knobs::default(),
             instance: format!(
                 "mjolnir-{}",
@@ -134,6 +138,7 @@ pub async fn start(
         metrics,
         knobs: config.knobs.clone(),
         identity: config.identity.clone(),
+        origins: config.origins.clone(),
         instance: config.instance.clone(),
     });
     let static_files = match &config.app_dir {
