@@ -1,19 +1,21 @@
 //! The HTTP face of an instance: the WebSocket endpoint, metrics and the app's static files.
 
 use crate::feed::{Feed, Outgoing};
-use crate::identity::Identity;
+use crate::files::PublicFiles;
+use crate::identity::{Identity, Vouched};
 use crate::knobs::Knobs;
 use crate::metrics::Metrics;
+use crate::origin::AllowedOrigins;
 use crate::session::{self, Incoming};
 use crate::store::Store;
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt, future};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -27,6 +29,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub knobs: Knobs,
     pub identity: Identity,
+    pub origins: AllowedOrigins,
     /// A name for this instance, sent in every welcome (tests use it to tell instances apart).
     pub instance: String,
 }
@@ -39,11 +42,11 @@ const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// it out of the way of an app's own folders.
 pub const CLIENT_PATH: &str = "/_mjolnir";
 
-/// The router of one instance. `static_dir` is the app directory whose files are served
-/// (see [`hide_private_files`]); `client_dir` holds the built browser client.
+/// The router of one instance. `static_files` are the app directory's public files;
+/// `client_dir` holds the built browser client.
 pub fn router(
     state: Arc<AppState>,
-    static_dir: Option<PathBuf>,
+    static_files: Option<PublicFiles>,
     client_dir: Option<PathBuf>,
 ) -> Router {
     let mut router = Router::new()
@@ -54,27 +57,11 @@ pub fn router(
         Some(dir) => router.nest_service(CLIENT_PATH, tower_http::services::ServeDir::new(dir)),
         None => router.route(&format!("{CLIENT_PATH}/{{*file}}"), get(client_missing)),
     };
-    if let Some(dir) = static_dir {
-        let files = tower_http::services::ServeDir::new(dir).append_index_html_on_directories(true);
-        router = router
-            .fallback_service(files)
-            .layer(middleware::from_fn(hide_private_files));
+    if let Some(files) = static_files {
+        let files = Arc::new(files);
+        router = router.fallback(move |req: Request| files.clone().serve(req));
     }
     router.with_state(state)
-}
-
-/// The app directory also holds the app's migrations and, in dev mode, its database
-/// (`.mjolnir/`): neither is for browsers.
-async fn hide_private_files(req: Request, next: Next) -> Response {
-    let private = req
-        .uri()
-        .path()
-        .split('/')
-        .any(|seg| seg.starts_with('.') || seg == "migrations");
-    if private {
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    next.run(req).await
 }
 
 /// Without a built client the drop-in's URL still answers, with a script that says why
@@ -100,16 +87,27 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 async fn ws(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    uri: Uri,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let header_user = match &state.identity {
-        Identity::Header(name) => headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        Identity::TrustClaim => None,
-    };
+    let from_proxy = state.identity.is_trusted_proxy(peer.ip());
+    if let Err(refusal) = state.origins.check(&headers, &uri, from_proxy) {
+        state.metrics.refused_origins.inc();
+        tracing::info!(%peer, %refusal, "WebSocket refused");
+        return (
+            StatusCode::FORBIDDEN,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("Mjölnir refused this WebSocket: {refusal}\n"),
+        )
+            .into_response();
+    }
+    // Decided now, from the request, and told the client after its hello (see identity.rs).
+    let vouched = state.identity.vouch(peer.ip(), &headers);
+    if let Vouched::Refused(refusal) = &vouched {
+        tracing::info!(%peer, %refusal, "the connection will be refused its user");
+    }
     let limit = state.knobs.max_message_bytes;
     upgrade
         .max_message_size(limit)
@@ -118,11 +116,11 @@ async fn ws(
         // made an idle connection cost ~140 KiB of server memory (mjolnir-bench memory).
         // Messages are small; a larger one is still read, in more steps.
         .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| serve_socket(state, header_user, socket))
+        .on_upgrade(move |socket| serve_socket(state, vouched, socket))
 }
 
 /// Translates WebSocket frames to and from the session's own frame types.
-async fn serve_socket(state: Arc<AppState>, header_user: Option<String>, socket: WebSocket) {
+async fn serve_socket(state: Arc<AppState>, vouched: Vouched, socket: WebSocket) {
     let (sink, stream) = socket.split();
     let incoming = stream
         .take_while(|frame| future::ready(!matches!(frame, Ok(Message::Close(_)))))
@@ -150,5 +148,5 @@ async fn serve_socket(state: Arc<AppState>, header_user: Option<String>, socket:
             })),
         }))
     });
-    session::run(state, header_user, Box::pin(incoming), Box::pin(outgoing)).await;
+    session::run(state, vouched, Box::pin(incoming), Box::pin(outgoing)).await;
 }

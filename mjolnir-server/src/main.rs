@@ -2,9 +2,12 @@
 //! instance against an existing database.
 
 use anyhow::Context;
+use axum::http::HeaderName;
 use clap::{Args, Parser, Subcommand};
-use mjolnir_server::identity::Identity;
+use ipnet::IpNet;
+use mjolnir_server::identity::{Identity, TrustedProxies, parse_proxy};
 use mjolnir_server::knobs::Knobs;
+use mjolnir_server::origin::{AllowedOrigins, Origin};
 use mjolnir_server::server::{self, Config};
 use mjolnir_server::vstack::LocalCluster;
 use std::net::{IpAddr, SocketAddr};
@@ -42,16 +45,55 @@ enum Command {
     },
     /// Run one production instance against DATABASE_URL. Several instances may share one
     /// database behind a load balancer.
+    ///
+    /// Every connection is anonymous unless --user-header and --trusted-proxy name the
+    /// authenticating proxy in front of the server: its header is then the user, believed
+    /// only from the proxy's addresses. The hello's user claim is always ignored.
     Serve {
         app_dir: PathBuf,
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
-        /// The HTTP header in which an authenticating proxy names the user.
-        #[arg(long, env = "MJOLNIR_USER_HEADER", default_value = "X-Forwarded-User")]
-        user_header: String,
+        #[command(flatten)]
+        proxy: Proxy,
         #[command(flatten)]
         common: Common,
     },
+}
+
+/// Who a `serve` connection acts for. Without both options every connection is anonymous
+/// (the hello's user is ignored): a header anyone who reaches the port can set, or a claim
+/// any page can make, is no identity.
+#[derive(Args, Debug)]
+struct Proxy {
+    /// The HTTP header of the WebSocket upgrade in which an authenticating proxy names the
+    /// user, for example X-Forwarded-User. Believed only from the addresses of
+    /// --trusted-proxy, which it requires; a missing, empty or repeated header is refused.
+    /// Without it every connection is anonymous.
+    #[arg(long, env = "MJOLNIR_USER_HEADER", requires = "trusted_proxy")]
+    user_header: Option<HeaderName>,
+    /// The address (10.0.0.5) or network (10.1.0.0/16) of the authenticating proxy; repeat
+    /// it for several. Requires --user-header. A connection from any other address is
+    /// refused its user (`unauthenticated`, close 4001).
+    #[arg(
+        long = "trusted-proxy",
+        env = "MJOLNIR_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        requires = "user_header",
+        value_parser = parse_proxy
+    )]
+    trusted_proxy: Vec<IpNet>,
+}
+
+impl Proxy {
+    fn identity(self) -> Identity {
+        match self.user_header {
+            Some(name) => Identity::ProxyHeader {
+                name,
+                proxies: TrustedProxies::new(self.trusted_proxy),
+            },
+            None => Identity::Anonymous,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -83,6 +125,18 @@ struct Common {
     /// "script-src 'self' 'wasm-unsafe-eval'" (what Mjölnir pages need at the least).
     #[arg(long, env = "MJOLNIR_CONTENT_SECURITY_POLICY")]
     content_security_policy: Option<String>,
+    /// An origin whose pages may open a WebSocket, for example https://app.example.com;
+    /// repeat it for several. A browser's upgrade from any other origin is refused (403).
+    /// Default: under `serve`, the origin of the host the request was sent to (its Host
+    /// header, or a trusted proxy's X-Forwarded-Host); under `dev`, pages from localhost,
+    /// 127.0.0.0/8 and [::1], to which these are added. Native clients send no origin and
+    /// are not refused.
+    #[arg(
+        long = "allowed-origin",
+        env = "MJOLNIR_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origin: Vec<Origin>,
 }
 
 impl Common {
@@ -114,17 +168,26 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             app_dir,
             database_url,
-            user_header,
+            proxy,
             common,
         } => {
-            let config = config(
-                &database_url,
-                app_dir,
-                &common,
-                Identity::Header(user_header),
-            );
+            let identity = proxy.identity();
+            let origins = AllowedOrigins::serve(common.allowed_origin.clone());
+            let config = config(&database_url, app_dir, &common, identity.clone(), origins);
             let running = server::start(config, shutdown_signal()?).await?;
             println!("Mjölnir serving on {}", running.http_url());
+            match &identity {
+                Identity::ProxyHeader { name, proxies } => {
+                    println!("Users: the {name} header of the proxies at {proxies}");
+                }
+                Identity::Anonymous | Identity::TrustClaim => {
+                    println!(
+                        "Users: none. Every connection is anonymous, whatever its hello claims \
+                         (name an authenticating proxy with --user-header and --trusted-proxy)"
+                    );
+                    tracing::warn!("no --user-header: every connection is anonymous");
+                }
+            }
             running.wait().await?;
             Ok(())
         }
@@ -157,7 +220,8 @@ async fn dev(app_dir: PathBuf, database_url: Option<String>, common: Common) -> 
         .or_else(|| cluster.as_ref().map(LocalCluster::database_url))
         .expect("one of the two");
     // Anyone can claim any user in dev mode: it is for one developer's machine.
-    let config = config(&url, app_dir, &common, Identity::TrustClaim);
+    let origins = AllowedOrigins::Loopback(common.allowed_origin.clone());
+    let config = config(&url, app_dir, &common, Identity::TrustClaim, origins);
     let result = async {
         let running = server::start(config, shutdown).await?;
         println!("Mjölnir dev server: open {}", running.http_url());
@@ -172,11 +236,18 @@ async fn dev(app_dir: PathBuf, database_url: Option<String>, common: Common) -> 
     result
 }
 
-fn config(url: &str, app_dir: PathBuf, common: &Common, identity: Identity) -> Config {
+fn config(
+    url: &str,
+    app_dir: PathBuf,
+    common: &Common,
+    identity: Identity,
+    origins: AllowedOrigins,
+) -> Config {
     let mut config = Config::new(url);
     config.app_dir = Some(app_dir);
     config.listen = SocketAddr::new(common.listen, common.port);
     config.identity = identity;
+    config.origins = origins;
     config.knobs = common.knobs();
     config.client_dir = common.client_dir.clone().or_else(default_client_dir);
     config.content_security_policy = common.content_security_policy.clone();
@@ -214,4 +285,51 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static
         }
         tracing::info!("shutting down");
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<Identity, clap::Error> {
+        let argv = ["mjolnir", "serve", "--database-url", "postgres://db", "app"];
+        match Cli::try_parse_from(argv.iter().chain(args))?.command {
+            Command::Serve { proxy, .. } => Ok(proxy.identity()),
+            Command::Dev { .. } => unreachable!("serve was asked for"),
+        }
+    }
+
+    #[test]
+    fn a_user_header_needs_trusted_proxies_and_the_reverse() {
+        for half in [
+            &["--user-header", "X-Forwarded-User"][..],
+            &["--trusted-proxy", "10.0.0.5"],
+        ] {
+            let error = serve(half).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{half:?}: {error}"
+            );
+        }
+        let both = [
+            "--user-header",
+            "X-Forwarded-User",
+            "--trusted-proxy",
+            "10.0.0.5",
+            "--trusted-proxy",
+            "10.1.0.0/16",
+        ];
+        let Identity::ProxyHeader { name, proxies } = serve(&both).unwrap() else {
+            panic!("a proxy identity");
+        };
+        assert_eq!(name, "x-forwarded-user");
+        assert_eq!(proxies.to_string(), "10.0.0.5, 10.1.0.0/16");
+        assert!(serve(&["--user-header", "X-User", "--trusted-proxy", "proxy.lan"]).is_err());
+    }
+
+    #[test]
+    fn without_identity_options_serve_is_anonymous() {
+        assert_eq!(serve(&[]).unwrap(), Identity::Anonymous);
+    }
 }

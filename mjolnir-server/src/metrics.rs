@@ -40,6 +40,8 @@ pub struct Metrics {
     pub open_connections: Gauge,
     pub pushes: Counter,
     pub slow_consumers: Counter,
+    /// WebSocket upgrades refused for their page's origin (see `origin.rs`).
+    pub refused_origins: Counter,
 }
 
 impl Default for Metrics {
@@ -62,6 +64,7 @@ impl Default for Metrics {
             open_connections: Gauge::default(),
             pushes: Counter::default(),
             slow_consumers: Counter::default(),
+            refused_origins: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("commits", "Committed transactions", m.commits.clone());
@@ -125,6 +128,11 @@ impl Default for Metrics {
             "slow_consumers",
             "Connections closed for not reading their pushes",
             m.slow_consumers.clone(),
+        );
+        registry.register(
+            "refused_origins",
+            "WebSocket upgrades refused for the origin of their page",
+            m.refused_origins.clone(),
         );
         Metrics { registry, ..m }
     }

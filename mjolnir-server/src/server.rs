@@ -3,10 +3,13 @@
 use crate::app::{AppState, router};
 use crate::db;
 use crate::feed::{self, Feed};
+use crate::files::PublicFiles;
 use crate::identity::Identity;
 use crate::knobs::Knobs;
 use crate::metrics::Metrics;
+use crate::origin::AllowedOrigins;
 use crate::store::Store;
+use anyhow::Context;
 use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +37,8 @@ pub struct Config {
     pub app_schema: String,
     pub listen: SocketAddr,
     pub identity: Identity,
+    /// The pages that may open a WebSocket.
+    pub origins: AllowedOrigins,
     pub knobs: Knobs,
     pub instance: String,
 }
@@ -48,6 +53,7 @@ impl Config {
             app_schema: "public".to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             identity: Identity::TrustClaim,
+            origins: AllowedOrigins::Loopback(Vec::new()),
             knobs: Knobs::default(),
             instance: format!(
                 "mjolnir-{}",
@@ -132,15 +138,19 @@ pub async fn start(
         metrics,
         knobs: config.knobs.clone(),
         identity: config.identity.clone(),
+        origins: config.origins.clone(),
         instance: config.instance.clone(),
     });
+    let static_files = match &config.app_dir {
+        Some(dir) => Some(
+            PublicFiles::new(dir)
+                .with_context(|| format!("opening the app directory {}", dir.display()))?,
+        ),
+        None => None,
+    };
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let app = router(
-        state.clone(),
-        config.app_dir.clone(),
-        config.client_dir.clone(),
-    );
+    let app = router(state.clone(), static_files, config.client_dir.clone());
     let app = match &config.content_security_policy {
         Some(policy) => app.layer(SetResponseHeaderLayer::if_not_present(
             axum::http::header::CONTENT_SECURITY_POLICY,
@@ -173,6 +183,8 @@ pub async fn start(
                 tracing::warn!(error = %e, "could not set TCP_NODELAY");
             }
         });
+        // The peer's address decides whether a proxy's user header is believed.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
         tokio::select! {
             done = serve => done,

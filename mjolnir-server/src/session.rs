@@ -6,6 +6,7 @@
 
 use crate::app::AppState;
 use crate::feed::{ConnId, Outbox, Outgoing};
+use crate::identity::Vouched;
 use crate::store::Outcome;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use mjolnir_core::protocol::{ErrorReply, ServerMessage, close_code};
@@ -28,14 +29,10 @@ pub enum Incoming {
 /// The standard close code for a message over the size limit.
 const CLOSE_TOO_BIG: u16 = 1009;
 
-/// Runs one connection until the client leaves or must be closed. `header_user` is the user
-/// an authenticating proxy named in the upgrade request, if any.
-pub async fn run<I, O>(
-    state: Arc<AppState>,
-    header_user: Option<String>,
-    mut incoming: I,
-    outgoing: O,
-) where
+/// Runs one connection until the client leaves or must be closed. `vouched` is what the
+/// upgrade request established about the connection's user.
+pub async fn run<I, O>(state: Arc<AppState>, vouched: Vouched, mut incoming: I, outgoing: O)
+where
     I: Stream<Item = Incoming> + Unpin,
     O: Sink<Outgoing> + Unpin + Send + 'static,
 {
@@ -44,9 +41,7 @@ pub async fn run<I, O>(
     let writer = tokio::spawn(write_loop(rx, kill.clone(), outgoing));
     let outbox = Outbox { queue, kill };
 
-    let Some((user, client_id)) =
-        handshake(&state, header_user.as_deref(), &mut incoming, &outbox).await
-    else {
+    let Some((user, client_id)) = handshake(&state, &vouched, &mut incoming, &outbox).await else {
         drop(outbox);
         let _ = writer.await;
         return;
@@ -71,7 +66,7 @@ pub async fn run<I, O>(
 /// closing the connection.
 async fn handshake<I>(
     state: &AppState,
-    header_user: Option<&str>,
+    vouched: &Vouched,
     incoming: &mut I,
     outbox: &Outbox,
 ) -> Option<(Option<String>, String)>
@@ -126,21 +121,19 @@ where
             protocol,
             user,
             client_id,
-        }) if protocol == PROTOCOL_VERSION => {
-            match state.identity.confirm(header_user, user.as_deref()) {
-                Ok(user) => {
-                    let welcome = ServerMessage::Welcome {
-                        protocol,
-                        user: user.clone(),
-                        instance: state.instance.clone(),
-                        tables: state.store.table_infos(),
-                    };
-                    outbox.queue.send(Outgoing::Message(welcome)).await.ok()?;
-                    Some((user, client_id))
-                }
-                Err(reply) => refuse(close_code::HANDSHAKE, reply).await,
+        }) if protocol == PROTOCOL_VERSION => match vouched.confirm(user.as_deref()) {
+            Ok(user) => {
+                let welcome = ServerMessage::Welcome {
+                    protocol,
+                    user: user.clone(),
+                    instance: state.instance.clone(),
+                    tables: state.store.table_infos(),
+                };
+                outbox.queue.send(Outgoing::Message(welcome)).await.ok()?;
+                Some((user, client_id))
             }
-        }
+            Err(reply) => refuse(close_code::HANDSHAKE, reply).await,
+        },
         Ok(ClientMessage::Hello { protocol, .. }) => {
             let reply = ErrorReply::new(
                 ErrorKind::ProtocolVersion,
