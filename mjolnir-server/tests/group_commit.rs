@@ -549,6 +549,92 @@ async fn deletes_and_empty_updates_are_applied_set_based() {
     assert_set_based(&server, 3);
 }
 
+/// Writes that change nothing, in a set-based batch: an empty update, an update to the same
+/// balance, a put of the value already stored and the delete of an absent kv entry. Each is
+/// applied (its statement runs) but draws no new value version: a transaction that read
+/// those keys before still commits, and only the real change of the batch is announced
+/// (migration 0006).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_that_change_nothing_draw_no_new_version_in_a_set_based_batch() {
+    let db = TestDb::new("gc_set_noops").await;
+    let app = app_with_schema(PLAIN);
+    let server = start_one_lane(&db, app.path(), 64).await;
+    let url = server.ws_url();
+    let alice = Client::connect(&url, Some("alice")).await.unwrap();
+    let put = |v: Value| writes(vec![(Key::kv("k"), WriteOp::Put { value: v })]);
+    let outcome = alice
+        .commit(alice.next_txn_id(), ReadSet::new(), put(json!({"a": 1})))
+        .await;
+    assert!(
+        matches!(outcome, Ok(CommitOutcome::Committed(_))),
+        "{outcome:?}"
+    );
+    let keys = [acct(1), acct(2), Key::kv("k"), Key::kv("absent"), acct(3)];
+    let before = read_set(&alice, &keys).await;
+    let mut pushes = alice.pushes();
+
+    let gate = Gate::close(&db, &url).await;
+    let blind = |w: WriteSet| (alice.clone(), alice.next_txn_id(), ReadSet::new(), w);
+    let txns = vec![
+        blind(writes(vec![(
+            acct(1),
+            WriteOp::Update {
+                set: obj(json!({})),
+            },
+        )])),
+        blind(set_balances(&[(2, 100)])),
+        blind(put(json!({"a": 1}))),
+        blind(writes(vec![(Key::kv("absent"), WriteOp::Delete)])),
+        blind(set_balances(&[(3, 99)])),
+    ];
+    let outcomes = gate.commit_in_order(txns).await;
+    let mut versions = Vec::new();
+    for (i, o) in outcomes.iter().enumerate() {
+        match o {
+            CommitOutcome::Committed(v) => versions.push(*v),
+            other => panic!("{}: {other:?}", i + 1),
+        }
+    }
+    assert_set_based(&server, 5);
+
+    // Reads from before the batch: current but for account 3's.
+    for key in &keys {
+        let reads: ReadSet = before
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(k, v)| (k.clone(), v))
+            .collect();
+        let outcome = alice
+            .commit(alice.next_txn_id(), reads, set_balances(&[(9, 1)]))
+            .await
+            .unwrap();
+        match (key == &acct(3), &outcome) {
+            (false, CommitOutcome::Committed(_)) | (true, CommitOutcome::Conflict(_)) => {}
+            _ => panic!("a read of {key} from before the batch: {outcome:?}"),
+        }
+    }
+    // The writer's own view: each key at its commit's version is current too.
+    for (key, version) in keys[..4].iter().zip(&versions) {
+        let reads: ReadSet = [(key.clone(), *version)].into_iter().collect();
+        let outcome = alice
+            .commit(alice.next_txn_id(), reads, set_balances(&[(10, 1)]))
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, CommitOutcome::Committed(_)),
+            "a read of {key} at {version}: {outcome:?}"
+        );
+    }
+    // The first push is account 3's change: the no-ops announced nothing.
+    let (pushed, changes) = tokio::time::timeout(Duration::from_secs(10), pushes.recv())
+        .await
+        .expect("a push within 10 s")
+        .unwrap();
+    assert_eq!(pushed, versions[4]);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].key, acct(3));
+}
+
 /// With a deferred constraint in the database, batches are decided one transaction at a
 /// time. Here a deferred UNIQUE: the first transaction takes a value the second one frees.
 /// Checked at the end of each transaction, in batch order, the first is refused; checked
