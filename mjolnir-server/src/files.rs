@@ -141,9 +141,12 @@ impl PublicFiles {
                 Err(never) => match never {},
             },
             Ok(Ok(Public::Directory)) => {
+                // One leading slash: `//host/dir` would be a protocol-relative URL, a
+                // redirect to another site.
+                let path = raw_path.trim_start_matches('/');
                 let location = match req.uri().query() {
-                    Some(query) => format!("{raw_path}/?{query}"),
-                    None => format!("{raw_path}/"),
+                    Some(query) => format!("/{path}/?{query}"),
+                    None => format!("/{path}/"),
                 };
                 match HeaderValue::try_from(location) {
                     Ok(location) => (

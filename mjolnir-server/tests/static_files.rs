@@ -182,4 +182,13 @@ async fn public_files_are_served() {
             .contains("location: /sub/?x=1"),
         "{response}"
     );
+    // `//sub` must not redirect to `//sub/`, which a browser reads as the host `sub`.
+    let (status, response) = get(server.addr, "//sub").await;
+    assert_eq!(status, 307, "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("location: /sub/\r\n"),
+        "{response}"
+    );
 }
