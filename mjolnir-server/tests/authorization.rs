@@ -19,7 +19,7 @@ use mjolnir_server::server::Running;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
-use support::{TestDb, app_with_schema, obj, writes};
+use support::{TestDb, app_with_schema, metric, obj, writes};
 
 async fn start(db: &TestDb, app: &Path, group_commit: usize) -> Running {
     db.start_with(app, |c| c.knobs.group_commit = group_commit)
@@ -48,15 +48,7 @@ fn committed(outcome: &CommitOutcome) -> Version {
 
 /// Conflicts the instance answered from its recent commits.
 fn known_stale(server: &Running) -> u64 {
-    server
-        .state
-        .metrics
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix("mjolnir_known_stale_commits_total "))
-        .expect("the counter is exported")
-        .parse()
-        .unwrap()
+    metric(server, "mjolnir_known_stale_commits_total ") as u64
 }
 
 // --- An app's REVOKE stands ----------------------------------------------------------------

@@ -11,7 +11,7 @@ use mjolnir_server::server::Running;
 use rand::Rng;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use support::{TestDb, app_with_schema, obj, writes};
+use support::{TestDb, app_with_schema, metric, obj, writes};
 
 /// Tables without deferred constraints or triggers: batches of them can be set-based.
 const PLAIN: &str = "
@@ -135,18 +135,6 @@ async fn start_one_lane(db: &TestDb, app: &std::path::Path, group_commit: usize)
         c.knobs.group_commit_lanes = 1;
     })
     .await
-}
-
-/// The value of the metric line starting with `prefix` (0 if there is none).
-fn metric(server: &Running, prefix: &str) -> f64 {
-    server
-        .state
-        .metrics
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
 }
 
 /// Transactions per batch seen by `server`: (batches, transactions, batches of more than 4).

@@ -9,7 +9,7 @@ use mjolnir_core::protocol::{Entry, ServerMessage};
 use mjolnir_core::{Key, ReadSet, WriteOp, WriteSet};
 use mjolnir_server::server::Running;
 use serde_json::json;
-use support::{TestDb, app_with_schema, obj, writes};
+use support::{TestDb, app_with_schema, metric, obj, writes};
 
 const SCHEMA: &str = "
 CREATE TABLE counters (id integer PRIMARY KEY, n integer NOT NULL);
@@ -33,15 +33,9 @@ fn set_n(n: i64) -> WriteSet {
     )])
 }
 
-/// Conflicts this instance answered from its recent commits.
+/// Conflicts the instance answered from its recent commits.
 fn known_stale(server: &Running) -> u64 {
-    let metrics = server.state.metrics.render();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("mjolnir_known_stale_commits_total "))
-        .expect("the counter is exported")
-        .parse()
-        .unwrap()
+    metric(server, "mjolnir_known_stale_commits_total ") as u64
 }
 
 async fn read_one(client: &Client, key: &Key) -> (ReadSet, Entry) {

@@ -82,6 +82,19 @@ pub fn group_commit_from_env() -> bool {
     )
 }
 
+/// The value of `server`'s metric line starting with `prefix` (a name and, if any, its
+/// labels, then a space), 0 if it has none.
+pub fn metric(server: &Running, prefix: &str) -> f64 {
+    server
+        .state
+        .metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
 /// Replaces the database name in a PostgreSQL URL.
 fn with_database(url: &str, db: &str) -> String {
     let (base, query) = match url.split_once('?') {
