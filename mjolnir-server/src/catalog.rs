@@ -9,6 +9,7 @@ use mjolnir_core::protocol::{ErrorReply, PkKind, TableInfo};
 use mjolnir_core::{ErrorKind, Key, Pk};
 use serde_json::Value;
 use sqlx::PgPool;
+use sqlx::postgres::types::Oid;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -101,6 +102,9 @@ pub struct Column {
 #[derive(Debug)]
 pub struct Table {
     pub name: String,
+    /// Its oid, which a read gives back to PostgreSQL to check the table is still open
+    /// (see [`Table::open_read`]); a table dropped and created again has another.
+    pub oid: Oid,
     pub columns: Vec<Column>,
     pub pk: usize,
     /// `"schema"."table"`, quoted once here so statements are built from checked names only.
@@ -214,11 +218,11 @@ pub struct Catalog {
 
 impl Catalog {
     pub async fn load(pool: &PgPool, schema: &str) -> Result<Catalog> {
-        /// table, column, its SQL type, its type name, part of the primary key, row-level
-        /// security, SELECT granted to mjolnir_app, triggers of the app's own.
-        type Row = (String, String, String, String, bool, bool, bool, bool);
+        /// table, its oid, column, its SQL type, its type name, part of the primary key,
+        /// row-level security, SELECT granted to mjolnir_app, triggers of the app's own.
+        type Row = (String, Oid, String, String, String, bool, bool, bool, bool);
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), t.typname::text,
+            "SELECT c.relname::text, c.oid, a.attname::text, format_type(a.atttypid, a.atttypmod), t.typname::text,
                     coalesce(a.attnum = ANY(i.indkey), false), c.relrowsecurity,
                     has_table_privilege('mjolnir_app', c.oid, 'SELECT'),
                     EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal)
@@ -237,18 +241,29 @@ impl Catalog {
         /// One table's rows of the query, with which column is its primary key.
         struct Raw {
             name: String,
+            oid: Oid,
             row_security: bool,
             app_may_select: bool,
             app_triggers: bool,
             cols: Vec<(Column, bool)>,
         }
         let mut grouped: Vec<Raw> = Vec::new();
-        for (table, name, sql_type, typname, is_pk, row_security, app_may_select, app_triggers) in
-            rows
+        for (
+            table,
+            oid,
+            name,
+            sql_type,
+            typname,
+            is_pk,
+            row_security,
+            app_may_select,
+            app_triggers,
+        ) in rows
         {
             if grouped.last().is_none_or(|t| t.name != table) {
                 grouped.push(Raw {
                     name: table.clone(),
+                    oid,
                     row_security,
                     app_may_select,
                     app_triggers,
@@ -270,6 +285,7 @@ impl Catalog {
         let mut catalog = Catalog::default();
         for Raw {
             name,
+            oid,
             row_security,
             app_may_select,
             app_triggers,
@@ -300,6 +316,7 @@ impl Catalog {
             let row_json = row_json_expr(&columns);
             let table = Table {
                 name: name.clone(),
+                oid,
                 columns,
                 pk: pks[0],
                 qualified,

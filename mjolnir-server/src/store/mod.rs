@@ -66,7 +66,7 @@ impl Store {
         metrics: &Metrics,
     ) -> Result<Store> {
         let catalog = Catalog::load(&pool, schema).await?;
-        let reader = Arc::new(read::Reader::new(pool.clone(), schema, &knobs, metrics));
+        let reader = Arc::new(read::Reader::new(pool.clone(), &knobs, metrics));
         Ok(Store {
             committer: Arc::new(batch::Committer::new(
                 pool.clone(),

@@ -9,6 +9,7 @@ use crate::metrics::Metrics;
 use mjolnir_core::protocol::Entry;
 use mjolnir_core::{ErrorKind, Version};
 use serde_json::Value;
+use sqlx::postgres::types::Oid;
 use sqlx::{AssertSqlSafe, PgPool};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,8 +31,6 @@ impl Store {
 #[derive(Debug)]
 pub(super) struct Reader {
     pool: PgPool,
-    /// The schema of the app's tables, for the check of [`Reader::read_now`].
-    schema: String,
     batched: bool,
     lanes: Lanes<ReadJob>,
     /// Set when a read found a table the catalog says is open no longer open: the store
@@ -47,10 +46,9 @@ pub(super) struct ReadJob {
 }
 
 impl Reader {
-    pub(super) fn new(pool: PgPool, schema: &str, knobs: &Knobs, metrics: &Metrics) -> Reader {
+    pub(super) fn new(pool: PgPool, knobs: &Knobs, metrics: &Metrics) -> Reader {
         Reader {
             pool,
-            schema: schema.to_owned(),
             batched: knobs.group_commit > 1,
             lanes: Lanes::new(
                 knobs.group_commit_lanes,
@@ -174,8 +172,8 @@ impl Reader {
     ///
     /// The catalog was read at start, and the app may have turned row-level security on or
     /// revoked a privilege since: the statement checks, in its own snapshot, that every
-    /// table it reads is still open (`mjolnir.open_spaces`). If one is not, its rows are
-    /// thrown away (`None`: read them as the user) and the catalog is loaded again.
+    /// table it reads is still open, as `mjolnir.open_spaces` would. If one is not, its rows
+    /// are thrown away (`None`: read them as the user) and the catalog is loaded again.
     async fn read_open(&self, keys: &[Resolved]) -> Result<Option<Vec<Entry>>> {
         if keys.is_empty() {
             return Ok(Some(Vec::new()));
@@ -185,7 +183,6 @@ impl Reader {
             sqlx::query_as(AssertSqlSafe(statement.open_query()))
                 .bind(&statement.pks)
                 .bind(&statement.spaces)
-                .bind(&self.schema)
                 .bind(&statement.tables)
                 .fetch_all(&self.pool)
                 .await?;
@@ -228,8 +225,8 @@ struct ReadStatement<'a> {
     order: Vec<usize>,
     pks: Vec<&'a str>,
     spaces: Vec<&'a str>,
-    /// The tables read, each once.
-    tables: Vec<&'a str>,
+    /// The tables read, each once, by oid.
+    tables: Vec<Oid>,
     /// Over `$1` (the primary keys) and `$2` (the spaces), returning `(ord, version, value)`.
     query: String,
 }
@@ -252,7 +249,7 @@ impl<'a> ReadStatement<'a> {
                     .count();
             let value = match &keys[order[lo]].table {
                 Some(t) => {
-                    tables.push(t.name.as_str());
+                    tables.push(t.oid);
                     format!(
                         "(SELECT {json} FROM {table} r WHERE r.{pk} = k.pk::{ty})",
                         json = t.row_json,
@@ -285,13 +282,22 @@ impl<'a> ReadStatement<'a> {
 
     /// The query for tables every user may read in full (and the kv store), which needs
     /// no role: it runs as a prepared statement, planned once per connection, where
-    /// `mjolnir.read_as` plans on every call. Each row also says whether every table read
-    /// is still open, over `$3` (the app's schema) and `$4` (the tables).
+    /// `mjolnir.read_as` plans on every call. Each row also says whether every table read,
+    /// `$3` (their oids), is still open: it exists, has no row-level security, and
+    /// `mjolnir_app` may `SELECT` it (the rule of `mjolnir.open_spaces`, written out so that
+    /// it is planned with the statement). Each table is looked up by a subquery on its oid,
+    /// which stays an index scan in the generic plan (`db::connect`); `oid = ANY($3)` became
+    /// a scan of all of `pg_class` there, and made a read seven times as slow.
     fn open_query(&self) -> String {
         format!(
             "SELECT q.*, g.open
                FROM ({query}) AS q,
-                    (SELECT mjolnir.open_spaces($3, $4::text[]) @> $4::text[] AS open) AS g",
+                    (SELECT coalesce(bool_and(coalesce(
+                                (SELECT NOT c.relrowsecurity
+                                        AND has_table_privilege('mjolnir_app', c.oid, 'SELECT')
+                                   FROM pg_class c WHERE c.oid = t.oid),
+                                false)), true) AS open
+                       FROM unnest($3::oid[]) AS t(oid)) AS g",
             query = self.query
         )
     }
