@@ -193,6 +193,37 @@ impl ServerMessage {
     }
 }
 
+/// The request a client message names, read even from a message that is refused, so that
+/// the refusal reaches whatever waits for that request. A client with several commits in
+/// flight cannot tell which one an unnamed `error` is about, and would wait for ever.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Named {
+    /// A commit's `txn`, when it is a string of 1 to [`TxnId::MAX_LEN`] bytes.
+    Commit(TxnId),
+    /// A read's `id`.
+    Read(u32),
+}
+
+impl Named {
+    /// What `text` names, if it is a JSON object of type `commit` with a readable `txn`, or
+    /// of type `read` with a readable `id`, however wrong the rest of it is.
+    pub fn of(text: &str) -> Option<Named> {
+        let value: Value = serde_json::from_str(text).ok()?;
+        match value.get("type")?.as_str()? {
+            "commit" => {
+                let txn = value.get("txn")?.as_str()?;
+                (!txn.is_empty() && txn.len() <= TxnId::MAX_LEN)
+                    .then(|| Named::Commit(TxnId(txn.to_owned())))
+            }
+            "read" => {
+                let id = value.get("id")?.as_u64()?;
+                Some(Named::Read(u32::try_from(id).ok()?))
+            }
+            _ => None,
+        }
+    }
+}
+
 fn diagnose(text: &str, err: serde_json::Error) -> ErrorReply {
     let Ok(value) = serde_json::from_str::<Value>(text) else {
         return ErrorReply::new(ErrorKind::Malformed, format!("not JSON: {err}"));
@@ -217,6 +248,37 @@ fn diagnose(text: &str, err: serde_json::Error) -> ErrorReply {
 mod tests {
     use super::*;
     use crate::{Pk, WriteOp};
+
+    #[test]
+    fn a_refused_message_still_names_its_request() {
+        let twice = r#"{"type":"commit","txn":"t-1","reads":[
+            {"key":{"kind":"kv","key":"a"},"version":"1"},
+            {"key":{"kind":"kv","key":"a"},"version":"1"}],"writes":[]}"#;
+        assert!(ClientMessage::parse(twice).is_err());
+        assert_eq!(Named::of(twice), Some(Named::Commit(TxnId("t-1".into()))));
+        let number = r#"{"type":"commit","txn":"t-2","reads":[
+            {"key":{"kind":"kv","key":"a"},"version":1}],"writes":[]}"#;
+        assert!(ClientMessage::parse(number).is_err());
+        assert_eq!(Named::of(number), Some(Named::Commit(TxnId("t-2".into()))));
+        let read = r#"{"type":"read","id":7,"keys":[{"kind":"table"}]}"#;
+        assert!(ClientMessage::parse(read).is_err());
+        assert_eq!(Named::of(read), Some(Named::Read(7)));
+        for unnamed in [
+            "{not json",
+            r#"{"type":"commit","txn":5}"#,
+            r#"{"type":"commit","txn":""}"#,
+            r#"{"type":"read","id":-1}"#,
+            r#"{"type":"read","id":4294967296}"#,
+            r#"{"type":"unsubscribe","txn":"t"}"#,
+        ] {
+            assert_eq!(Named::of(unnamed), None, "{unnamed}");
+        }
+        let long = format!(
+            r#"{{"type":"commit","txn":"{}"}}"#,
+            "x".repeat(TxnId::MAX_LEN + 1)
+        );
+        assert_eq!(Named::of(&long), None);
+    }
     use proptest::prelude::*;
     use serde_json::{Map, json};
 

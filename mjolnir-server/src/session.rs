@@ -9,7 +9,7 @@ use crate::feed::{ConnId, Outbox, Outgoing};
 use crate::identity::Vouched;
 use crate::store::Outcome;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use mjolnir_core::protocol::{ErrorReply, ServerMessage, close_code};
+use mjolnir_core::protocol::{ErrorReply, Named, ServerMessage, close_code};
 use mjolnir_core::{ClientMessage, ErrorKind, Key, PROTOCOL_VERSION, ReadSet, TxnId, WriteSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -199,8 +199,18 @@ async fn serve<I>(
         };
         let msg = match ClientMessage::parse(&text) {
             Ok(m) => m,
+            // Answered by name where the message names its request, so that a client
+            // waiting on that commit or read hears of it.
             Err(reply) => {
-                send_error(outbox, state, None, reply).await;
+                match Named::of(&text) {
+                    Some(Named::Commit(txn)) => {
+                        state.metrics.rejection(reply.code);
+                        let rejected = ServerMessage::Rejected { txn, error: reply };
+                        let _ = outbox.queue.send(Outgoing::Message(rejected)).await;
+                    }
+                    Some(Named::Read(id)) => send_error(outbox, state, Some(id), reply).await,
+                    None => send_error(outbox, state, None, reply).await,
+                }
                 continue;
             }
         };

@@ -78,6 +78,53 @@ async fn malformed_and_unknown_frames_get_typed_errors_and_the_connection_lives_
     assert_eq!(entries[0].value.as_ref().unwrap()["name"], "hammer");
 }
 
+/// A commit refused for what it says, not for its syntax (a key read twice, a version sent
+/// as a number), still names its txn, and a read its id: the refusal is answered by name,
+/// so that a client with several requests in flight knows which one failed.
+#[tokio::test]
+async fn a_refused_commit_or_read_is_answered_by_its_name() {
+    let db = TestDb::new("named").await;
+    let app = app_with_schema(SCHEMA);
+    let server = db.start(app.path()).await;
+    let c = Client::connect(&server.ws_url(), Some("u")).await.unwrap();
+    let commits = [
+        (
+            "t-twice",
+            r#"{"type":"commit","txn":"t-twice","reads":[
+                {"key":{"kind":"row","table":"items","pk":1},"version":"0"},
+                {"key":{"kind":"row","table":"items","pk":1},"version":"0"}],
+               "writes":[{"key":{"kind":"row","table":"items","pk":1},"op":"update","set":{"qty":0}}]}"#,
+        ),
+        (
+            "t-number",
+            r#"{"type":"commit","txn":"t-number","reads":[
+                {"key":{"kind":"row","table":"items","pk":1},"version":0}],
+               "writes":[{"key":{"kind":"row","table":"items","pk":1},"op":"update","set":{"qty":0}}]}"#,
+        ),
+    ];
+    for (txn, text) in commits {
+        c.send_raw(text.into()).await.unwrap();
+        match next_unsolicited(&c).await {
+            Unsolicited::Message(ServerMessage::Rejected { txn: named, error }) => {
+                assert_eq!(named.0, txn);
+                assert_eq!(error.code, ErrorKind::Malformed, "{error:?}");
+            }
+            other => panic!("{txn}: expected a rejection naming it, got {other:?}"),
+        }
+    }
+    c.send_raw(r#"{"type":"read","id":7,"keys":[{"kind":"row","table":"items"}]}"#.into())
+        .await
+        .unwrap();
+    match next_unsolicited(&c).await {
+        Unsolicited::Message(ServerMessage::Error { id, error }) => {
+            assert_eq!(id, Some(7));
+            assert_eq!(error.code, ErrorKind::Malformed, "{error:?}");
+        }
+        other => panic!("expected an error naming read 7, got {other:?}"),
+    }
+    assert_eq!(qty(&db, 1).await, 1, "nothing was applied");
+}
+
 #[tokio::test]
 async fn a_wrong_protocol_version_is_refused_with_its_close_code() {
     let db = TestDb::new("protocol").await;
