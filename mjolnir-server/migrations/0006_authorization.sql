@@ -40,8 +40,8 @@ ALTER TABLE mjolnir.versions ALTER COLUMN changed SET NOT NULL;
 -- The spaces among `spaces` that every user reads alike, as of now: the kv store (''), and
 -- tables of `app_schema` without row-level security whose rows mjolnir_app may SELECT.
 -- Anything else (row-level security, no SELECT, a table that no longer exists) is not.
--- A loop of catalog lookups by oid, which the system caches answer: it runs in every commit
--- and every open read, and as one query over pg_class it cost about 40 times as much.
+-- A loop of catalog lookups by oid, which the system caches answer: it runs in every commit,
+-- and as one query over pg_class it cost about 40 times as much.
 CREATE FUNCTION mjolnir.open_spaces(app_schema text, spaces text[]) RETURNS text[]
 LANGUAGE plpgsql STABLE AS $$
 DECLARE

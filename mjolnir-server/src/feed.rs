@@ -358,3 +358,33 @@ async fn next_commit(
             .await?;
     Ok(Some(logged.0.into_commit()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(payload: &str) -> Commit {
+        serde_json::from_str::<Notification>(payload)
+            .unwrap()
+            .into_commit()
+    }
+
+    #[test]
+    fn only_the_entries_a_change_set_names_open_skip_the_reread() {
+        let entries = r#"[{"key":{"kind":"kv","key":"a"},"version":"7","value":1},
+                          {"key":{"kind":"row","table":"t","pk":1},"version":"7","value":null},
+                          {"key":{"kind":"kv","key":"b"},"version":"7","value":2}]"#;
+        let named = commit(&format!(
+            r#"{{"version":"7","changes":{entries},"open":[1,3,9,0]}}"#
+        ));
+        assert_eq!(
+            named.open,
+            [true, false, true],
+            "positions out of range are ignored"
+        );
+        // A change set written before the `open` list existed: every entry is re-read.
+        let old = commit(&format!(r#"{{"version":"7","changes":{entries}}}"#));
+        assert_eq!(old.open, [false, false, false]);
+        assert_eq!(old.changes.len(), 3);
+    }
+}

@@ -459,13 +459,11 @@ impl Committer {
                         .collect(),
                 )),
                 "committed" => {
-                    let outcome = committed(m.plan, version, values, changed);
-                    if let Outcome::Committed { version, changes } = &outcome {
-                        let changed = m.plan.writes.iter().map(|(r, _)| r);
+                    let changed = changed.unwrap_or_default();
+                    let outcome = committed(m.plan, version, values, &changed);
+                    if let Outcome::Committed { version, .. } = &outcome {
                         self.recent.record(
-                            changed
-                                .filter(|r| changes.iter().any(|c| c.key == r.key))
-                                .map(|r| (r, *version)),
+                            changed_writes(m.plan, &changed).map(|((r, _), _)| (r, *version)),
                         );
                     }
                     Decided::Outcome(Decision::Final(outcome))
@@ -548,6 +546,20 @@ impl Arrays<'_> {
     }
 }
 
+/// The writes of a committed transaction that changed something, with their positions
+/// (`changed`, from `mjolnir.commit_batch`, says which; a write it does not cover counts as
+/// changed, which can only make a conflict, never hide one).
+fn changed_writes<'a>(
+    plan: &'a Plan,
+    changed: &'a [bool],
+) -> impl Iterator<Item = (&'a (Resolved, WriteOp), usize)> {
+    plan.writes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| changed.get(*i).copied().unwrap_or(true))
+        .map(|(i, write)| (write, i))
+}
+
 /// The outcome of a transaction `mjolnir.commit_batch` committed: the change set as the
 /// feed carries it (the writes that changed something, `changed` saying which), or for a
 /// read-only transaction, the newest version it read.
@@ -555,7 +567,7 @@ fn committed(
     plan: &Plan,
     version: Option<i64>,
     values: Option<Value>,
-    changed: Option<Vec<bool>>,
+    changed: &[bool],
 ) -> Outcome {
     let Some(version) = version else {
         let newest = plan.reads.iter().map(|(_, v)| v.0).max().unwrap_or(0);
@@ -569,14 +581,9 @@ fn committed(
         Some(Value::Array(values)) => values,
         _ => Vec::new(),
     };
-    let changed = changed.unwrap_or_default();
-    let changes = plan
-        .writes
-        .iter()
-        .zip(values.into_iter().chain(std::iter::repeat(Value::Null)))
-        .zip(changed.into_iter().chain(std::iter::repeat(true)))
-        .filter(|(_, changed)| *changed)
-        .map(|(((r, op), value), _)| Entry {
+    let changes = changed_writes(plan, changed)
+        .map(|(write, i)| (write, values.get(i).cloned().unwrap_or(Value::Null)))
+        .map(|((r, op), value)| Entry {
             key: r.key.clone(),
             version,
             value: match op {

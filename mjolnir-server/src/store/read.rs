@@ -26,8 +26,8 @@ impl Store {
     }
 }
 
-/// Runs reads, batched while the database is busy (`lanes.rs`): one call per user for
-/// all of them. One per instance.
+/// Runs reads, batched while the database is busy (`lanes.rs`): one statement for the
+/// reads of tables open to every user, one per user for the others. One per instance.
 #[derive(Debug)]
 pub(super) struct Reader {
     pool: PgPool,
