@@ -12,6 +12,7 @@
 pub mod attempt;
 pub mod cache;
 pub mod conflict;
+pub mod engine;
 pub mod error;
 pub mod key;
 pub mod number;

@@ -1,0 +1,487 @@
+//! [`Engine`]: one page's transactions, its cache and its requests.
+
+use super::action::{Action, Ended, Failure, FetchId, JobId, Kind};
+use super::requests::{Requests, Routed, Verdict};
+use crate::attempt::{Attempt, Finish};
+use crate::cache::{Cache, Snapshot};
+use crate::protocol::{Entry, ServerMessage};
+use crate::retry::RetryPolicy;
+use crate::{ClientMessage, Key, TxnId, Version};
+use serde_json::Value;
+use std::collections::{BTreeSet, VecDeque};
+
+/// How many times one handler may stop on cache misses before it is given up: a handler
+/// that reads different keys on every run would otherwise never finish.
+pub const MAX_MISS_ROUNDS: u32 = 100;
+
+/// Reads sent again after a reconnect go in chunks of this many keys, below the server's
+/// per-request limit.
+const REFRESH_CHUNK: usize = 500;
+
+/// Who waits for a request.
+#[derive(Debug)]
+enum Waiter {
+    /// A job's missed keys; it runs again once they are in.
+    Fetch(JobId),
+    /// A key read outside any transaction (a template's); nothing waits.
+    Load(Key),
+    /// Keys read again after a reconnect (their pushes were lost meanwhile).
+    Refresh,
+    /// A fetch of the adapter's (the async form's reads).
+    Fetched(FetchId),
+    /// A job's commit.
+    Commit(JobId),
+}
+
+/// Where a job is.
+#[derive(Debug)]
+enum Phase {
+    /// Called, waiting for its turn.
+    Queued,
+    /// [`Action::Run`] was given: the adapter runs (or is about to run) an attempt.
+    Running,
+    /// Waiting for its missed keys.
+    Fetching,
+    /// Waiting out a retry's back-off.
+    BackingOff,
+    /// Its commit is in flight. The values its writes give each key, for the cache once
+    /// the commit is confirmed.
+    Committing {
+        txn: TxnId,
+        written: Vec<(Key, Option<Value>)>,
+    },
+}
+
+#[derive(Debug)]
+struct Job {
+    id: JobId,
+    phase: Phase,
+    conflicts: u32,
+    misses: u32,
+    /// Keys kept from eviction while the job waits: what its last attempt read or missed.
+    pinned: Vec<Key>,
+}
+
+/// One page's client engine. Handlers run one at a time, in call order: a handler that
+/// must wait (for its commit, missed keys or a back-off) holds back the ones called after
+/// it, so no handler ever builds on effects that might still be rolled back.
+#[derive(Debug)]
+pub struct Engine {
+    cache: Cache,
+    requests: Requests<Waiter>,
+    jobs: VecDeque<Job>,
+    actions: VecDeque<Action>,
+    policy: RetryPolicy,
+    client_id: String,
+    next_txn: u64,
+    next_job: u64,
+    next_fetch: u64,
+    /// Keys being loaded for reads outside a transaction, so each is asked for once.
+    loading: BTreeSet<Key>,
+    welcomed_before: bool,
+    /// The state of a xorshift generator, for retry jitter: the core has no random source
+    /// of its own, so the adapter seeds it (`Math.random()` in the browser).
+    rng: u64,
+}
+
+impl Engine {
+    /// An engine for the client `client_id` (which prefixes its txn ids), with a cache of
+    /// `capacity` keys; `seed` seeds the retry jitter.
+    pub fn new(client_id: String, capacity: usize, seed: u64) -> Engine {
+        Engine {
+            cache: Cache::with_capacity(capacity),
+            requests: Requests::new(),
+            jobs: VecDeque::new(),
+            actions: VecDeque::new(),
+            policy: RetryPolicy::default(),
+            client_id,
+            next_txn: 1,
+            next_job: 1,
+            next_fetch: 1,
+            loading: BTreeSet::new(),
+            welcomed_before: false,
+            rng: seed | 1,
+        }
+    }
+
+    pub fn policy(&self) -> RetryPolicy {
+        self.policy
+    }
+
+    pub fn set_policy(&mut self, policy: RetryPolicy) {
+        self.policy = policy;
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// A snapshot of the committed cache: what an async attempt moves onto after a fetch.
+    pub fn snapshot(&self) -> Snapshot {
+        self.cache.snapshot()
+    }
+
+    /// Jobs called and not yet settled.
+    pub fn pending(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// The next thing the adapter must do, if any.
+    pub fn poll(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// A handler was called: a new job, run at once if no other job is in progress.
+    pub fn call(&mut self, _kind: Kind) -> JobId {
+        let id = JobId(self.next_job);
+        self.next_job += 1;
+        self.jobs.push_back(Job {
+            id,
+            phase: Phase::Queued,
+            conflicts: 0,
+            misses: 0,
+            pinned: Vec::new(),
+        });
+        if self.jobs.len() == 1 {
+            self.run(id);
+        }
+        id
+    }
+
+    /// Starts an attempt of `job`, which [`Action::Run`] named: the attempt reads a
+    /// snapshot of the cache.
+    pub fn begin(&mut self, job: JobId) -> Attempt {
+        if let Some(j) = self.job_mut(job) {
+            j.phase = Phase::Running;
+        }
+        Attempt::new(self.cache.snapshot())
+    }
+
+    /// The attempt `attempt` of `job` ended. Decides what comes next: keep its effects
+    /// and send its commit, fetch what it missed, retry a conflict, or settle.
+    pub fn finish(&mut self, job: JobId, attempt: Attempt, ended: Ended) {
+        if self.job_mut(job).is_none() {
+            return;
+        }
+        if ended == Ended::Threw {
+            // A miss is recorded in the attempt even if the handler caught the signal.
+            let missed = attempt.missed_keys();
+            // An exception on a stale view may be caused by the tear itself: a conflict.
+            let stale = attempt.is_stale(&self.cache);
+            let moved = attempt
+                .reads()
+                .iter()
+                .find(|(k, v)| self.cache.version(k) != Some(*v))
+                .map(|(k, _)| k.clone());
+            self.actions.push_back(Action::Revert(job));
+            if !missed.is_empty() {
+                self.missed(job, missed);
+            } else if stale {
+                self.conflicted(job, moved);
+            } else {
+                self.settle(job, Err(Failure::Threw));
+            }
+            return;
+        }
+        let pinned: Vec<Key> = attempt.keys().cloned().collect();
+        // An attempt that read and wrote nothing of the server's needs no txn id.
+        let needs_id =
+            !attempt.has_misses() && (!attempt.reads().is_empty() || !attempt.writes().is_empty());
+        let txn = if needs_id {
+            self.next_txn += 1;
+            TxnId(format!("{}:{}", self.client_id, self.next_txn - 1))
+        } else {
+            TxnId(String::new())
+        };
+        let written = attempt.written();
+        match attempt.finish(txn.clone()) {
+            Finish::Missed(keys) => {
+                self.actions.push_back(Action::Revert(job));
+                self.missed(job, keys);
+            }
+            Finish::Nothing => {
+                self.actions.push_back(Action::Keep(job));
+                self.settle(job, Ok(None));
+            }
+            Finish::Commit(msg) => {
+                self.actions.push_back(Action::Keep(job));
+                self.repin(job, pinned);
+                if let Some(j) = self.job_mut(job) {
+                    j.phase = Phase::Committing { txn, written };
+                }
+                if let Some(msg) = self.requests.commit(msg, Waiter::Commit(job)) {
+                    self.actions.push_back(Action::Send(msg));
+                }
+            }
+        }
+    }
+
+    /// A back-off that [`Action::Wake`] asked for is over.
+    pub fn wake(&mut self, job: JobId) {
+        if self
+            .jobs
+            .iter()
+            .any(|j| j.id == job && matches!(j.phase, Phase::BackingOff))
+        {
+            self.run(job);
+        }
+    }
+
+    /// Fetches `keys` into the cache (and subscribes to them) for the adapter; answered
+    /// by [`Action::Fetched`].
+    pub fn fetch(&mut self, keys: Vec<Key>) -> FetchId {
+        let id = FetchId(self.next_fetch);
+        self.next_fetch += 1;
+        self.cache.pin(&keys);
+        let msg = self.requests.read(keys, Waiter::Fetched(id));
+        self.actions.push_back(Action::Send(msg));
+        id
+    }
+
+    /// Reads `key` outside any transaction: what the cache holds (`Some(None)`: absent),
+    /// or `None` when it holds nothing, after asking the server for it once, so that a
+    /// later read (a template's next render) finds it.
+    pub fn peek(&mut self, key: &Key) -> Option<Option<Value>> {
+        if let Some(cached) = self.cache.get(key) {
+            return Some(cached.value.clone());
+        }
+        if self.loading.insert(key.clone()) {
+            self.cache.pin([key]);
+            let msg = self
+                .requests
+                .read(vec![key.clone()], Waiter::Load(key.clone()));
+            self.actions.push_back(Action::Send(msg));
+        }
+        None
+    }
+
+    /// The connection was (re)established and the server said welcome: everything still
+    /// waiting is sent again, and after a reconnect what the cache holds is read again,
+    /// since the pushes sent while the page was away are lost.
+    pub fn welcome(&mut self) {
+        for msg in self.requests.resend() {
+            self.actions.push_back(Action::Send(msg));
+        }
+        if std::mem::replace(&mut self.welcomed_before, true) {
+            for chunk in self.cache.keys().chunks(REFRESH_CHUNK) {
+                let msg = self.requests.read(chunk.to_vec(), Waiter::Refresh);
+                self.actions.push_back(Action::Send(msg));
+            }
+        }
+    }
+
+    /// A text frame from the server.
+    pub fn receive(&mut self, text: &str) {
+        match ServerMessage::parse(text) {
+            Ok(msg) => self.message(msg),
+            Err(e) => self.actions.push_back(Action::Warn(format!(
+                "unreadable message from the server: {e}"
+            ))),
+        }
+    }
+
+    /// A message from the server.
+    pub fn message(&mut self, msg: ServerMessage) {
+        match self.requests.deliver(msg) {
+            Routed::Read(waiter, reply) => self.answered(waiter, reply),
+            Routed::Commit(Waiter::Commit(job), _, verdict) => self.verdict(job, verdict),
+            Routed::Commit(..) => {}
+            Routed::Other(ServerMessage::Push { changes, .. }) => self.refresh(&changes),
+            Routed::Other(ServerMessage::Error { id: None, error }) => self.actions.push_back(
+                Action::Warn(format!("the server refused a message: {}", error.message)),
+            ),
+            Routed::Other(_) => {}
+        }
+    }
+
+    fn answered(&mut self, waiter: Waiter, reply: Result<Vec<Entry>, crate::protocol::ErrorReply>) {
+        if let Ok(entries) = &reply {
+            self.apply(entries);
+        }
+        match waiter {
+            Waiter::Fetch(job) => {
+                self.unpin_job(job);
+                match reply {
+                    Ok(_) => {
+                        if self
+                            .jobs
+                            .iter()
+                            .any(|j| j.id == job && matches!(j.phase, Phase::Fetching))
+                        {
+                            self.run(job);
+                        }
+                    }
+                    Err(e) => self.settle(job, Err(Failure::FetchRefused(e))),
+                }
+            }
+            Waiter::Load(key) => {
+                self.cache.unpin([&key]);
+                self.loading.remove(&key);
+            }
+            Waiter::Fetched(id) => {
+                if let Ok(entries) = &reply {
+                    self.cache.unpin(entries.iter().map(|e| &e.key));
+                }
+                self.actions
+                    .push_back(Action::Fetched(id, reply.map(|_| ())));
+            }
+            Waiter::Refresh | Waiter::Commit(_) => {}
+        }
+    }
+
+    fn verdict(&mut self, job: JobId, verdict: Verdict) {
+        let Some(j) = self.job_mut(job) else { return };
+        let Phase::Committing { txn, written } = std::mem::replace(&mut j.phase, Phase::Running)
+        else {
+            return;
+        };
+        match verdict {
+            Verdict::Committed(version) => {
+                // The next handler should see this commit without waiting for its push
+                // (which carries the same version and, if the database changed the row,
+                // the final values).
+                let entries: Vec<Entry> = written
+                    .into_iter()
+                    .map(|(key, value)| Entry {
+                        key,
+                        version,
+                        value,
+                    })
+                    .collect();
+                self.refresh(&entries);
+                self.settle(job, Ok(Some(version)));
+                self.actions
+                    .push_back(Action::Committed { job, txn, version });
+                self.next();
+            }
+            Verdict::Conflict(stale) => {
+                self.refresh(&stale);
+                self.actions.push_back(Action::Revert(job));
+                self.conflicted(job, stale.first().map(|e| e.key.clone()));
+            }
+            Verdict::Rejected(error) => {
+                self.actions.push_back(Action::Revert(job));
+                self.settle(job, Err(Failure::Rejected(error)));
+            }
+        }
+    }
+
+    /// The job's attempt conflicted: run it again after the policy's delay, or give up.
+    fn conflicted(&mut self, job: JobId, key: Option<Key>) {
+        let jitter = self.jitter();
+        let Some(j) = self.job_mut(job) else { return };
+        j.conflicts += 1;
+        let attempts = j.conflicts;
+        self.actions.push_back(Action::Conflicted {
+            job,
+            key: key.clone(),
+        });
+        match self.policy.delay(attempts, jitter) {
+            // Only when the stale key was evicted from the cache meanwhile is it unknown.
+            None => {
+                let key = key.unwrap_or_else(|| Key::kv(""));
+                self.settle(job, Err(Failure::Conflicts { key, attempts }));
+            }
+            Some(delay) if delay.is_zero() => self.run(job),
+            Some(delay) => {
+                if let Some(j) = self.job_mut(job) {
+                    j.phase = Phase::BackingOff;
+                }
+                self.actions.push_back(Action::Wake(job, delay));
+            }
+        }
+    }
+
+    /// The job's attempt missed `keys`: fetch them, then run it again.
+    fn missed(&mut self, job: JobId, keys: Vec<Key>) {
+        let Some(j) = self.job_mut(job) else { return };
+        j.misses += 1;
+        if j.misses > MAX_MISS_ROUNDS {
+            return self.settle(job, Err(Failure::TooManyMisses));
+        }
+        j.phase = Phase::Fetching;
+        self.repin(job, keys.clone());
+        let msg = self.requests.read(keys, Waiter::Fetch(job));
+        self.actions.push_back(Action::Send(msg));
+    }
+
+    /// Settles the job's promise and removes it; the next job runs, unless the caller
+    /// still has events to give first (a commit's).
+    fn settle(&mut self, job: JobId, result: Result<Option<Version>, Failure>) {
+        self.unpin_job(job);
+        self.jobs.retain(|j| j.id != job);
+        let committed = matches!(result, Ok(Some(_)));
+        self.actions.push_back(Action::Settle(job, result));
+        if !committed {
+            self.next();
+        }
+    }
+
+    /// Runs the first job if it is only queued.
+    fn next(&mut self) {
+        if let Some(first) = self.jobs.front()
+            && matches!(first.phase, Phase::Queued)
+        {
+            let id = first.id;
+            self.run(id);
+        }
+    }
+
+    fn run(&mut self, job: JobId) {
+        if let Some(j) = self.job_mut(job) {
+            j.phase = Phase::Running;
+            self.actions.push_back(Action::Run(job));
+        }
+    }
+
+    /// Stores fetched entries (their keys are now subscribed) and evicts past the cache's
+    /// bound, unsubscribing what it drops.
+    fn apply(&mut self, entries: &[Entry]) {
+        let changed = self.cache.apply(entries);
+        let evicted = self.cache.evict();
+        if !evicted.is_empty() {
+            self.actions
+                .push_back(Action::Send(ClientMessage::Unsubscribe { keys: evicted }));
+        }
+        self.changed(changed);
+    }
+
+    /// Updates keys the cache holds (pushes, conflict replies, own commits) and ignores
+    /// the rest: a key not held is not subscribed, so caching it would freeze it.
+    fn refresh(&mut self, entries: &[Entry]) {
+        let changed = self.cache.refresh(entries);
+        self.changed(changed);
+    }
+
+    fn changed(&mut self, keys: Vec<Key>) {
+        if !keys.is_empty() {
+            self.actions.push_back(Action::Changed(keys));
+        }
+    }
+
+    fn job_mut(&mut self, job: JobId) -> Option<&mut Job> {
+        self.jobs.iter_mut().find(|j| j.id == job)
+    }
+
+    /// Pins `keys` for the job in place of what it pinned before.
+    fn repin(&mut self, job: JobId, keys: Vec<Key>) {
+        self.cache.pin(&keys);
+        if let Some(j) = self.job_mut(job) {
+            let old = std::mem::replace(&mut j.pinned, keys);
+            self.cache.unpin(&old);
+        }
+    }
+
+    fn unpin_job(&mut self, job: JobId) {
+        self.repin(job, Vec::new());
+    }
+
+    /// A uniform draw from [0, 1) (xorshift64*).
+    fn jitter(&mut self) -> f64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let bits = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
+        bits as f64 / (1u64 << 53) as f64
+    }
+}

@@ -1,0 +1,323 @@
+//! Matching the server's replies to the requests waiting for them.
+//!
+//! Many requests may be in flight on one connection and the server answers them in any
+//! order, so replies are matched by name, never by position: a `values` or an `error` by
+//! its read id, a commit's verdict by its txn id. Requests that share a txn id (a commit
+//! sent again while its first send may still be answered) are answered in the order they
+//! were sent.
+//!
+//! The table also remembers each request's message, so that everything still unanswered
+//! when a connection drops can be sent again on the next one ([`Requests::resend`]).
+//! Generic over the waiter `W`: the browser runtime names a job there, the native client
+//! a channel.
+
+use crate::protocol::{Entry, ErrorReply, ServerMessage};
+use crate::{ClientMessage, Key, TxnId, Version};
+use std::collections::{BTreeMap, VecDeque};
+
+/// The server's verdict on one commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Durable at this version.
+    Committed(Version),
+    /// Some reads were stale; nothing was applied. The stale keys' current entries.
+    Conflict(Vec<Entry>),
+    /// Refused for a reason retrying cannot fix; nothing was applied.
+    Rejected(ErrorReply),
+}
+
+/// What one server message answered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Routed<W> {
+    /// The reply to a read: its entries, or why it was refused.
+    Read(W, Result<Vec<Entry>, ErrorReply>),
+    /// The verdict on a commit, with the txn id it named.
+    Commit(W, TxnId, Verdict),
+    /// A message that answers no waiting request: a push, a welcome, an `error` without a
+    /// read id, or a late reply to a request nobody waits for any more.
+    Other(ServerMessage),
+}
+
+/// The requests waiting for a reply, by name.
+#[derive(Debug)]
+pub struct Requests<W> {
+    reads: BTreeMap<u32, (Vec<Key>, W)>,
+    /// In send order per txn id. A `BTreeMap` so that [`Requests::resend`] goes in a
+    /// deterministic order (txn ids of one client sort by their counter's digits, which
+    /// is not send order; the server orders a connection's commits itself).
+    commits: BTreeMap<TxnId, VecDeque<(ClientMessage, W)>>,
+    next_read: u32,
+}
+
+impl<W> Default for Requests<W> {
+    fn default() -> Self {
+        Requests {
+            reads: BTreeMap::new(),
+            commits: BTreeMap::new(),
+            next_read: 1,
+        }
+    }
+}
+
+impl<W> Requests<W> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a read of `keys` for `waiter` and returns the message to send. Read ids
+    /// wrap around but skip 0 and any id still waiting.
+    pub fn read(&mut self, keys: Vec<Key>, waiter: W) -> ClientMessage {
+        let mut id = self.next_read;
+        while id == 0 || self.reads.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        self.next_read = id.wrapping_add(1);
+        self.reads.insert(id, (keys.clone(), waiter));
+        ClientMessage::Read { id, keys }
+    }
+
+    /// Registers a commit message for `waiter`. Returns `None` (registering nothing) for a
+    /// message that is not a commit.
+    pub fn commit(&mut self, msg: ClientMessage, waiter: W) -> Option<ClientMessage> {
+        let ClientMessage::Commit { txn, .. } = &msg else {
+            return None;
+        };
+        self.commits
+            .entry(txn.clone())
+            .or_default()
+            .push_back((msg.clone(), waiter));
+        Some(msg)
+    }
+
+    /// Hands `msg` to the request it answers, or gives it back.
+    pub fn deliver(&mut self, msg: ServerMessage) -> Routed<W> {
+        match msg {
+            ServerMessage::Values { id, entries } => match self.reads.remove(&id) {
+                Some((_, w)) => Routed::Read(w, Ok(entries)),
+                None => Routed::Other(ServerMessage::Values { id, entries }),
+            },
+            ServerMessage::Error {
+                id: Some(id),
+                error,
+            } => match self.reads.remove(&id) {
+                Some((_, w)) => Routed::Read(w, Err(error)),
+                None => Routed::Other(ServerMessage::Error {
+                    id: Some(id),
+                    error,
+                }),
+            },
+            ServerMessage::Committed { txn, version } => {
+                self.verdict(txn, Verdict::Committed(version))
+            }
+            ServerMessage::Conflict { txn, stale } => self.verdict(txn, Verdict::Conflict(stale)),
+            ServerMessage::Rejected { txn, error } => self.verdict(txn, Verdict::Rejected(error)),
+            other @ (ServerMessage::Welcome { .. }
+            | ServerMessage::Push { .. }
+            | ServerMessage::Error { id: None, .. }) => Routed::Other(other),
+        }
+    }
+
+    fn verdict(&mut self, txn: TxnId, verdict: Verdict) -> Routed<W> {
+        let Some(queue) = self.commits.get_mut(&txn) else {
+            return Routed::Other(verdict.into_message(txn));
+        };
+        let waiter = queue.pop_front();
+        if queue.is_empty() {
+            self.commits.remove(&txn);
+        }
+        match waiter {
+            Some((_, w)) => Routed::Commit(w, txn, verdict),
+            None => Routed::Other(verdict.into_message(txn)),
+        }
+    }
+
+    /// Every request still waiting, as it must be sent again on a new connection: reads
+    /// first (harmless to repeat), then commits, which keep their txn ids so that the
+    /// server answers one that already landed instead of applying it twice, and lose their
+    /// `first` mark, which would let the server answer them from memory as conflicts.
+    pub fn resend(&self) -> Vec<ClientMessage> {
+        let reads = self
+            .reads
+            .iter()
+            .map(|(id, (keys, _))| ClientMessage::Read {
+                id: *id,
+                keys: keys.clone(),
+            });
+        let commits = self
+            .commits
+            .values()
+            .flatten()
+            .map(|(msg, _)| msg.clone().resent());
+        reads.chain(commits).collect()
+    }
+
+    /// Forgets every waiting request and returns their waiters (reads first): what a
+    /// client that will not reconnect fails.
+    pub fn drain(&mut self) -> Vec<W> {
+        let reads = std::mem::take(&mut self.reads)
+            .into_values()
+            .map(|(_, w)| w);
+        let commits = std::mem::take(&mut self.commits)
+            .into_values()
+            .flatten()
+            .map(|(_, w)| w);
+        reads.chain(commits).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reads.is_empty() && self.commits.is_empty()
+    }
+}
+
+impl Verdict {
+    /// The verdict as the server message that carries it.
+    pub fn into_message(self, txn: TxnId) -> ServerMessage {
+        match self {
+            Verdict::Committed(version) => ServerMessage::Committed { txn, version },
+            Verdict::Conflict(stale) => ServerMessage::Conflict { txn, stale },
+            Verdict::Rejected(error) => ServerMessage::Rejected { txn, error },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn entry(key: &str, version: u64) -> Entry {
+        Entry {
+            key: Key::kv(key),
+            version: Version(version),
+            value: None,
+        }
+    }
+
+    fn commit(txn: &str) -> ClientMessage {
+        ClientMessage::Commit {
+            txn: TxnId(txn.into()),
+            reads: Default::default(),
+            writes: Default::default(),
+            first: true,
+        }
+    }
+
+    #[test]
+    fn replies_find_their_request_in_any_order() {
+        let mut requests = Requests::new();
+        let ClientMessage::Read { id: one, .. } = requests.read(vec![Key::kv("a")], "one") else {
+            panic!()
+        };
+        let ClientMessage::Read { id: two, .. } = requests.read(vec![Key::kv("b")], "two") else {
+            panic!()
+        };
+        requests.commit(commit("c:1"), "commit");
+        assert_eq!(
+            requests.deliver(ServerMessage::Committed {
+                txn: TxnId("c:1".into()),
+                version: Version(9)
+            }),
+            Routed::Commit(
+                "commit",
+                TxnId("c:1".into()),
+                Verdict::Committed(Version(9))
+            )
+        );
+        assert_eq!(
+            requests.deliver(ServerMessage::Values {
+                id: two,
+                entries: vec![entry("b", 2)]
+            }),
+            Routed::Read("two", Ok(vec![entry("b", 2)]))
+        );
+        let refused = ErrorReply::new(ErrorKind::UnknownTable, "no");
+        assert_eq!(
+            requests.deliver(ServerMessage::Error {
+                id: Some(one),
+                error: refused.clone()
+            }),
+            Routed::Read("one", Err(refused))
+        );
+        assert!(requests.is_empty());
+    }
+
+    #[test]
+    fn a_reply_nobody_waits_for_is_given_back() {
+        let mut requests: Requests<()> = Requests::new();
+        for stray in [
+            ServerMessage::Values {
+                id: 7,
+                entries: vec![],
+            },
+            ServerMessage::Error {
+                id: None,
+                error: ErrorReply::new(ErrorKind::Malformed, "?"),
+            },
+            ServerMessage::Committed {
+                txn: TxnId("x:1".into()),
+                version: Version(1),
+            },
+        ] {
+            assert_eq!(requests.deliver(stray.clone()), Routed::Other(stray));
+        }
+    }
+
+    #[test]
+    fn commits_sharing_a_txn_id_are_answered_in_order() {
+        let mut requests = Requests::new();
+        requests.commit(commit("c:1"), 1);
+        requests.commit(commit("c:1").resent(), 2);
+        let txn = TxnId("c:1".into());
+        let conflict = requests.deliver(ServerMessage::Conflict {
+            txn: txn.clone(),
+            stale: vec![entry("a", 3)],
+        });
+        assert_eq!(
+            conflict,
+            Routed::Commit(1, txn.clone(), Verdict::Conflict(vec![entry("a", 3)]))
+        );
+        let committed = requests.deliver(ServerMessage::Committed {
+            txn: txn.clone(),
+            version: Version(4),
+        });
+        assert_eq!(
+            committed,
+            Routed::Commit(2, txn.clone(), Verdict::Committed(Version(4)))
+        );
+        assert!(matches!(
+            requests.deliver(ServerMessage::Committed {
+                txn,
+                version: Version(4)
+            }),
+            Routed::Other(_)
+        ));
+    }
+
+    #[test]
+    fn what_waits_is_resent_with_its_names_and_without_first_marks() {
+        let mut requests = Requests::new();
+        let read = requests.read(vec![Key::kv("a")], 1);
+        requests.commit(commit("c:2"), 2);
+        assert_eq!(requests.resend(), vec![read, commit("c:2").resent()]);
+        assert_eq!(requests.drain(), vec![1, 2]);
+        assert!(requests.resend().is_empty());
+    }
+
+    #[test]
+    fn read_ids_skip_zero_and_ids_still_waiting() {
+        let mut requests = Requests::new();
+        requests.next_read = u32::MAX;
+        let ClientMessage::Read { id: last, .. } = requests.read(vec![], ()) else {
+            panic!()
+        };
+        let ClientMessage::Read { id: wrapped, .. } = requests.read(vec![], ()) else {
+            panic!()
+        };
+        assert_eq!((last, wrapped), (u32::MAX, 1));
+        requests.next_read = u32::MAX;
+        let ClientMessage::Read { id: skipped, .. } = requests.read(vec![], ()) else {
+            panic!()
+        };
+        assert_eq!(skipped, 2, "MAX and 1 still wait");
+    }
+}

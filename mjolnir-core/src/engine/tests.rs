@@ -1,0 +1,465 @@
+//! The engine against a simulated server and network, under random interleavings.
+//!
+//! The server here is a model, not Mjölnir's: it validates read versions, applies writes,
+//! remembers committed txn ids (so a re-sent commit is answered, not applied twice),
+//! subscribes the connection to what it reads and pushes changes. The network delivers
+//! each direction in order, drops what is in flight when the connection breaks (a message
+//! to the server may or may not have been processed), and the test plays the adapter:
+//! it runs handlers, keeps and reverts their effects, settles their promises and fires
+//! timers.
+
+use super::*;
+use crate::protocol::{Entry, ServerMessage};
+use crate::{ClientMessage, Key, TxnId, Version};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+const KEYS: u64 = 5;
+
+fn key(i: u64) -> Key {
+    Key::kv(format!("k{i}"))
+}
+
+/// A handler of the test page.
+#[derive(Clone, Debug)]
+enum Handler {
+    /// Adds one to a counter.
+    Increment(u64),
+    /// Moves one from a counter to another (reads both).
+    Move(u64, u64),
+    /// Reads a counter and throws: the app's own error.
+    Throw(u64),
+    /// Touches nothing of the server's: done at once.
+    Local,
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Call(Handler),
+    /// Delivers the oldest message to the server.
+    ToServer,
+    /// Delivers the oldest message to the client.
+    ToClient,
+    /// Another client adds one to a counter.
+    Other(u64),
+    /// The connection breaks; `processed` says whether each message in flight to the
+    /// server got there anyway.
+    Disconnect(Vec<bool>),
+    Reconnect,
+    FireTimer,
+}
+
+#[derive(Debug, Default)]
+struct Server {
+    db: BTreeMap<Key, (Version, Value)>,
+    version: u64,
+    committed: BTreeMap<TxnId, Version>,
+    subscribed: BTreeSet<Key>,
+    applied: Vec<TxnId>,
+}
+
+impl Server {
+    fn entry(&self, k: &Key) -> Entry {
+        match self.db.get(k) {
+            Some((v, value)) => Entry {
+                key: k.clone(),
+                version: *v,
+                value: Some(value.clone()),
+            },
+            None => Entry {
+                key: k.clone(),
+                version: Version::ABSENT,
+                value: None,
+            },
+        }
+    }
+
+    fn current(&self, k: &Key) -> Version {
+        self.db.get(k).map_or(Version::ABSENT, |(v, _)| *v)
+    }
+
+    /// Applies `writes` at a new version; returns the push for the connection, if any.
+    fn apply(&mut self, writes: &crate::WriteSet) -> (Version, Option<ServerMessage>) {
+        self.version += 1;
+        let version = Version(self.version);
+        let mut changes = Vec::new();
+        for (k, op) in writes.iter() {
+            let before = self.db.get(k).map(|(_, v)| v.clone());
+            match op.apply(before.as_ref()) {
+                Some(v) => {
+                    self.db.insert(k.clone(), (version, v));
+                }
+                None => {
+                    self.db.remove(k);
+                }
+            }
+            if self.subscribed.contains(k) {
+                changes.push(self.entry(k));
+            }
+        }
+        let push = (!changes.is_empty()).then_some(ServerMessage::Push { version, changes });
+        (version, push)
+    }
+
+    fn handle(&mut self, msg: ClientMessage) -> Vec<ServerMessage> {
+        match msg {
+            ClientMessage::Read { id, keys } => {
+                self.subscribed.extend(keys.iter().cloned());
+                let entries = keys.iter().map(|k| self.entry(k)).collect();
+                vec![ServerMessage::Values { id, entries }]
+            }
+            ClientMessage::Unsubscribe { keys } => {
+                for k in &keys {
+                    self.subscribed.remove(k);
+                }
+                vec![]
+            }
+            ClientMessage::Commit {
+                txn, reads, writes, ..
+            } => {
+                if let Some(version) = self.committed.get(&txn) {
+                    return vec![ServerMessage::Committed {
+                        txn,
+                        version: *version,
+                    }];
+                }
+                let stale: Vec<Entry> = reads
+                    .iter()
+                    .filter(|(k, v)| self.current(k) != *v)
+                    .map(|(k, _)| self.entry(k))
+                    .collect();
+                if !stale.is_empty() {
+                    return vec![ServerMessage::Conflict { txn, stale }];
+                }
+                let (version, push) = self.apply(&writes);
+                self.committed.insert(txn.clone(), version);
+                self.applied.push(txn.clone());
+                let mut out = vec![ServerMessage::Committed { txn, version }];
+                out.extend(push);
+                out
+            }
+            ClientMessage::Hello { .. } => vec![],
+        }
+    }
+}
+
+/// The test as the engine's adapter.
+struct Page {
+    engine: Engine,
+    server: Server,
+    up: VecDeque<ClientMessage>,
+    down: VecDeque<ServerMessage>,
+    open: bool,
+    handlers: BTreeMap<JobId, Handler>,
+    /// Jobs whose last attempt's effects are on the page.
+    effects: BTreeSet<JobId>,
+    settled: BTreeMap<JobId, Result<Option<Version>, Failure>>,
+    timers: VecDeque<JobId>,
+    committed_events: Vec<TxnId>,
+    /// Adds by other clients, per counter.
+    others: BTreeMap<Key, i64>,
+}
+
+impl Page {
+    fn new(capacity: usize) -> Page {
+        let mut page = Page {
+            engine: Engine::new("p".into(), capacity, 7),
+            server: Server::default(),
+            up: VecDeque::new(),
+            down: VecDeque::new(),
+            open: true,
+            handlers: BTreeMap::new(),
+            effects: BTreeSet::new(),
+            settled: BTreeMap::new(),
+            timers: VecDeque::new(),
+            committed_events: Vec::new(),
+            others: BTreeMap::new(),
+        };
+        page.engine.welcome();
+        page.drain();
+        page
+    }
+
+    fn drain(&mut self) {
+        while let Some(action) = self.engine.poll() {
+            match action {
+                Action::Send(msg) => {
+                    if self.open {
+                        self.up.push_back(msg);
+                    }
+                }
+                Action::Run(job) => self.run(job),
+                Action::Keep(job) => assert!(self.effects.contains(&job)),
+                Action::Revert(job) => {
+                    assert!(self.effects.remove(&job), "{job:?} reverted twice");
+                }
+                Action::Wake(job, _) => self.timers.push_back(job),
+                Action::Settle(job, result) => {
+                    let again = self.settled.insert(job, result.clone());
+                    assert!(again.is_none(), "{job:?} settled twice");
+                    if result.is_err() {
+                        assert!(!self.effects.contains(&job), "{job:?} failed but kept");
+                    }
+                }
+                Action::Committed { txn, .. } => self.committed_events.push(txn),
+                Action::Changed(_) | Action::Conflicted { .. } | Action::Fetched(..) => {}
+                Action::Warn(w) => panic!("warning: {w}"),
+            }
+        }
+    }
+
+    /// Runs an attempt of `job`, as a handler would, and reports its end.
+    fn run(&mut self, job: JobId) {
+        // A re-run replaces the last attempt's effects, which the engine reverted.
+        assert!(
+            !self.effects.contains(&job),
+            "{job:?} re-run over its effects"
+        );
+        let handler = self.handlers[&job].clone();
+        let mut a = self.engine.begin(job);
+        // Every attempt changes the page (its DOM, its state) as it runs.
+        self.effects.insert(job);
+        let count = |r: crate::Read| match r {
+            crate::Read::Value(v) => Some(v.and_then(|v| v.as_i64()).unwrap_or(0)),
+            crate::Read::Miss => None,
+        };
+        let ended = match handler {
+            Handler::Increment(k) => {
+                if let Some(n) = count(a.read(key(k))) {
+                    a.put(key(k), json!(n + 1));
+                }
+                Ended::Returned
+            }
+            Handler::Move(from, to) => {
+                if let (Some(f), Some(t)) = (count(a.read(key(from))), count(a.read(key(to)))) {
+                    a.put(key(from), json!(f - 1));
+                    a.put(key(to), json!(t + 1));
+                }
+                Ended::Returned
+            }
+            Handler::Throw(k) => {
+                let _ = a.read(key(k));
+                Ended::Threw
+            }
+            Handler::Local => Ended::Returned,
+        };
+        self.engine.finish(job, a, ended);
+    }
+
+    fn step(&mut self, step: Step) {
+        match step {
+            Step::Call(h) => {
+                // The handler is known before `call` returns, as in the browser.
+                let next = JobId(self.handlers.len() as u64 + 1);
+                self.handlers.insert(next, h);
+                let job = self.engine.call(Kind::Sync);
+                assert_eq!(job, next);
+            }
+            Step::ToServer => {
+                if let Some(msg) = self.up.pop_front() {
+                    let replies = self.server.handle(msg);
+                    self.down.extend(replies);
+                }
+            }
+            Step::ToClient => {
+                if let Some(msg) = self.down.pop_front() {
+                    self.engine.receive(&msg.to_json());
+                }
+            }
+            Step::Other(k) => {
+                let mut writes = crate::WriteSet::default();
+                let n = self
+                    .server
+                    .db
+                    .get(&key(k))
+                    .and_then(|(_, v)| v.as_i64())
+                    .unwrap_or(0);
+                writes.push(
+                    key(k),
+                    crate::WriteOp::Put {
+                        value: json!(n + 1),
+                    },
+                );
+                let (_, push) = self.server.apply(&writes);
+                if self.open {
+                    self.down.extend(push);
+                }
+                *self.others.entry(key(k)).or_default() += 1;
+            }
+            Step::Disconnect(processed) => {
+                if self.open {
+                    self.open = false;
+                    for (msg, got_there) in self
+                        .up
+                        .drain(..)
+                        .zip(processed.into_iter().chain(std::iter::repeat(false)))
+                    {
+                        if got_there {
+                            let _ = self.server.handle(msg);
+                        }
+                    }
+                    self.down.clear();
+                    self.server.subscribed.clear();
+                }
+            }
+            Step::Reconnect => {
+                if !self.open {
+                    self.open = true;
+                    self.engine.welcome();
+                }
+            }
+            Step::FireTimer => {
+                if let Some(job) = self.timers.pop_front() {
+                    self.engine.wake(job);
+                }
+            }
+        }
+        self.drain();
+    }
+
+    /// Delivers everything and fires every timer until nothing moves.
+    fn quiesce(&mut self) {
+        self.step(Step::Reconnect);
+        for _ in 0..100_000 {
+            if self.up.is_empty() && self.down.is_empty() && self.timers.is_empty() {
+                return;
+            }
+            self.step(Step::ToServer);
+            self.step(Step::ToClient);
+            if self.up.is_empty() && self.down.is_empty() {
+                self.step(Step::FireTimer);
+            }
+        }
+        panic!("the page never settled");
+    }
+}
+
+fn handler() -> impl Strategy<Value = Handler> {
+    prop_oneof![
+        4 => (0..KEYS).prop_map(Handler::Increment),
+        2 => (0..KEYS, 0..KEYS).prop_filter("two keys", |(a, b)| a != b).prop_map(|(a, b)| Handler::Move(a, b)),
+        1 => (0..KEYS).prop_map(Handler::Throw),
+        1 => Just(Handler::Local),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => handler().prop_map(Step::Call),
+        6 => Just(Step::ToServer),
+        6 => Just(Step::ToClient),
+        1 => (0..KEYS).prop_map(Step::Other),
+        1 => prop::collection::vec(any::<bool>(), 0..4).prop_map(Step::Disconnect),
+        1 => Just(Step::Reconnect),
+        1 => Just(Step::FireTimer),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn every_interleaving_settles_to_the_database(
+        steps in prop::collection::vec(step(), 0..120),
+        capacity in prop_oneof![Just(2usize), Just(100)],
+    ) {
+        let mut page = Page::new(capacity);
+        page.engine.set_policy(crate::RetryPolicy { max_attempts: 1000, ..Default::default() });
+        for s in steps {
+            page.step(s);
+        }
+        page.quiesce();
+
+        // Every call settled exactly once (asserted as they settle), and nothing waits.
+        prop_assert_eq!(page.settled.len(), page.handlers.len());
+        prop_assert_eq!(page.engine.pending(), 0);
+        // No transaction was applied twice.
+        let applied: BTreeSet<_> = page.server.applied.iter().collect();
+        prop_assert_eq!(applied.len(), page.server.applied.len());
+        // What the page kept is exactly what committed or was done: a failed job's
+        // effects are gone.
+        let kept: BTreeSet<JobId> = page.settled.iter().filter(|(_, r)| r.is_ok()).map(|(j, _)| *j).collect();
+        prop_assert_eq!(&page.effects, &kept);
+        // Only the app's own errors fail (the policy allows enough retries).
+        for (job, result) in &page.settled {
+            match (&page.handlers[job], result) {
+                (Handler::Throw(_), Err(Failure::Threw)) => {}
+                (Handler::Throw(_), other) => prop_assert!(false, "a throwing handler ended {:?}", other),
+                (Handler::Local, Ok(None)) => {}
+                (_, Ok(Some(_))) => {}
+                (h, other) => prop_assert!(false, "{:?} ended {:?}", h, other),
+            }
+        }
+        prop_assert_eq!(page.committed_events.len(), page.server.applied.len());
+        // The committed effects equal a serial run: every counter is what the page's
+        // committed handlers and the other clients added up to.
+        let mut expected: BTreeMap<Key, i64> = page.others.clone();
+        for (job, result) in &page.settled {
+            if let Ok(Some(_)) = result {
+                match page.handlers[job] {
+                    Handler::Increment(k) => *expected.entry(key(k)).or_default() += 1,
+                    Handler::Move(a, b) => {
+                        *expected.entry(key(a)).or_default() -= 1;
+                        *expected.entry(key(b)).or_default() += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for i in 0..KEYS {
+            let db = page.server.db.get(&key(i)).and_then(|(_, v)| v.as_i64()).unwrap_or(0);
+            prop_assert_eq!(db, expected.get(&key(i)).copied().unwrap_or(0), "counter {}", i);
+        }
+        // The page's cache equals the database for every key it holds.
+        for k in page.engine.cache().keys() {
+            let cached = page.engine.cache().get(&k).cloned().unwrap();
+            let entry = page.server.entry(&k);
+            prop_assert_eq!(cached.version, entry.version, "{:?}", k);
+            prop_assert_eq!(cached.value, entry.value, "{:?}", k);
+        }
+    }
+}
+
+#[test]
+fn a_read_outside_a_transaction_loads_once_and_then_hits() {
+    let mut page = Page::new(100);
+    assert_eq!(page.engine.peek(&key(1)), None);
+    assert_eq!(page.engine.peek(&key(1)), None);
+    page.drain();
+    assert_eq!(page.up.len(), 1, "asked for once");
+    page.quiesce();
+    assert_eq!(page.engine.peek(&key(1)), Some(None));
+}
+
+#[test]
+fn a_refused_commit_reverts_and_settles_and_the_next_job_runs() {
+    let mut page = Page::new(100);
+    page.step(Step::Call(Handler::Increment(0)));
+    page.step(Step::Call(Handler::Local));
+    page.quiesce(); // the miss is fetched, the commit sent and answered
+    let txn = TxnId("p:2".into());
+    page.handlers.insert(JobId(3), Handler::Increment(0));
+    page.engine.call(Kind::Sync);
+    page.drain();
+    let Some(ClientMessage::Commit { txn: sent, .. }) = page.up.pop_front() else {
+        panic!("a commit")
+    };
+    assert_eq!(sent, txn);
+    page.handlers.insert(JobId(4), Handler::Local);
+    page.engine.call(Kind::Sync);
+    page.drain();
+    assert!(
+        !page.settled.contains_key(&JobId(4)),
+        "waits behind the commit"
+    );
+    let refusal = ServerMessage::Rejected {
+        txn,
+        error: crate::protocol::ErrorReply::new(crate::ErrorKind::Forbidden, "no"),
+    };
+    page.engine.receive(&refusal.to_json());
+    page.drain();
+    assert!(matches!(page.settled[&JobId(3)], Err(Failure::Rejected(_))));
+    assert!(!page.effects.contains(&JobId(3)));
+    assert_eq!(page.settled[&JobId(4)], Ok(None));
+}
