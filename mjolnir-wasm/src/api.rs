@@ -2,7 +2,7 @@
 
 use crate::error::error_classes;
 use crate::rows::{Kv, Table};
-use crate::runtime::{HandlerKind, Runtime};
+use crate::runtime::{Runtime, kind_of};
 use js_sys::{Array, Function, Promise};
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
@@ -94,7 +94,7 @@ impl Mjolnir {
     /// promise of its result.
     pub fn atomic(&self, f: Function) -> Function {
         let rt = self.rt.clone();
-        let kind = HandlerKind::of(&f);
+        let kind = kind_of(&f);
         let run =
             Closure::<dyn Fn(JsValue, Array) -> Promise>::new(move |this: JsValue, args: Array| {
                 rt.call(f.clone(), this, args, kind)
@@ -140,9 +140,10 @@ impl Mjolnir {
     /// doubling up to `maxDelayMs`, with jitter; the first retry is immediate.
     #[wasm_bindgen(js_name = setRetryPolicy)]
     pub fn set_retry_policy(&self, max_attempts: u32, base_delay_ms: u32, max_delay_ms: u32) {
-        let mut p = self.rt.policy.borrow_mut();
-        p.max_attempts = max_attempts;
-        p.base_delay_ms = base_delay_ms.into();
-        p.max_delay_ms = max_delay_ms.into();
+        self.rt.set_policy(mjolnir_core::RetryPolicy {
+            max_attempts,
+            base_delay_ms: base_delay_ms.into(),
+            max_delay_ms: max_delay_ms.into(),
+        });
     }
 }

@@ -1,18 +1,23 @@
 //! Mjölnir's browser runtime: every event handler an atomic transaction.
 //!
-//! A thin wasm-bindgen layer over `mjolnir-core`: the transaction engine (cache, attempts,
-//! retry policy) and the wire protocol are the core's, tested natively; this crate adds
-//! only what needs a browser: the WebSocket ([`connection`]), rows as JavaScript proxies
-//! ([`rows`]), the page state ([`state`]), DOM rollback ([`dom`]) and JavaScript errors
-//! ([`error`]). [`runtime`] runs handlers as transactions; [`api`] is what pages see.
+//! A thin wasm-bindgen layer over `mjolnir-core`: the client engine (which handler runs
+//! when, the cache, requests, resends and retries) and the wire protocol are the core's,
+//! tested natively; this crate adds only what needs a browser: the WebSocket
+//! ([`connection`]), running handlers ([`attempts`], [`job`]), rows as JavaScript proxies
+//! ([`rows`]), the page state ([`state`]), DOM rollback ([`dom`]), listeners ([`events`])
+//! and JavaScript errors ([`error`]). [`runtime`] carries out the engine's actions; [`api`]
+//! is what pages see.
 //! See `docs/client.md`.
 
 pub mod api;
+pub mod attempts;
 pub mod auto;
 pub mod connection;
 pub mod convert;
 pub mod dom;
 pub mod error;
+pub mod events;
+pub mod job;
 pub mod rows;
 pub mod runtime;
 pub mod state;

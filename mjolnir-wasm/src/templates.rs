@@ -518,12 +518,8 @@ struct PageScope<'a> {
 
 impl PageScope<'_> {
     fn lookup(&self, key: Key) -> Option<Value> {
-        if let Some(cached) = self.rt.cache.borrow().get(&key) {
-            return Some(cached.value.clone().unwrap_or(Value::Null));
-        }
-        // Not cached: a read outside a transaction starts loading it.
-        let _ = self.rt.read(&key);
-        None
+        // Not cached: shown as loading, and the read starts loading it.
+        self.rt.peek(&key).map(|v| v.unwrap_or(Value::Null))
     }
 }
 

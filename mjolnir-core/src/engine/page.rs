@@ -131,6 +131,22 @@ impl Engine {
         self.actions.pop_front()
     }
 
+    /// Takes the messages waiting to be sent out of the actions, leaving the others in
+    /// order: for a caller that may send now but must not run handlers (a template reading
+    /// a key it has not loaded, in the middle of a render). Messages only go to the
+    /// socket, so sending them before the actions queued ahead of them changes nothing.
+    pub fn take_sends(&mut self) -> Vec<ClientMessage> {
+        let mut sends = Vec::new();
+        self.actions.retain(|a| match a {
+            Action::Send(msg) => {
+                sends.push(msg.clone());
+                false
+            }
+            _ => true,
+        });
+        sends
+    }
+
     /// A handler was called: a new job, run at once if no other job is in progress.
     pub fn call(&mut self, _kind: Kind) -> JobId {
         let id = JobId(self.next_job);
