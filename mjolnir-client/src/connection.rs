@@ -7,28 +7,20 @@ use crate::knobs::{
 use crate::routes::{Routes, Unsolicited};
 use crate::socket::{self, Outgoing, Push, ReaderParts, Ws};
 use futures_util::{SinkExt, StreamExt};
-use mjolnir_core::protocol::{Entry, ErrorReply};
+use mjolnir_core::protocol::Entry;
 use mjolnir_core::{
     ClientMessage, Key, PROTOCOL_VERSION, ReadSet, ServerMessage, TxnId, Version, WriteSet,
 };
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-/// The server's answer to one commit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CommitOutcome {
-    /// Durable at this version.
-    Committed(Version),
-    /// Some reads were stale; nothing was applied. Holds the current value of each stale
-    /// key.
-    Conflict(Vec<Entry>),
-    /// Refused for a reason retrying cannot fix; nothing was applied.
-    Rejected(ErrorReply),
-}
+/// The server's answer to one commit: the core's verdict, under the name this client
+/// has always used.
+pub use mjolnir_core::engine::Verdict as CommitOutcome;
 
 /// A connection to a Mjölnir server. Cloning it is cheap and shares the connection: every
 /// clone may have requests in flight at once.
@@ -44,7 +36,6 @@ struct Inner {
     client_id: String,
     user: Option<String>,
     instance: String,
-    next_read_id: AtomicU32,
     next_txn: AtomicU64,
     outgoing: mpsc::Sender<Outgoing>,
     routes: Arc<Routes>,
@@ -92,7 +83,6 @@ impl Client {
             client_id,
             user: welcome.user,
             instance: welcome.instance,
-            next_read_id: AtomicU32::new(1),
             next_txn: AtomicU64::new(1),
             outgoing,
             routes: routes.clone(),
@@ -134,10 +124,8 @@ impl Client {
     /// Reads `keys` at their latest committed versions (and subscribes this connection to
     /// their changes). The entries come in the order of `keys`.
     pub async fn read(&self, keys: Vec<Key>) -> Result<Vec<Entry>, ClientError> {
-        let id = self.inner.next_read_id.fetch_add(1, Ordering::Relaxed);
-        let reply = self.inner.routes.expect_values(id)?;
-        self.send(ClientMessage::Read { id, keys }.to_json())
-            .await?;
+        let (msg, reply) = self.inner.routes.expect_values(keys)?;
+        self.send(msg.to_json()).await?;
         match reply.await {
             Ok(Ok(entries)) => Ok(entries),
             Ok(Err(error)) => Err(ClientError::Server(error)),
@@ -178,13 +166,13 @@ impl Client {
         writes: WriteSet,
         first: bool,
     ) -> Result<CommitOutcome, ClientError> {
-        let outcome = self.inner.routes.expect_outcome(txn.clone())?;
         let msg = ClientMessage::Commit {
             txn,
             reads,
             writes,
             first,
         };
+        let (msg, outcome) = self.inner.routes.expect_outcome(msg)?;
         self.send(msg.to_json()).await?;
         outcome.await.map_err(|_| ClientError::Disconnected)
     }

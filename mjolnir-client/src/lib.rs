@@ -39,14 +39,13 @@
 mod connection;
 mod error;
 mod knobs;
-mod retry;
 mod routes;
 mod socket;
 mod transaction;
 
 pub use connection::{Client, CommitOutcome};
 pub use error::ClientError;
-pub use retry::RetryPolicy;
+pub use mjolnir_core::RetryPolicy;
 pub use routes::Unsolicited;
 pub use transaction::{Committed, Tx, TxAbort};
 

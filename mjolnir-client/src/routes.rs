@@ -1,18 +1,18 @@
 //! Matching the server's replies to the requests waiting for them.
 //!
-//! Many requests may be in flight on one connection and the server answers them in any
-//! order, so replies are matched by name, never by position: a `values` or an `error` by its
-//! read id, a commit outcome by its txn id. Requests that share a txn id (a re-sent commit)
-//! are answered in the order they were sent.
+//! The matching itself is the core's ([`mjolnir_core::engine::Requests`], shared with the
+//! browser runtime): replies are matched by read id or txn id, never by position. This
+//! adds what a native client needs around it: a lock, since many tasks send on one
+//! connection, and the end of the connection, which this client does not survive.
 //!
 //! Invariant: once the connection has ended, no waiter is left and none can be added, so no
 //! request waits forever. Both hold because ending and registering take the same lock.
 
 use crate::connection::CommitOutcome;
 use crate::error::ClientError;
-use mjolnir_core::TxnId;
+use mjolnir_core::engine::{Requests, Routed};
 use mjolnir_core::protocol::{Entry, ErrorReply, ServerMessage};
-use std::collections::{HashMap, VecDeque};
+use mjolnir_core::{ClientMessage, Key};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::sync::oneshot;
 
@@ -41,10 +41,16 @@ struct Ended {
     reported: bool,
 }
 
+/// Who waits for a request: a task, through a channel.
+#[derive(Debug)]
+pub(crate) enum Waiter {
+    Read(oneshot::Sender<ReadReply>),
+    Commit(oneshot::Sender<CommitOutcome>),
+}
+
 #[derive(Debug, Default)]
 struct Pending {
-    reads: HashMap<u32, oneshot::Sender<ReadReply>>,
-    commits: HashMap<TxnId, VecDeque<oneshot::Sender<CommitOutcome>>>,
+    requests: Requests<Waiter>,
     ended: Option<Ended>,
 }
 
@@ -63,32 +69,35 @@ impl Routes {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a read before it is sent, so its reply cannot arrive unexpected.
+    /// Registers a read of `keys` before it is sent, so its reply cannot arrive
+    /// unexpected; returns the message to send.
     pub(crate) fn expect_values(
         &self,
-        id: u32,
-    ) -> Result<oneshot::Receiver<ReadReply>, ClientError> {
+        keys: Vec<Key>,
+    ) -> Result<(ClientMessage, oneshot::Receiver<ReadReply>), ClientError> {
         let (tx, rx) = oneshot::channel();
         let mut pending = self.lock();
         if pending.ended.is_some() {
             return Err(ClientError::Disconnected);
         }
-        pending.reads.insert(id, tx);
-        Ok(rx)
+        Ok((pending.requests.read(keys, Waiter::Read(tx)), rx))
     }
 
-    /// Registers a commit before it is sent.
+    /// Registers a commit message before it is sent.
     pub(crate) fn expect_outcome(
         &self,
-        txn: TxnId,
-    ) -> Result<oneshot::Receiver<CommitOutcome>, ClientError> {
+        msg: ClientMessage,
+    ) -> Result<(ClientMessage, oneshot::Receiver<CommitOutcome>), ClientError> {
         let (tx, rx) = oneshot::channel();
         let mut pending = self.lock();
         if pending.ended.is_some() {
             return Err(ClientError::Disconnected);
         }
-        pending.commits.entry(txn).or_default().push_back(tx);
-        Ok(rx)
+        let msg = pending
+            .requests
+            .commit(msg, Waiter::Commit(tx))
+            .ok_or_else(|| ClientError::Protocol("only a commit has an outcome".to_owned()))?;
+        Ok((msg, rx))
     }
 
     pub(crate) fn has_ended(&self) -> bool {
@@ -97,72 +106,26 @@ impl Routes {
 
     /// Hands `msg` to the request it answers, or gives it back when it answers none.
     pub(crate) fn deliver(&self, msg: ServerMessage) -> Option<ServerMessage> {
-        match msg {
-            ServerMessage::Values { id, entries } => match self.take_read(id) {
-                Some(waiter) => {
-                    let _ = waiter.send(Ok(entries));
-                    None
-                }
-                None => Some(ServerMessage::Values { id, entries }),
-            },
-            ServerMessage::Error {
-                id: Some(id),
-                error,
-            } => match self.take_read(id) {
-                Some(waiter) => {
-                    let _ = waiter.send(Err(error));
-                    None
-                }
-                None => Some(ServerMessage::Error {
-                    id: Some(id),
-                    error,
-                }),
-            },
-            ServerMessage::Committed { txn, version } => match self.take_commit(&txn) {
-                Some(waiter) => {
-                    let _ = waiter.send(CommitOutcome::Committed(version));
-                    None
-                }
-                None => Some(ServerMessage::Committed { txn, version }),
-            },
-            ServerMessage::Conflict { txn, stale } => match self.take_commit(&txn) {
-                Some(waiter) => {
-                    let _ = waiter.send(CommitOutcome::Conflict(stale));
-                    None
-                }
-                None => Some(ServerMessage::Conflict { txn, stale }),
-            },
-            ServerMessage::Rejected { txn, error } => match self.take_commit(&txn) {
-                Some(waiter) => {
-                    let _ = waiter.send(CommitOutcome::Rejected(error));
-                    None
-                }
-                None => Some(ServerMessage::Rejected { txn, error }),
-            },
-            other @ (ServerMessage::Welcome { .. }
-            | ServerMessage::Push { .. }
-            | ServerMessage::Error { id: None, .. }) => Some(other),
+        let routed = self.lock().requests.deliver(msg);
+        match routed {
+            Routed::Read(Waiter::Read(tx), reply) => {
+                let _ = tx.send(reply);
+                None
+            }
+            Routed::Commit(Waiter::Commit(tx), _, verdict) => {
+                let _ = tx.send(verdict);
+                None
+            }
+            // A read id or txn id is registered only with its own kind of waiter.
+            Routed::Read(..) | Routed::Commit(..) => None,
+            Routed::Other(msg) => Some(msg),
         }
-    }
-
-    fn take_read(&self, id: u32) -> Option<oneshot::Sender<ReadReply>> {
-        self.lock().reads.remove(&id)
-    }
-
-    fn take_commit(&self, txn: &TxnId) -> Option<oneshot::Sender<CommitOutcome>> {
-        let mut pending = self.lock();
-        let queue = pending.commits.get_mut(txn)?;
-        let waiter = queue.pop_front();
-        if queue.is_empty() {
-            pending.commits.remove(txn);
-        }
-        waiter
     }
 
     /// Records why the connection ended and fails every waiting request: dropping a
     /// waiter's sender is what tells it [`ClientError::Disconnected`].
     pub(crate) fn end(&self, code: Option<u16>, reason: String) {
-        let (reads, commits) = {
+        let waiters = {
             let mut pending = self.lock();
             if pending.ended.is_none() {
                 pending.ended = Some(Ended {
@@ -171,13 +134,10 @@ impl Routes {
                     reported: false,
                 });
             }
-            (
-                std::mem::take(&mut pending.reads),
-                std::mem::take(&mut pending.commits),
-            )
+            pending.requests.drain()
         };
         // Dropped outside the lock: waking the waiters need not wait for it.
-        drop((reads, commits));
+        drop(waiters);
     }
 
     /// The close, the first time it is asked for after the connection ended.
@@ -195,24 +155,26 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mjolnir_core::protocol::ErrorReply;
-    use mjolnir_core::{ErrorKind, Key, Version};
+    use mjolnir_core::{TxnId, Version};
 
-    fn entry(key: &str, version: u64) -> Entry {
-        Entry {
-            key: Key::kv(key),
-            version: Version(version),
-            value: None,
+    fn commit(txn: &str) -> ClientMessage {
+        ClientMessage::Commit {
+            txn: TxnId(txn.into()),
+            reads: Default::default(),
+            writes: Default::default(),
+            first: true,
         }
     }
 
+    // How replies are matched is tested in mjolnir-core's engine::requests.
     #[test]
-    fn replies_find_their_request_in_any_order() {
+    fn replies_reach_their_tasks() {
         let routes = Routes::default();
-        let mut one = routes.expect_values(1).unwrap();
-        let mut two = routes.expect_values(2).unwrap();
-        let mut commit = routes.expect_outcome(TxnId("c:1".into())).unwrap();
-
+        let (read, mut values) = routes.expect_values(vec![Key::kv("a")]).unwrap();
+        let (_, mut outcome) = routes.expect_outcome(commit("c:1")).unwrap();
+        let ClientMessage::Read { id, .. } = read else {
+            panic!("a read")
+        };
         assert_eq!(
             routes.deliver(ServerMessage::Committed {
                 txn: TxnId("c:1".into()),
@@ -222,85 +184,28 @@ mod tests {
         );
         assert_eq!(
             routes.deliver(ServerMessage::Values {
-                id: 2,
-                entries: vec![entry("b", 2)]
-            }),
-            None
-        );
-        let refused = ErrorReply::new(ErrorKind::UnknownTable, "no");
-        assert_eq!(
-            routes.deliver(ServerMessage::Error {
-                id: Some(1),
-                error: refused.clone()
+                id,
+                entries: vec![]
             }),
             None
         );
         assert_eq!(
-            commit.try_recv().unwrap(),
+            outcome.try_recv().unwrap(),
             CommitOutcome::Committed(Version(9))
         );
-        assert_eq!(two.try_recv().unwrap(), Ok(vec![entry("b", 2)]));
-        assert_eq!(one.try_recv().unwrap(), Err(refused));
-    }
-
-    #[test]
-    fn a_reply_nobody_waits_for_is_given_back() {
-        let routes = Routes::default();
+        assert_eq!(values.try_recv().unwrap(), Ok(vec![]));
         let stray = ServerMessage::Values {
-            id: 7,
+            id,
             entries: vec![],
         };
         assert_eq!(routes.deliver(stray.clone()), Some(stray));
-        let anonymous = ServerMessage::Error {
-            id: None,
-            error: ErrorReply::new(ErrorKind::Malformed, "?"),
-        };
-        assert_eq!(routes.deliver(anonymous.clone()), Some(anonymous));
-        let late = ServerMessage::Committed {
-            txn: TxnId("x:1".into()),
-            version: Version(1),
-        };
-        assert_eq!(routes.deliver(late.clone()), Some(late));
-    }
-
-    #[test]
-    fn commits_sharing_a_txn_id_are_answered_in_order() {
-        let routes = Routes::default();
-        let txn = TxnId("c:1".into());
-        let mut first = routes.expect_outcome(txn.clone()).unwrap();
-        let mut second = routes.expect_outcome(txn.clone()).unwrap();
-        routes.deliver(ServerMessage::Conflict {
-            txn: txn.clone(),
-            stale: vec![entry("a", 3)],
-        });
-        routes.deliver(ServerMessage::Committed {
-            txn: txn.clone(),
-            version: Version(4),
-        });
-        assert_eq!(
-            first.try_recv().unwrap(),
-            CommitOutcome::Conflict(vec![entry("a", 3)])
-        );
-        assert_eq!(
-            second.try_recv().unwrap(),
-            CommitOutcome::Committed(Version(4))
-        );
-        // Both answered: a third reply is unsolicited.
-        assert!(
-            routes
-                .deliver(ServerMessage::Committed {
-                    txn,
-                    version: Version(4)
-                })
-                .is_some()
-        );
     }
 
     #[test]
     fn the_end_fails_waiters_refuses_new_ones_and_is_reported_once() {
         let routes = Routes::default();
-        let mut read = routes.expect_values(1).unwrap();
-        let mut commit = routes.expect_outcome(TxnId("c:1".into())).unwrap();
+        let (_, mut read) = routes.expect_values(vec![]).unwrap();
+        let (_, mut commit_outcome) = routes.expect_outcome(commit("c:1")).unwrap();
         assert_eq!(routes.take_close_report(), None);
         routes.end(Some(1009), "too big".into());
         assert!(matches!(
@@ -308,15 +213,15 @@ mod tests {
             Err(oneshot::error::TryRecvError::Closed)
         ));
         assert!(matches!(
-            commit.try_recv(),
+            commit_outcome.try_recv(),
             Err(oneshot::error::TryRecvError::Closed)
         ));
         assert!(matches!(
-            routes.expect_values(2),
+            routes.expect_values(vec![]),
             Err(ClientError::Disconnected)
         ));
         assert!(matches!(
-            routes.expect_outcome(TxnId("c:2".into())),
+            routes.expect_outcome(commit("c:2")),
             Err(ClientError::Disconnected)
         ));
         assert_eq!(

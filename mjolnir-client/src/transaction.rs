@@ -3,8 +3,7 @@
 
 use crate::connection::{Client, CommitOutcome};
 use crate::error::ClientError;
-use crate::retry::RetryPolicy;
-use mjolnir_core::{Key, Transaction, Version, WriteOp};
+use mjolnir_core::{Key, RetryPolicy, Transaction, Version, WriteOp};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 
@@ -140,8 +139,9 @@ impl Client {
     /// Anything else ends the run.
     ///
     /// `f` may run several times, so it should have no effect beyond the `Tx`. A read-only
-    /// attempt commits nothing and is not validated: if it read in several round trips, it
-    /// may have seen keys at different moments.
+    /// attempt is validated like any other (sent as a commit with no writes), as the
+    /// browser runtime's are: if it read in several round trips, only the server can tell
+    /// whether what it saw was one state. One that read nothing is not sent.
     ///
     /// In a spawned task, make `f` an `async move` closure that owns what it captures (clone
     /// inside it what it hands on). An async closure that borrows the task's locals makes
@@ -156,18 +156,13 @@ impl Client {
         let mut attempt = 1;
         let mut known = HashMap::new();
         loop {
-            let delay = policy.delay_before(attempt, &mut rand::rng());
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-                known.clear();
-            }
             let mut tx = Tx::new(self.clone(), std::mem::take(&mut known));
             let value = match f(&mut tx).await {
                 Ok(value) => value,
                 Err(TxAbort::User(why)) => return Err(ClientError::Aborted(why)),
                 Err(TxAbort::Client(err)) => return Err(err),
             };
-            if tx.txn.is_read_only() {
+            if tx.txn.reads.is_empty() && tx.txn.writes.is_empty() {
                 return Ok(Committed {
                     value,
                     version: None,
@@ -193,22 +188,27 @@ impl Client {
                     });
                 }
                 CommitOutcome::Rejected(error) => return Err(ClientError::Rejected(error)),
-                CommitOutcome::Conflict(stale) if attempt >= policy.max_attempts => {
-                    let Some(first) = stale.into_iter().next() else {
+                CommitOutcome::Conflict(stale) => {
+                    let Some(first) = stale.first().map(|e| e.key.clone()) else {
                         return Err(ClientError::Protocol(
                             "a conflict that names no stale key".to_owned(),
                         ));
                     };
-                    return Err(ClientError::TooManyConflicts {
-                        attempts: attempt,
-                        key: first.key,
-                    });
-                }
-                CommitOutcome::Conflict(stale) => {
-                    for e in stale {
-                        learned.insert(e.key, (e.version, e.value));
+                    // The same decision as the browser runtime's: the core's policy.
+                    let Some(delay) = policy.delay(attempt, rand::random()) else {
+                        return Err(ClientError::TooManyConflicts {
+                            attempts: attempt,
+                            key: first,
+                        });
+                    };
+                    if delay.is_zero() {
+                        for e in stale {
+                            learned.insert(e.key, (e.version, e.value));
+                        }
+                        known = learned;
+                    } else {
+                        tokio::time::sleep(delay).await;
                     }
-                    known = learned;
                     attempt += 1;
                 }
             }

@@ -1,5 +1,6 @@
 //! `Client::run`: retried on conflict with the values the conflict reply carried (no
-//! read again), never on a rejection, and never sent when read-only or aborted.
+//! read again), never on a rejection, never sent when aborted, and validated (sent with
+//! no writes) when read-only, as the browser runtime's transactions are.
 
 mod support;
 
@@ -98,8 +99,19 @@ async fn run_retries_conflicts_only_and_sends_nothing_it_need_not() {
             )
             .await;
 
-            // Read-only: just the read.
+            // Read-only: the read, then its validation, a commit with no writes.
             answer_read(&mut ws, 3, 6).await;
+            match next_msg(&mut ws).await {
+                Some(ClientMessage::Commit {
+                    txn, reads, writes, ..
+                }) => {
+                    assert_eq!(reads, [(counter(), Version(3))].into_iter().collect());
+                    assert!(writes.is_empty());
+                    let version = Version(3);
+                    send(&mut ws, ServerMessage::Committed { txn, version }).await;
+                }
+                other => panic!("expected a read-only commit, got {other:?}"),
+            }
 
             // Rejected: one commit, no retry.
             answer_read(&mut ws, 3, 6).await;
@@ -161,7 +173,7 @@ async fn run_retries_conflicts_only_and_sends_nothing_it_need_not() {
             read_only,
             Committed {
                 value: Some(json!(6)),
-                version: None,
+                version: Some(Version(3)),
                 attempts: 1
             }
         );

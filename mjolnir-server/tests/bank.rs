@@ -9,7 +9,6 @@ use mjolnir_core::Key;
 use rand::Rng;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-use std::time::Duration;
 use support::{BANK_SCHEMA, TestDb, app_with_schema, obj};
 
 const ACCOUNTS: i64 = 1000;
@@ -38,8 +37,8 @@ async fn run_transfers(
                 .expect("connect");
             let policy = RetryPolicy {
                 max_attempts: 1000,
-                base_delay: Duration::from_millis(1),
-                max_delay: Duration::from_millis(50),
+                base_delay_ms: 1,
+                max_delay_ms: 50,
             };
             let mut acknowledged = Vec::new();
             let mut conflicts = 0u64;

@@ -746,8 +746,8 @@ async fn small_batches_from_many_clients_lose_no_increment() {
             let client = Client::connect(&url, Some(&format!("c{c}"))).await.unwrap();
             let policy = RetryPolicy {
                 max_attempts: 1000,
-                base_delay: Duration::from_millis(1),
-                max_delay: Duration::from_millis(20),
+                base_delay_ms: 1,
+                max_delay_ms: 20,
             };
             let mut conflicts = 0;
             for _ in 0..BUMPS {

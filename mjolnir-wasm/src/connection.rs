@@ -6,7 +6,7 @@
 //! re-sent commit instead of applying it twice).
 
 use mjolnir_core::protocol::TableInfo;
-use mjolnir_core::{ClientMessage, PROTOCOL_VERSION};
+use mjolnir_core::{ClientMessage, PROTOCOL_VERSION, RetryPolicy};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Weak;
@@ -39,10 +39,14 @@ pub trait Events {
     fn on_state(&self, state: ConnState, reason: Option<String>);
 }
 
-/// Reconnect delays: 100 ms doubling to 5 s, with full jitter so that a restarted server
-/// is not hit by every client at the same instant.
-const RECONNECT_BASE_MS: f64 = 100.0;
-const RECONNECT_MAX_MS: f64 = 5000.0;
+/// Reconnect delays, by the same rule as conflict retries: 100 ms doubling to 5 s, with
+/// full jitter so that a restarted server is not hit by every client at the same
+/// instant, and no end to the attempts.
+const RECONNECT: RetryPolicy = RetryPolicy {
+    max_attempts: u32::MAX,
+    base_delay_ms: 100,
+    max_delay_ms: 5000,
+};
 
 #[derive(Debug)]
 pub struct Connection {
@@ -166,10 +170,11 @@ pub fn open<E: Events + 'static>(
                 c.state = ConnState::Disconnected;
                 c.welcomed = false;
                 c.ws = None;
-                c.failures += 1;
-                let cap = (RECONNECT_BASE_MS * 2f64.powi(c.failures.min(16) as i32 - 1))
-                    .min(RECONNECT_MAX_MS);
-                cap * js_sys::Math::random()
+                c.failures = c.failures.saturating_add(1);
+                // After failure n comes attempt n + 1, whose ceiling is 100 ms · 2^(n-1).
+                RECONNECT
+                    .delay(c.failures.saturating_add(1), js_sys::Math::random())
+                    .map_or(0, |d| d.as_millis() as i32)
             };
             let reason = format!(
                 "closed ({}{}{})",
@@ -186,7 +191,7 @@ pub fn open<E: Events + 'static>(
                     let _ = open(&conn, owner, wc.clone());
                 }
             });
-            crate::auto::set_timeout(&retry, delay as i32);
+            crate::auto::set_timeout(&retry, delay);
         })
     };
     ws.set_onopen(Some(onopen.as_ref().unchecked_ref()));

@@ -9,7 +9,6 @@ use anyhow::Context;
 use mjolnir_client::{Client, ClientError, RetryPolicy, TxAbort};
 use mjolnir_core::{ClientMessage, Key};
 use serde_json::{Map, Value, json};
-use std::time::Duration;
 
 /// The retry policy of the benchmark: the client's default backoff, but attempts enough
 /// that a hot-spot transfer practically never gives up, so starvation shows as a large
@@ -17,8 +16,8 @@ use std::time::Duration;
 fn policy() -> RetryPolicy {
     RetryPolicy {
         max_attempts: 1000,
-        base_delay: Duration::from_millis(2),
-        max_delay: Duration::from_millis(200),
+        base_delay_ms: 2,
+        max_delay_ms: 200,
     }
 }
 

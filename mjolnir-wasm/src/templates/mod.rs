@@ -40,20 +40,16 @@
 //! replaces the template; removing a bound attribute unbinds it (rendering would put it
 //! back, undoing a rollback of the handler that added it).
 
-use crate::convert::from_js;
+mod parts;
+
 use crate::runtime::Runtime;
 use js_sys::{Array, Map, Set, WeakMap};
-use mjolnir_core::template::{EvalError, Expr, Scope, display};
-use mjolnir_core::{Key, Pk};
-use serde_json::Value;
+use parts::{Part, parse};
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{Element, MutationObserver, MutationObserverInit, MutationRecord, Node};
-
-/// What a template shows while its data loads.
-pub const PLACEHOLDER: &str = "…";
 
 /// Elements whose text is code, not content: never templates.
 const RAW_TEXT: &str = "script, style";
@@ -63,15 +59,6 @@ const RAW_TEXT: &str = "script, style";
 pub enum TemplateError {
     #[error("cannot watch for templates added later: {0}")]
     Observe(String),
-}
-
-/// One piece of a template string.
-#[derive(Debug)]
-enum Part {
-    Text(String),
-    Expr(Expr),
-    /// An expression that does not parse: shown as an error, so a developer sees it.
-    Broken(String),
 }
 
 /// Where a template's output goes.
@@ -146,29 +133,6 @@ pub struct Templates {
     /// (see the module documentation).
     remembered: WeakMap,
     scheduled: Cell<bool>,
-}
-
-fn parse(text: &str) -> Vec<Part> {
-    let mut parts = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        let Some(len) = rest[start..].find("}}") else {
-            break;
-        };
-        if start > 0 {
-            parts.push(Part::Text(rest[..start].to_owned()));
-        }
-        let source = &rest[start + 2..start + len];
-        parts.push(match Expr::parse(source) {
-            Ok(e) => Part::Expr(e),
-            Err(e) => Part::Broken(format!("{{{{ {} }}}}: {e}", source.trim())),
-        });
-        rest = &rest[start + len + 2..];
-    }
-    if !rest.is_empty() {
-        parts.push(Part::Text(rest.to_owned()));
-    }
-    parts
 }
 
 /// Finds the templates under `root` and renders them now and whenever data changes,
@@ -475,11 +439,10 @@ impl Templates {
     pub fn render(&self) {
         let writes: Vec<(Target, String)> = {
             let mut bindings = self.bindings.borrow_mut();
-            let mut scope = PageScope { rt: &self.rt };
             bindings
                 .iter_mut()
                 .filter_map(|b| {
-                    let out: String = b.parts.iter().map(|p| render_part(p, &mut scope)).collect();
+                    let out = parts::render(&self.rt, &b.parts);
                     b.shown.clone_from(&out);
                     (b.target.current().as_deref() != Some(out.as_str()))
                         .then(|| (b.target.clone(), out))
@@ -496,58 +459,5 @@ impl Templates {
                 }
             }
         }
-    }
-}
-
-fn render_part(part: &Part, scope: &mut PageScope<'_>) -> String {
-    match part {
-        Part::Text(t) => t.clone(),
-        Part::Broken(message) => message.clone(),
-        Part::Expr(e) => match e.eval(scope) {
-            Ok(v) => display(&v),
-            Err(EvalError::Loading) => PLACEHOLDER.to_owned(),
-            Err(EvalError::Invalid(message)) => format!("{{{{ error: {message} }}}}"),
-        },
-    }
-}
-
-/// Templates read the cache as it is, outside any transaction.
-struct PageScope<'a> {
-    rt: &'a Runtime,
-}
-
-impl PageScope<'_> {
-    fn lookup(&self, key: Key) -> Option<Value> {
-        // Not cached: shown as loading, and the read starts loading it.
-        self.rt.peek(&key).map(|v| v.unwrap_or(Value::Null))
-    }
-}
-
-impl Scope for PageScope<'_> {
-    fn user(&self) -> Value {
-        self.rt
-            .user
-            .borrow()
-            .clone()
-            .map_or(Value::Null, Value::String)
-    }
-
-    fn state(&self, name: &str) -> Value {
-        let value = self.rt.state.get(name);
-        from_js(value).ok().unwrap_or(Value::Null)
-    }
-
-    fn find(&mut self, table: &str, pk: &Value) -> Option<Value> {
-        let pk = match pk {
-            Value::String(s) => Pk::Text(s.clone()),
-            Value::Number(n) if n.is_i64() => Pk::Int(n.as_i64().unwrap_or_default()),
-            // No key (not signed in, say): nothing to show, and nothing to load.
-            _ => return Some(Value::Null),
-        };
-        self.lookup(Key::row(table, pk))
-    }
-
-    fn kv(&mut self, key: &str) -> Option<Value> {
-        self.lookup(Key::kv(key))
     }
 }
