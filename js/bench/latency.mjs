@@ -13,12 +13,13 @@
 //    events), and a page-only handler clicked right after them: its time to visible;
 //    checked against the database after each round;
 // 3. commits per second one page sustains on the one shared counter, clicking continuously.
-// The targets of the rebuilt runtime (issue 14) are printed beside the figures.
+// The targets of the rebuilt runtime (issue 14) are printed beside the figures, and so is
+// the baseline (js/bench/latency-baseline.json: the runtime before it) when present.
 // Prints a table and writes js/bench/latency-results.json and js/bench/latency-results.md.
 //
 // The server is MJOLNIR_BIN (else target/debug/mjolnir). PostgreSQL:
 // MJOLNIR_TEST_DATABASE_URL if set, else a private cluster started here and removed at exit.
-import { rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -27,6 +28,10 @@ import { burst, clickTimes, counterAppFiles, percentile, ready, sustain } from '
 import { startPostgres } from './postgres.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
+// The figures of the runtime before issue 14 (a results file of an earlier run, plus a
+// `label`), shown beside this run's; absent if the file is.
+const baselineFile = join(here, 'latency-baseline.json');
+const baseline = existsSync(baselineFile) ? JSON.parse(readFileSync(baselineFile, 'utf8')) : null;
 const argv = process.argv.slice(2);
 const quick = argv.includes('--quick');
 const rttMs = argv.includes('--rtt') ? Number(argv[argv.indexOf('--rtt') + 1]) : 100;
@@ -168,28 +173,50 @@ const md = [];
 md.push(`## What a user feels at a ${rttMs} ms round trip`, '');
 md.push(`Measured by \`${command}\` (run by \`scripts/bench.sh\`) on ${results.date.slice(0, 16).replace('T', ' ')} UTC: ` +
   `${machine.cores} cores (${machine.cpu}), ${machine.os} (load average ${machine.loadAverage.map((l) => l.toFixed(1)).join(' before, ')} after), ` +
-  `headless Chromium ${chromiumVersion} (frames every ${frameIntervalMs.toFixed(1)} ms), Node ${machine.node}. ` +
+  `headless Chromium ${chromiumVersion} (frames every ${frameIntervalMs.toFixed(1)} ms), Node ${machine.node}, ` +
+  `the server's ${machine.server.includes('/release/') ? 'release' : 'debug'} build. ` +
   `The README's counter (\`<button onclick="mjolnir.table('counters').find('clicks').n += 1">\` and a \`{{ }}\` template showing it) ` +
   `is served by \`mjolnir dev\` through a TCP proxy in the benchmark's process that holds every chunk ${rttMs / 2} ms each way ` +
   '(`js/test/delay-proxy.mjs`; the page and its WebSocket both go through it). Clicks are dispatched inside the page with ' +
   '`element.click()`; a click\'s time to visible runs from its event\'s `timeStamp` to the start of the animation frame whose ' +
   'rendering first shows the new count, and is also given in frames (1: the first frame after the click; ' +
   '`js/test/latency-page.mjs` says how the frame is found). After each part the count in the database and on the page ' +
-  `must equal the clicks made (${total.toLocaleString('en')} in all; ${aborts} aborts).`, '');
-md.push('| Measure | Today | Target (issue 14) | |', '|---|---:|---:|---|');
-md.push(`| One click at a time (${single.n} clicks, each after the one before is visible and committed, then ${plan.gapMs} ms plus up to a frame at random): time to visible, median | ` +
-  `**${ms(single.medianMs)}** (${fr(single.medianFrames)}) | the first frame after the click | ${verdict(targets.medianFrames)} |`);
-md.push(`| … p99 | **${ms(single.p99Ms)}** (${fr(single.p99Frames)}) | ≤ 34 ms | ${verdict(targets.p99Ms)} |`);
-md.push(`| … p90 / min / max | ${ms(single.p90Ms)} / ${ms(single.minMs)} / ${ms(single.maxMs)} | | |`);
-md.push(`| 10 clicks in one go (median of ${burstSummary.rounds} rounds): until all 10 are visible, from the first click | ` +
-  `**${ms(burstSummary.allVisibleMs)}** (${fr(burstSummary.allVisibleFrames)}) | within 2 frames | ${verdict(targets.burstVisibleFrames)} |`);
-md.push(`| … until the first click's effect is visible | ${ms(burstSummary.firstVisibleMs)} | | |`);
-md.push(`| … until all 10 are committed (commit events) | **${ms(burstSummary.committedMs)}** | ≤ 2 RTT + 50 ms = ${2 * rttMs + 50} ms | ${verdict(targets.burstCommittedMs)} |`);
-md.push(`| A page-only handler (it changes the DOM only) clicked right after the 10: its time to visible | ` +
-  `**${ms(burstSummary.localMs)}** (${fr(burstSummary.localFrames)}) | (a page never waits: the first frame) | ${burstSummary.localFrames <= 1 ? 'met' : 'not met'} |`);
-md.push(`| Commits per second, one page clicking one shared counter continuously (${plan.sustainSeconds} s counted after ${plan.sustainWarmupMs} ms; at most ${plan.maxOutstanding} clicks not yet committed) | ` +
-  `**${sustained.perSecond.toFixed(1)}** | ≥ 200 | ${verdict(targets.commitsPerSecond)} |`);
-md.push(`| Reference: one click at a time without the proxy (${direct.n} clicks), median / p99 | ${ms(direct.medianMs)} / ${ms(direct.p99Ms)} (${fr(direct.medianFrames)} / ${fr(direct.p99Frames)}) | | |`);
+  `must equal the clicks made (${total.toLocaleString('en')} in all; ${aborts} aborts).` +
+  (baseline ? ` The baseline is \`js/bench/latency-baseline.json\`: the same command on ${baseline.date.slice(0, 16).replace('T', ' ')} UTC ` +
+    `(load average ${baseline.machine.loadAverage.map((l) => l.toFixed(1)).join(' before, ')} after), ${baseline.label}.` : ''), '');
+// The figures of one run (this one's, or the baseline's), cell by cell.
+const cells = (r) => ({
+  median: `${ms(r.single.medianMs)} (${fr(r.single.medianFrames)})`,
+  p99: `${ms(r.single.p99Ms)} (${fr(r.single.p99Frames)})`,
+  spread: `${ms(r.single.p90Ms)} / ${ms(r.single.minMs)} / ${ms(r.single.maxMs)}`,
+  allVisible: `${ms(r.burstSummary.allVisibleMs)} (${fr(r.burstSummary.allVisibleFrames)})`,
+  firstVisible: ms(r.burstSummary.firstVisibleMs),
+  committed: ms(r.burstSummary.committedMs),
+  local: `${ms(r.burstSummary.localMs)} (${fr(r.burstSummary.localFrames)})`,
+  perSecond: r.sustained.perSecond.toFixed(1),
+  direct: `${ms(r.direct.medianMs)} / ${ms(r.direct.p99Ms)} (${fr(r.direct.medianFrames)} / ${fr(r.direct.p99Frames)})`,
+});
+const now = cells(results);
+const base = baseline ? cells(baseline) : null;
+const row = (label, key, target = '', met = '', bold = false) => {
+  const b = (x) => (bold ? `**${x}**` : x);
+  md.push(`| ${label} | ${b(now[key])} | ${base ? `${base[key]} | ` : ''}${target} | ${met} |`);
+};
+md.push(`| Measure | This run | ${base ? `Baseline (${baseline.label}) | ` : ''}Target (issue 14) | |`,
+  `|---|---:|${base ? '---:|' : ''}---:|---|`);
+row(`One click at a time (${single.n} clicks, each after the one before is visible and committed, then ${plan.gapMs} ms plus up to a frame at random): time to visible, median`,
+  'median', 'the first frame after the click', verdict(targets.medianFrames), true);
+row('… p99', 'p99', '≤ 34 ms', verdict(targets.p99Ms), true);
+row('… p90 / min / max', 'spread');
+row(`10 clicks in one go (median of ${burstSummary.rounds} rounds): until all 10 are visible, from the first click`,
+  'allVisible', 'within 2 frames', verdict(targets.burstVisibleFrames), true);
+row('… until the first click\'s effect is visible', 'firstVisible');
+row('… until all 10 are committed (commit events)', 'committed', `≤ 2 RTT + 50 ms = ${2 * rttMs + 50} ms`, verdict(targets.burstCommittedMs), true);
+row('A page-only handler (it changes the DOM only) clicked right after the 10: its time to visible', 'local',
+  '(a page never waits: the first frame)', burstSummary.localFrames <= 1 ? 'met' : 'not met', true);
+row(`Commits per second, one page clicking one shared counter continuously (${plan.sustainSeconds} s counted after ${plan.sustainWarmupMs} ms; at most ${plan.maxOutstanding} clicks not yet committed)`,
+  'perSecond', '≥ 200', verdict(targets.commitsPerSecond), true);
+row(`Reference: one click at a time without the proxy (${direct.n} clicks), median / p99`, 'direct');
 md.push('');
 md.push(`Rounds of 10 clicks, from the first click (ms): visible ${bursts.map((b) => b.all.ms.toFixed(0)).join(', ')}; ` +
   `committed ${bursts.map((b) => b.committedMs.toFixed(0)).join(', ')}; the page-only handler ${bursts.map((b) => b.local.ms.toFixed(0)).join(', ')}. ` +
