@@ -10,6 +10,7 @@
 // js/bench/latency.mjs measures the same things over more clicks.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { startDelayProxy } from './delay-proxy.mjs';
 import { freshDatabase, launchBrowser, makeApp, openPage, repo, sql, startServer, until } from './harness.mjs';
@@ -49,7 +50,9 @@ describe(`the shared counter at a ${RTT_MS} ms round trip`, () => {
   let sockets;
 
   before(async () => {
-    ({ proxy } = await slowServer(makeApp(counterAppFiles(), null), COUNTER_DB));
+    const app = makeApp(counterAppFiles(), null);
+    stops.push(() => rmSync(app, { recursive: true, force: true }));
+    ({ proxy } = await slowServer(app, COUNTER_DB));
     const context = await browser.newContext();
     sockets = [];
     context.on('page', (p) => p.on('websocket', (ws) => sockets.push(ws.url())));
