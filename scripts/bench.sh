@@ -2,9 +2,10 @@
 # The bank-transfer benchmark: pgbench (the database's ceiling), a hand-written axum + sqlx
 # endpoint and Mjölnir, on one private PostgreSQL, interleaved over several rounds, with
 # synchronous_commit on and then off, then the browser runtime's client benchmark
-# (js/bench/client.mjs). Writes docs/benchmarks.md (see mjolnir-bench/).
+# (js/bench/client.mjs) and what a user feels at a 100 ms round trip (js/bench/latency.mjs).
+# Writes docs/benchmarks.md (see mjolnir-bench/).
 #
-#   scripts/bench.sh                 the full comparison (about 12 minutes on 2 cores, once built)
+#   scripts/bench.sh                 the full comparison (about 13 minutes on 2 cores, once built)
 #   scripts/bench.sh --quick         a smoke check (about 1 minute once built)
 #   options: --seconds N  --warmup N  --rounds N  --clients "1 8 32 64"  --out FILE
 #
@@ -189,6 +190,12 @@ client_args=()
 [[ $MODE == quick ]] && client_args=(--quick)
 MJOLNIR_BIN=$MJOLNIR timeout 1500 node js/bench/client.mjs "${client_args[@]}" | sed 's/^/  /'
 { echo && cat js/bench/client-results.md; } >>"$OUT"
+
+# A user far from the server: the counter through a proxy adding 50 ms each way, measured in
+# the page (js/bench/latency.mjs), on the same release server.
+say "latency benchmark (headless Chromium, 100 ms round trip)"
+MJOLNIR_BIN=$MJOLNIR timeout 900 node js/bench/latency.mjs "${client_args[@]}" | sed 's/^/  /'
+{ echo && cat js/bench/latency-results.md; } >>"$OUT"
 elapsed=$(($(date +%s) - COMMAND_STARTED))
 printf '\nThe whole command, building included, took %d min %02d s.\n' $((elapsed / 60)) $((elapsed % 60)) >>"$OUT"
 say "wrote $OUT in $((elapsed / 60)) min $((elapsed % 60)) s"

@@ -14,15 +14,14 @@
 // harness's; MJOLNIR_BIN picks the binary), since the row measurements need a server.
 // PostgreSQL: MJOLNIR_TEST_DATABASE_URL if set, else a private cluster started here and
 // removed at exit.
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import * as esbuild from 'esbuild';
 import { chromium } from 'playwright-core';
+import { startPostgres } from './postgres.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const dist = join(here, '..', 'dist');
@@ -49,7 +48,7 @@ deadline.unref();
 
 const loadBefore = os.loadavg()[0];
 if (!process.env.MJOLNIR_TEST_DATABASE_URL) {
-  process.env.MJOLNIR_TEST_DATABASE_URL = await startPostgres();
+  process.env.MJOLNIR_TEST_DATABASE_URL = await startPostgres(say);
 }
 // Imported only now: the harness reads the database URL when it loads.
 const { freshDatabase, makeApp, startServer, openPage } = await import('../test/harness.mjs');
@@ -234,31 +233,3 @@ writeFileSync(join(here, 'client-results.md'), md.join('\n'));
 
 console.log(`\n${md.join('\n')}`);
 say(`wrote ${join(here, 'results.json')} and ${join(here, 'client-results.md')}`);
-
-// ---- a private PostgreSQL ---------------------------------------------------------------------
-
-/** initdb + pg_ctl start in a directory of /tmp (as `postgres` when root); stopped at exit. */
-async function startPostgres() {
-  const versions = readdirSync('/usr/lib/postgresql').sort((a, b) => Number(a) - Number(b));
-  const bin = join('/usr/lib/postgresql', versions.at(-1), 'bin');
-  const dir = mkdtempSync('/tmp/mjolnir-client-bench-pg.');
-  const root = process.getuid() === 0; // postgres refuses to run as root
-  const asOwner = (cmd, args) => execFileSync(root ? 'runuser' : cmd, root ? ['-u', 'postgres', '--', cmd, ...args] : args, { stdio: 'pipe' });
-  if (root) execFileSync('chown', ['postgres:postgres', dir]);
-  asOwner(join(bin, 'initdb'), ['-D', `${dir}/data`, '-A', 'trust', '-U', 'postgres', '-E', 'UTF8', '--no-locale', '--no-sync']);
-  const port = await new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => { const { port: p } = s.address(); s.close(() => resolve(p)); });
-  });
-  asOwner(join(bin, 'pg_ctl'), ['-D', `${dir}/data`, '-l', `${dir}/log`, '-w', '-t', '60', '-s', '-o',
-    `-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories=${dir}`, 'start']);
-  process.on('exit', () => {
-    try {
-      asOwner(join(bin, 'pg_ctl'), ['-D', `${dir}/data`, '-m', 'immediate', '-w', '-s', 'stop']);
-    } catch {
-      // already stopped: a Ctrl-C reaches postgres too
-    }
-    rmSync(dir, { recursive: true, force: true });
-  });
-  say(`PostgreSQL ${versions.at(-1)} on 127.0.0.1:${port} (private, removed at exit)`);
-  return `postgres://postgres@127.0.0.1:${port}/postgres`;
-}
