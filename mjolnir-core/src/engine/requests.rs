@@ -42,11 +42,12 @@ pub enum Routed<W> {
 #[derive(Debug)]
 pub struct Requests<W> {
     reads: BTreeMap<u32, (Vec<Key>, W)>,
-    /// In send order per txn id. A `BTreeMap` so that [`Requests::resend`] goes in a
-    /// deterministic order (txn ids of one client sort by their counter's digits, which
-    /// is not send order; the server orders a connection's commits itself).
-    commits: BTreeMap<TxnId, VecDeque<(ClientMessage, W)>>,
+    /// In send order per txn id, each with its place in the order of all commits: the
+    /// server decides a connection's commits in the order they arrive, and a pipelined
+    /// commit counts on the ones sent before it, so [`Requests::resend`] keeps that order.
+    commits: BTreeMap<TxnId, VecDeque<(u64, ClientMessage, W)>>,
     next_read: u32,
+    next_commit: u64,
 }
 
 impl<W> Default for Requests<W> {
@@ -55,6 +56,7 @@ impl<W> Default for Requests<W> {
             reads: BTreeMap::new(),
             commits: BTreeMap::new(),
             next_read: 1,
+            next_commit: 0,
         }
     }
 }
@@ -82,10 +84,12 @@ impl<W> Requests<W> {
         let ClientMessage::Commit { txn, .. } = &msg else {
             return None;
         };
-        self.commits
-            .entry(txn.clone())
-            .or_default()
-            .push_back((msg.clone(), waiter));
+        self.next_commit += 1;
+        self.commits.entry(txn.clone()).or_default().push_back((
+            self.next_commit,
+            msg.clone(),
+            waiter,
+        ));
         Some(msg)
     }
 
@@ -126,15 +130,16 @@ impl<W> Requests<W> {
             self.commits.remove(&txn);
         }
         match waiter {
-            Some((_, w)) => Routed::Commit(w, txn, verdict),
+            Some((_, _, w)) => Routed::Commit(w, txn, verdict),
             None => Routed::Other(verdict.into_message(txn)),
         }
     }
 
     /// Every request still waiting, as it must be sent again on a new connection: reads
-    /// first (harmless to repeat), then commits, which keep their txn ids so that the
-    /// server answers one that already landed instead of applying it twice, and lose their
-    /// `first` mark, which would let the server answer them from memory as conflicts.
+    /// first (harmless to repeat), then commits in the order they were first sent. They
+    /// keep their txn ids so that the server answers one that already landed instead of
+    /// applying it twice, and lose their `first` mark, which would let the server answer
+    /// them from memory as conflicts.
     pub fn resend(&self) -> Vec<ClientMessage> {
         let reads = self
             .reads
@@ -143,11 +148,9 @@ impl<W> Requests<W> {
                 id: *id,
                 keys: keys.clone(),
             });
-        let commits = self
-            .commits
-            .values()
-            .flatten()
-            .map(|(msg, _)| msg.clone().resent());
+        let mut commits: Vec<&(u64, ClientMessage, W)> = self.commits.values().flatten().collect();
+        commits.sort_by_key(|(seq, ..)| *seq);
+        let commits = commits.into_iter().map(|(_, msg, _)| msg.clone().resent());
         reads.chain(commits).collect()
     }
 
@@ -160,7 +163,7 @@ impl<W> Requests<W> {
         let commits = std::mem::take(&mut self.commits)
             .into_values()
             .flatten()
-            .map(|(_, w)| w);
+            .map(|(_, _, w)| w);
         reads.chain(commits).collect()
     }
 
@@ -294,12 +297,17 @@ mod tests {
     }
 
     #[test]
-    fn what_waits_is_resent_with_its_names_and_without_first_marks() {
+    fn what_waits_is_resent_with_its_names_in_send_order_without_first_marks() {
         let mut requests = Requests::new();
         let read = requests.read(vec![Key::kv("a")], 1);
-        requests.commit(commit("c:2"), 2);
-        assert_eq!(requests.resend(), vec![read, commit("c:2").resent()]);
-        assert_eq!(requests.drain(), vec![1, 2]);
+        requests.commit(commit("c:9"), 2);
+        requests.commit(commit("c:10"), 3);
+        assert_eq!(
+            requests.resend(),
+            vec![read, commit("c:9").resent(), commit("c:10").resent()],
+            "c:10 sorts before c:9 but was sent after it"
+        );
+        assert_eq!(requests.drain(), vec![1, 3, 2]);
         assert!(requests.resend().is_empty());
     }
 
