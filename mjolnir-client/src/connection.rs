@@ -184,6 +184,7 @@ impl Client {
             reads,
             writes,
             first,
+            deps: Vec::new(),
         };
         self.send(msg.to_json()).await?;
         outcome.await.map_err(|_| ClientError::Disconnected)
