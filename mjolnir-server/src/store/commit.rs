@@ -73,6 +73,9 @@ impl Store {
         turn: &Turn,
     ) -> Result<Outcome> {
         let outcome = self.decide(user, request, turn).await;
+        // Stage by stage: a commit answered before it reached the queue (a known conflict,
+        // a refusal) lets its successor queue as soon as its predecessor has.
+        turn.reach(Stage::Queued).await;
         turn.reach(Stage::Decided).await;
         outcome
     }
