@@ -91,7 +91,7 @@ mod tests {
         .unwrap();
         assert_eq!(d.value, None);
         assert_eq!(
-            serde_json::to_value(&dep("a", "c:1")).unwrap(),
+            serde_json::to_value(dep("a", "c:1")).unwrap(),
             json!({"key": {"kind": "kv", "key": "a"}, "after": "c:1", "value": 1})
         );
         // An absent prediction is written out, as `null`.
@@ -99,7 +99,7 @@ mod tests {
             value: None,
             ..dep("a", "c:1")
         };
-        assert_eq!(serde_json::to_value(&absent).unwrap()["value"], json!(null));
+        assert_eq!(serde_json::to_value(absent).unwrap()["value"], json!(null));
         assert!(
             serde_json::from_value::<Dependency>(
                 json!({"key": {"kind": "kv", "key": "a"}, "after": "c:1", "value": 1, "x": 2})

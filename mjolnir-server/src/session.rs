@@ -246,7 +246,7 @@ async fn serve<I>(
             } => {
                 let (state, outbox, user) = (state.clone(), outbox.clone(), user.clone());
                 let span = tracing::info_span!("commit", %txn);
-                let turn = commits.next();
+                let turn = commits.take();
                 // The commit runs to its end even if this connection drops meanwhile: its
                 // outcome is then decided, and a re-send of the same txn id gets it.
                 tokio::spawn(

@@ -57,7 +57,7 @@ impl Sequence {
     }
 
     /// The turn of the next commit: after every commit handed out before it.
-    pub fn next(&mut self) -> Turn {
+    pub fn take(&mut self) -> Turn {
         let (mine, rx) = watch::channel(Stage::Waiting);
         Turn {
             chain: self.id,
@@ -121,9 +121,9 @@ mod tests {
     #[tokio::test]
     async fn a_turn_follows_its_predecessor_stage_by_stage() {
         let mut seq = Sequence::new();
-        let first = seq.next();
-        let second = seq.next();
-        let third = seq.next();
+        let first = seq.take();
+        let second = seq.take();
+        let third = seq.take();
         assert!(
             !waits(&first, Stage::Answered).await,
             "the first follows nothing"
@@ -147,7 +147,7 @@ mod tests {
         let second = early.await.unwrap();
         assert!(!waits(&third, Stage::Answered).await);
         // A turn that ends early lets the next go on.
-        let fourth = seq.next();
+        let fourth = seq.take();
         drop((first, second, third));
         assert!(!waits(&fourth, Stage::Answered).await);
     }
