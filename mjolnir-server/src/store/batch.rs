@@ -113,6 +113,10 @@ impl Runner for Committer {
         &self.lanes
     }
 
+    fn chain(job: &Pending) -> Option<u64> {
+        Some(job.chain)
+    }
+
     async fn run(self: Arc<Self>, batch: Vec<Pending>) {
         let batch = self.answer_known_conflicts(batch);
         if batch.is_empty() {

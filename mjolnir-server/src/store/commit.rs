@@ -135,13 +135,10 @@ impl Store {
                 .await?;
             return self.committer.finish(user, decision).await;
         }
-        // One lane decides its queue in order; several run batches side by side.
-        turn.after(if self.knobs.group_commit_lanes <= 1 {
-            Stage::Queued
-        } else {
-            Stage::Decided
-        })
-        .await;
+        // The lanes take the queue in order, and never run two batches of one connection's
+        // commits side by side (`lanes.rs`): queued after its predecessor, it is decided
+        // after it, in a later batch or later in the same one.
+        turn.after(Stage::Queued).await;
         self.committer
             .submit(user.map(str::to_owned), txn.clone(), first, plan, turn)
             .await

@@ -6,9 +6,9 @@
 //! that order. Each commit takes a [`Turn`] from its connection's [`Sequence`], and
 //! follows the stages its predecessor reached:
 //! - a commit that goes to the lanes enters the queue once its predecessor is there
-//!   ([`Stage::Queued`]): one lane takes the queue in order, so the predecessor is decided
-//!   in an earlier batch or earlier in the same one. With several lanes, batches run side
-//!   by side, so it waits for the predecessor to be decided instead;
+//!   ([`Stage::Queued`]): the lanes take the queue in order and never run two batches of
+//!   one connection side by side (`lanes.rs`), so the predecessor is decided in an earlier
+//!   batch or earlier in the same one;
 //! - a commit that does not (read-only, or group commit off) runs once its predecessor is
 //!   decided ([`Stage::Decided`]);
 //! - a reply is sent once the predecessor's was ([`Stage::Answered`]).
