@@ -182,6 +182,18 @@ async fn a_dependent_commit_after_its_committed_predecessor_commits() {
         d,
         json!({"type": "committed", "txn": "p:4", "version": t["version"]})
     );
+
+    // A kv entry the same; values compare as JSON, so 1.0 is 1.
+    let kv = json!({"kind": "kv", "key": "k"});
+    let put = |v: Value| json!([{"key": kv, "op": "put", "value": v}]);
+    page.commit("p:5", json!([]), put(json!({"a": 1})), json!([]))
+        .await;
+    let dep = json!([{"key": kv, "after": "p:5", "value": {"a": 1.0}}]);
+    page.commit("p:6", json!([]), put(json!({"a": 2})), dep)
+        .await;
+    assert_eq!(page.reply("p:5").await["type"], "committed");
+    let d = page.reply("p:6").await;
+    assert_eq!(d["type"], "committed", "{d}");
 }
 
 /// T conflicts: D, which read what T would have written, conflicts too, and nothing of it

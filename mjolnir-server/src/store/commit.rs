@@ -6,8 +6,11 @@
 //! 1. lock every key (advisory locks in hash order) and check the transaction id was not
 //!    already committed;
 //! 2. a read is stale if its key's value changed since the version read (migration 0006:
-//!    `changed <= read <= version`). If any is, nothing is applied (a conflict), and the
-//!    server then reads the stale keys' current values for the client, as its user;
+//!    `changed <= read <= version`); a dependency (migration 0007) unless the transaction
+//!    it names committed as this user, the same rule holds at that transaction's version,
+//!    and the key holds the value read, as the user reads it. If any is stale, nothing is
+//!    applied (a conflict), and the server then reads the stale keys' current values for
+//!    the client, as its user;
 //! 3. as `mjolnir_app` with the connection's user: the [`Statement`] of each write, so the
 //!    app's row-level security, CHECK constraints and triggers apply. A write that changes
 //!    nothing draws no new value version;
