@@ -171,6 +171,7 @@ impl Client {
             reads,
             writes,
             first,
+            deps: Vec::new(),
         };
         let (msg, outcome) = self.inner.routes.expect_outcome(msg)?;
         self.send(msg.to_json()).await?;

@@ -34,6 +34,7 @@ async fn expect_increment(ws: &mut ServerWs, version: u64, value: i64) -> TxnId 
             reads,
             writes,
             first,
+            ..
         }) => {
             assert!(
                 first,

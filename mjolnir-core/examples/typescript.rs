@@ -6,7 +6,8 @@
 use mjolnir_core::protocol::{Entry, ErrorReply, PkKind, TableInfo};
 use mjolnir_core::sets::{ReadEntry, Write};
 use mjolnir_core::{
-    ClientMessage, ErrorKind, Key, Pk, ReadSet, ServerMessage, TxnId, Version, WriteOp, WriteSet,
+    ClientMessage, Dependency, ErrorKind, Key, Pk, ReadSet, ServerMessage, TxnId, Version, WriteOp,
+    WriteSet,
 };
 use ts_rs::{Config, TS};
 
@@ -43,6 +44,7 @@ fn main() -> std::io::Result<()> {
     decl::<WriteOp>(&cfg, &mut out);
     decl::<Write>(&cfg, &mut out);
     decl::<WriteSet>(&cfg, &mut out);
+    decl::<Dependency>(&cfg, &mut out);
     decl::<ClientMessage>(&cfg, &mut out);
     decl::<ServerMessage>(&cfg, &mut out);
     std::fs::write(&path, out)

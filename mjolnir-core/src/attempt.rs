@@ -185,6 +185,7 @@ impl Attempt {
             reads,
             writes,
             first: true,
+            deps: Vec::new(),
         })
     }
 }
@@ -414,6 +415,7 @@ mod tests {
                 reads,
                 writes: WriteSet::new(),
                 first: true,
+                deps: Vec::new(),
             }
         );
 

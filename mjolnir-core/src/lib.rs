@@ -12,6 +12,7 @@
 pub mod attempt;
 pub mod cache;
 pub mod conflict;
+pub mod deps;
 pub mod engine;
 pub mod error;
 pub mod key;
@@ -27,6 +28,7 @@ pub mod version;
 pub use attempt::{Attempt, Finish, Read};
 pub use cache::{Cache, Cached, Snapshot};
 pub use conflict::{Stale, find_stale};
+pub use deps::Dependency;
 pub use error::ErrorKind;
 pub use key::{Key, Pk};
 pub use protocol::{ClientMessage, PROTOCOL_VERSION, ServerMessage};

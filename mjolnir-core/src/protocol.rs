@@ -3,7 +3,7 @@
 //! Defined once, here, and used by the server, the native client and the browser runtime.
 //! Every message is an object tagged by `type`. See `docs/protocol.md` for the exchange.
 
-use crate::{ErrorKind, Key, ReadSet, TxnId, Version, WriteSet};
+use crate::{Dependency, ErrorKind, Key, ReadSet, TxnId, Version, WriteSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -108,6 +108,13 @@ pub enum ClientMessage {
         /// database's record of committed ids can answer it.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         first: bool,
+        /// Reads of keys that earlier transactions of this user wrote, sent before their
+        /// outcome was known (pipelining): valid only if each `after` committed, nothing
+        /// changed its key since, and the key holds the value read. A key appears at most
+        /// once across `reads` and `deps`. Left out when empty, so a commit without
+        /// dependencies reads as it did before the field existed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        deps: Vec<Dependency>,
     },
     /// Stop pushing changes of these keys (the client evicted them from its cache).
     Unsubscribe { keys: Vec<Key> },
@@ -374,19 +381,30 @@ mod tests {
                 arb_txn(),
                 prop::collection::vec((arb_key(), arb_version()), 0..5),
                 prop::collection::vec((arb_key(), arb_op()), 0..5),
-                any::<bool>()
+                any::<bool>(),
+                prop::collection::vec((arb_key(), arb_txn(), prop::option::of(arb_json())), 0..3)
             )
-                .prop_map(|(txn, reads, writes, first)| {
+                .prop_map(|(txn, reads, writes, first, deps)| {
                     let reads = reads.into_iter().collect();
                     let mut ws = WriteSet::new();
                     for (k, op) in writes {
                         ws.push(k, op);
                     }
+                    // `Some(null)` and `None` are one thing on the wire: absent.
+                    let deps = deps
+                        .into_iter()
+                        .map(|(key, after, value)| Dependency {
+                            key,
+                            after,
+                            value: value.filter(|v| !v.is_null()),
+                        })
+                        .collect();
                     ClientMessage::Commit {
                         txn,
                         reads,
                         writes: ws,
                         first,
+                        deps,
                     }
                 }),
             prop::collection::vec(arb_key(), 0..5)
@@ -496,6 +514,33 @@ mod tests {
         ));
     }
 
+    /// A commit without `deps` (every client before pipelining) has none, and one without
+    /// dependencies is sent as before; a commit with them names each key once.
+    #[test]
+    fn dependencies_are_optional_on_the_wire() {
+        let text = r#"{"type":"commit","txn":"c1:1","reads":[],"writes":[]}"#;
+        let ClientMessage::Commit { deps, .. } = ClientMessage::parse(text).unwrap() else {
+            panic!()
+        };
+        assert!(deps.is_empty());
+        let msg = ClientMessage::parse(text).unwrap();
+        assert!(!msg.to_json().contains("deps"));
+        let text = r#"{"type":"commit","txn":"c1:2","reads":[],
+            "writes":[{"key":{"kind":"kv","key":"n"},"op":"put","value":2}],
+            "deps":[{"key":{"kind":"kv","key":"n"},"after":"c1:1","value":1}]}"#;
+        let ClientMessage::Commit { deps, .. } = ClientMessage::parse(text).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            deps,
+            vec![Dependency {
+                key: Key::kv("n"),
+                after: TxnId("c1:1".into()),
+                value: Some(serde_json::json!(1)),
+            }]
+        );
+    }
+
     /// A commit without `first` (every client before the field existed) is taken as a
     /// possible re-send, the safe reading; a re-sent message drops the mark.
     #[test]
@@ -508,6 +553,7 @@ mod tests {
             reads: ReadSet::new(),
             writes: WriteSet::new(),
             first: true,
+            deps: Vec::new(),
         };
         assert!(first.to_json().contains(r#""first":true"#));
         let again = first.resent();

@@ -7,10 +7,10 @@
 use crate::app::AppState;
 use crate::feed::{ConnId, Outbox, Outgoing};
 use crate::identity::Vouched;
-use crate::store::Outcome;
+use crate::store::{Outcome, Request, Sequence, Stage, Turn};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use mjolnir_core::protocol::{ErrorReply, Named, ServerMessage, close_code};
-use mjolnir_core::{ClientMessage, ErrorKind, Key, PROTOCOL_VERSION, ReadSet, TxnId, WriteSet};
+use mjolnir_core::{ClientMessage, ErrorKind, Key, PROTOCOL_VERSION, TxnId};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -156,7 +156,8 @@ where
 
 /// Reads requests until the client leaves. Each request runs as its own task, at most
 /// `max_in_flight_per_connection` at once; past that this loop stops reading, so the
-/// client's socket fills up and a flooding client only slows itself.
+/// client's socket fills up and a flooding client only slows itself. Commits are decided
+/// and answered in the order they arrived (`store/turn.rs`); reads in any order.
 async fn serve<I>(
     state: &Arc<AppState>,
     conn: ConnId,
@@ -168,6 +169,7 @@ async fn serve<I>(
 {
     let in_flight = Arc::new(Semaphore::new(state.knobs.max_in_flight_per_connection));
     let user: Arc<Option<String>> = Arc::new(user);
+    let mut commits = Sequence::new();
     while let Some(frame) = incoming.next().await {
         let text = match frame {
             Incoming::Text(t) => t,
@@ -240,16 +242,26 @@ async fn serve<I>(
                 reads,
                 writes,
                 first,
+                deps,
             } => {
                 let (state, outbox, user) = (state.clone(), outbox.clone(), user.clone());
                 let span = tracing::info_span!("commit", %txn);
+                let turn = commits.take();
                 // The commit runs to its end even if this connection drops meanwhile: its
                 // outcome is then decided, and a re-send of the same txn id gets it.
                 tokio::spawn(
                     async move {
-                        let reply =
-                            commit(&state, user.as_deref(), txn, reads, writes, first).await;
+                        let request = Request {
+                            txn: &txn,
+                            reads: &reads,
+                            writes: &writes,
+                            deps: &deps,
+                            first,
+                        };
+                        let reply = commit(&state, user.as_deref(), request, &turn).await;
+                        turn.after(Stage::Answered).await;
                         let _ = outbox.queue.send(Outgoing::Message(reply)).await;
+                        turn.reach(Stage::Answered).await;
                         drop(permit);
                     }
                     .instrument(span),
@@ -302,13 +314,12 @@ async fn read(
 async fn commit(
     state: &AppState,
     user: Option<&str>,
-    txn: TxnId,
-    reads: ReadSet,
-    writes: WriteSet,
-    first: bool,
+    request: Request<'_>,
+    turn: &Turn,
 ) -> ServerMessage {
     let started = Instant::now();
-    let outcome = state.store.commit(user, &txn, &reads, &writes, first).await;
+    let outcome = state.store.commit(user, request, turn).await;
+    let txn: TxnId = request.txn.clone();
     state
         .metrics
         .commit_latency

@@ -137,6 +137,7 @@ async fn a_commit_resent_after_a_dropped_connection_is_applied_once() {
         reads: reads.clone(),
         writes: bump.clone(),
         first: true,
+        deps: Vec::new(),
     };
     first.send_raw(commit.to_json()).await.unwrap();
     first.close().await;

@@ -26,12 +26,13 @@
 //! pooled, tested one, by the same rule.
 
 use super::commit::{
-    ALREADY_COMMITTED, HIDDEN_ROW, MISSING_ROW, Outcome, Plan, classify, classify_code,
+    ALREADY_COMMITTED, HIDDEN_ROW, MISSING_ROW, Outcome, Plan, classify, classify_code, dep_query,
     is_transient_code, missing_row, sqlstate, statement,
 };
 use super::lanes::{self, Lanes, Runner};
 use super::read::Reader;
 use super::recent::Recent;
+use super::turn::{Stage, Turn};
 use super::{Resolved, locks};
 use crate::error::{Result, ServerError};
 use crate::knobs::Knobs;
@@ -42,7 +43,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -79,6 +80,8 @@ pub(super) enum Via {
 pub(super) struct Pending {
     user: Option<String>,
     txn: TxnId,
+    /// The connection whose order it keeps ([`Turn::chain`]).
+    chain: u64,
     /// The first send of `txn` (see `recent.rs` for why it matters).
     first: bool,
     plan: Plan,
@@ -108,6 +111,10 @@ impl Runner for Committer {
 
     fn lanes(&self) -> &Lanes<Pending> {
         &self.lanes
+    }
+
+    fn chain(job: &Pending) -> Option<u64> {
+        Some(job.chain)
     }
 
     async fn run(self: Arc<Self>, batch: Vec<Pending>) {
@@ -160,6 +167,7 @@ impl Committer {
         txn: TxnId,
         first: bool,
         plan: Plan,
+        turn: &Turn,
     ) -> Result<Outcome> {
         let (reply, outcome) = oneshot::channel();
         lanes::push(
@@ -167,11 +175,13 @@ impl Committer {
             Pending {
                 user,
                 txn,
+                chain: turn.chain(),
                 first,
                 plan,
                 reply,
             },
         );
+        turn.reach(Stage::Queued).await;
         outcome.await.unwrap_or_else(|_| {
             Err(ServerError::Reply(ErrorReply::new(
                 ErrorKind::Internal,
@@ -260,21 +270,41 @@ impl Committer {
                 batch.iter().map(|_| Decided::Alone(None)).collect()
             }
         };
-        let mut alone = Vec::new();
+        // Each connection's, in batch order: a transaction after one committed again alone
+        // may depend on it, and one that did and came to a conflict (nothing applied) is
+        // decided again after it.
+        let mut alone: Vec<(u64, Vec<Pending>)> = Vec::new();
+        let mut chains_alone = HashSet::new();
         for (p, d) in batch.into_iter().zip(decided) {
+            let again = match &d {
+                Decided::Alone(_) => true,
+                Decided::Outcome(Decision::Stale(_)) => {
+                    !p.plan.deps.is_empty() && chains_alone.contains(&p.chain)
+                }
+                Decided::Outcome(Decision::Final(_)) => false,
+            };
             match d {
-                Decided::Outcome(decision) => self.answer(p, Ok(decision)),
-                Decided::Alone(_) => alone.push(p),
+                Decided::Outcome(decision) if !again => self.answer(p, Ok(decision)),
+                _ => {
+                    chains_alone.insert(p.chain);
+                    match alone.iter_mut().find(|(chain, _)| *chain == p.chain) {
+                        Some((_, ps)) => ps.push(p),
+                        None => alone.push((p.chain, vec![p])),
+                    }
+                }
             }
         }
-        // Concurrently, so one slow transaction does not hold the others' replies.
-        let runs = alone.into_iter().map(|p| {
+        // Connections concurrently, so one slow transaction does not hold the others'
+        // replies.
+        let runs = alone.into_iter().map(|(_, ps)| {
             let this = self.clone();
             tokio::spawn(async move {
-                let decision = this
-                    .commit_alone(p.user.as_deref(), &p.txn, &p.plan, Via::Pool)
-                    .await;
-                this.answer(p, decision);
+                for p in ps {
+                    let decision = this
+                        .commit_alone(p.user.as_deref(), &p.txn, &p.plan, Via::Pool)
+                        .await;
+                    this.answer(p, decision);
+                }
             })
         });
         for run in runs.collect::<Vec<_>>() {
@@ -350,8 +380,10 @@ impl Committer {
     async fn call(&self, batch: &[Member<'_>], via: Via) -> Result<Vec<Decided>> {
         let reads: Vec<&Resolved> = batch
             .iter()
-            .flat_map(|m| &m.plan.reads)
-            .map(|(r, _)| r)
+            .flat_map(|m| {
+                let reads = m.plan.reads.iter().map(|(r, _)| r);
+                reads.chain(m.plan.deps.iter().map(|d| &d.key))
+            })
             .collect();
         let writes: Vec<&Resolved> = batch
             .iter()
@@ -369,6 +401,20 @@ impl Committer {
                 a.read_spaces.push(&r.space);
                 a.read_pks.push(&r.pk);
                 a.read_versions.push(version.0 as i64);
+                a.read_afters.push(None);
+                a.read_values.push(None);
+                a.read_sqls.push(None);
+            }
+            // A dependency is one more read, after the plain ones.
+            for d in &m.plan.deps {
+                a.read_owners.push(owner);
+                a.read_spaces.push(&d.key.space);
+                a.read_pks.push(&d.key.pk);
+                a.read_versions.push(0);
+                a.read_afters.push(Some(&d.after.0));
+                a.read_values.push(d.value.clone());
+                let sql = a.statement(dep_query(&d.key));
+                a.read_sqls.push(Some(sql));
             }
             for (r, op) in &m.plan.writes {
                 let s = statement(r, op);
@@ -400,7 +446,7 @@ impl Committer {
             bool,
         );
         let query = sqlx::query_as(
-            "SELECT * FROM mjolnir.commit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+            "SELECT * FROM mjolnir.commit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
         )
         .bind(&self.schema)
         .bind(&hashes)
@@ -414,6 +460,9 @@ impl Committer {
         .bind(&a.read_spaces)
         .bind(&a.read_pks)
         .bind(&a.read_versions)
+        .bind(&a.read_afters)
+        .bind(&a.read_values)
+        .bind(&a.read_sqls)
         .bind(&a.write_spaces)
         .bind(&a.write_pks)
         .bind(&a.write_keys)
@@ -454,8 +503,8 @@ impl Committer {
                     stale
                         .unwrap_or_default()
                         .into_iter()
-                        .filter_map(|i| m.plan.reads.get((i as usize).wrapping_sub(1)))
-                        .map(|(r, _)| r.clone())
+                        .filter_map(|i| m.plan.read_key((i as usize).wrapping_sub(1)))
+                        .cloned()
                         .collect(),
                 )),
                 "committed" => {
@@ -521,6 +570,11 @@ struct Arrays<'a> {
     read_spaces: Vec<&'a str>,
     read_pks: Vec<&'a str>,
     read_versions: Vec<i64>,
+    /// Per read: the transaction a dependency is on; `None` for a plain read.
+    read_afters: Vec<Option<&'a str>>,
+    read_values: Vec<Option<Value>>,
+    /// Per read: the query reading a dependency's value as the user.
+    read_sqls: Vec<Option<i32>>,
     write_spaces: Vec<&'a str>,
     write_pks: Vec<&'a str>,
     write_keys: Vec<String>,
@@ -562,17 +616,24 @@ fn changed_writes<'a>(
 
 /// The outcome of a transaction `mjolnir.commit_batch` committed: the change set as the
 /// feed carries it (the writes that changed something, `changed` saying which), or for a
-/// read-only transaction, the newest version it read.
+/// read-only transaction, the newest version it read (`version`: the newest transaction
+/// it depends on, if any).
 fn committed(
     plan: &Plan,
     version: Option<i64>,
     values: Option<Value>,
     changed: &[bool],
 ) -> Outcome {
-    let Some(version) = version else {
+    if plan.writes.is_empty() {
         let newest = plan.reads.iter().map(|(_, v)| v.0).max().unwrap_or(0);
         return Outcome::Committed {
-            version: Version(newest),
+            version: Version(newest.max(version.unwrap_or(0) as u64)),
+            changes: Vec::new(),
+        };
+    }
+    let Some(version) = version else {
+        return Outcome::Committed {
+            version: Version::ABSENT,
             changes: Vec::new(),
         };
     };

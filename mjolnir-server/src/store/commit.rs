@@ -6,8 +6,11 @@
 //! 1. lock every key (advisory locks in hash order) and check the transaction id was not
 //!    already committed;
 //! 2. a read is stale if its key's value changed since the version read (migration 0006:
-//!    `changed <= read <= version`). If any is, nothing is applied (a conflict), and the
-//!    server then reads the stale keys' current values for the client, as its user;
+//!    `changed <= read <= version`); a dependency (migration 0007) unless the transaction
+//!    it names committed as this user, the same rule holds at that transaction's version,
+//!    and the key holds the value read, as the user reads it. If any is stale, nothing is
+//!    applied (a conflict), and the server then reads the stale keys' current values for
+//!    the client, as its user;
 //! 3. as `mjolnir_app` with the connection's user: the [`Statement`] of each write, so the
 //!    app's row-level security, CHECK constraints and triggers apply. A write that changes
 //!    nothing draws no new value version;
@@ -20,11 +23,12 @@
 //! several transactions in one call. A lone commit is a batch of one.
 
 use super::batch::{Decision, Via};
+use super::turn::{Stage, Turn};
 use super::{Resolved, Store};
 use crate::catalog::{Table, quote_ident};
 use crate::error::{Result, ServerError};
 use mjolnir_core::protocol::{Entry, ErrorReply};
-use mjolnir_core::{ErrorKind, ReadSet, TxnId, Version, WriteOp, WriteSet};
+use mjolnir_core::{Dependency, ErrorKind, ReadSet, TxnId, Version, WriteOp, WriteSet};
 use serde_json::{Map, Value};
 
 /// How a commit ended.
@@ -51,22 +55,60 @@ pub(super) const ALREADY_COMMITTED: &str = "MJ001";
 pub(super) const HIDDEN_ROW: &str = "MJ403";
 pub(super) const MISSING_ROW: &str = "MJ404";
 
+/// One commit as its client sent it.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    pub txn: &'a TxnId,
+    pub reads: &'a ReadSet,
+    pub writes: &'a WriteSet,
+    /// Reads of keys earlier transactions of this user wrote (see `mjolnir_core::deps`).
+    pub deps: &'a [Dependency],
+    /// The first send of `txn` (see `recent.rs`).
+    pub first: bool,
+}
+
 impl Store {
+    /// Decides a commit, after the commits its connection sent before it (`turn`).
     pub async fn commit(
         &self,
         user: Option<&str>,
-        txn: &TxnId,
-        reads: &ReadSet,
-        writes: &WriteSet,
-        first: bool,
+        request: Request<'_>,
+        turn: &Turn,
     ) -> Result<Outcome> {
+        let outcome = self.decide(user, request, turn).await;
+        // Stage by stage: a commit answered before it reached the queue (a known conflict,
+        // a refusal) lets its successor queue as soon as its predecessor has.
+        turn.reach(Stage::Queued).await;
+        turn.reach(Stage::Decided).await;
+        outcome
+    }
+
+    async fn decide(
+        &self,
+        user: Option<&str>,
+        request: Request<'_>,
+        turn: &Turn,
+    ) -> Result<Outcome> {
+        let Request {
+            txn,
+            reads,
+            writes,
+            deps,
+            first,
+        } = request;
         if txn.0.is_empty() || txn.0.len() > TxnId::MAX_LEN {
             return Ok(Outcome::Rejected(ErrorReply::new(
                 ErrorKind::Malformed,
                 format!("transaction ids are 1 to {} bytes", TxnId::MAX_LEN),
             )));
         }
-        if reads.len() + writes.len() > self.knobs.max_keys_per_request {
+        if let Some(message) = mjolnir_core::deps::misnamed(reads, deps) {
+            return Ok(Outcome::Rejected(ErrorReply::new(
+                ErrorKind::Malformed,
+                message,
+            )));
+        }
+        if reads.len() + writes.len() + deps.len() > self.knobs.max_keys_per_request {
             return Ok(Outcome::Rejected(ErrorReply::new(
                 ErrorKind::TooLarge,
                 format!(
@@ -75,33 +117,42 @@ impl Store {
                 ),
             )));
         }
-        let plan = match self.plan(reads, writes).await {
+        let plan = match self.plan(reads, writes, deps).await {
             Ok(plan) => plan,
             Err(ServerError::Reply(r)) => return Ok(Outcome::Rejected(r)),
             Err(e) => return Err(e),
         };
-        // Checked again when a lane takes it: the batches before it may make it stale.
+        // Checked again when a lane takes it: the batches before it may make it stale. A
+        // read stale by its version is stale whatever the commits before it come to (a read
+        // of what they write is a dependency, which this does not judge), so it is answered
+        // at once, ahead of its turn.
         if let Some(stale) = self.committer.known_stale(first, &plan) {
             return self.committer.finish(user, Decision::Stale(stale)).await;
         }
         // Read-only commits write nothing and need no fsync: batching would only delay them.
         if plan.writes.is_empty() || self.knobs.group_commit <= 1 {
+            turn.after(Stage::Decided).await;
             let decision = self
                 .committer
                 .commit_alone(user, txn, &plan, Via::Pool)
                 .await?;
             return self.committer.finish(user, decision).await;
         }
+        // The lanes take the queue in order, and never run two batches of one connection's
+        // commits side by side (`lanes.rs`): queued after its predecessor, it is decided
+        // after it, in a later batch or later in the same one.
+        turn.after(Stage::Queued).await;
         self.committer
-            .submit(user.map(str::to_owned), txn.clone(), first, plan)
+            .submit(user.map(str::to_owned), txn.clone(), first, plan, turn)
             .await
     }
 
     /// Resolves and checks everything that can be checked without the database, so a bad
     /// commit is refused before it takes a lock.
-    async fn plan(&self, reads: &ReadSet, writes: &WriteSet) -> Result<Plan> {
+    async fn plan(&self, reads: &ReadSet, writes: &WriteSet, deps: &[Dependency]) -> Result<Plan> {
         let read_keys = self.resolve(reads.keys()).await?;
         let write_keys = self.resolve(writes.keys()).await?;
+        let dep_keys = self.resolve(deps.iter().map(|d| &d.key)).await?;
         for (r, (_, op)) in write_keys.iter().zip(writes.iter()) {
             check_write(r, op)?;
         }
@@ -114,6 +165,15 @@ impl Store {
                 .into_iter()
                 .zip(writes.iter().map(|(_, op)| op.clone()))
                 .collect(),
+            deps: dep_keys
+                .into_iter()
+                .zip(deps)
+                .map(|(r, d)| Dep {
+                    key: r,
+                    after: d.after.clone(),
+                    value: d.value.clone(),
+                })
+                .collect(),
         })
     }
 }
@@ -123,6 +183,42 @@ impl Store {
 pub(super) struct Plan {
     pub(super) reads: Vec<(Resolved, Version)>,
     pub(super) writes: Vec<(Resolved, WriteOp)>,
+    pub(super) deps: Vec<Dep>,
+}
+
+impl Plan {
+    /// The key of the `i`th read of the commit (0-based), counting its dependencies after
+    /// its plain reads, as `mjolnir.commit_batch` numbers its stale reads.
+    pub(super) fn read_key(&self, i: usize) -> Option<&Resolved> {
+        match self.reads.get(i) {
+            Some((r, _)) => Some(r),
+            None => self.deps.get(i - self.reads.len()).map(|d| &d.key),
+        }
+    }
+}
+
+/// A dependency resolved against the catalog.
+#[derive(Debug)]
+pub(super) struct Dep {
+    pub(super) key: Resolved,
+    pub(super) after: TxnId,
+    pub(super) value: Option<Value>,
+}
+
+/// The query reading a dependency's key as the user sees it, over `$2` (its primary key)
+/// and an unused `$1`, so that it is prepared like a write statement: the row as reads and
+/// pushes give it, or the kv entry's value; no row when absent or hidden.
+pub(super) fn dep_query(r: &Resolved) -> String {
+    match &r.table {
+        Some(t) => format!(
+            "SELECT {json} FROM {table} r WHERE r.{pk} = $2::{ty}",
+            json = t.row_json,
+            table = t.qualified,
+            pk = quote_ident(&t.pk_column().name),
+            ty = t.pk_column().sql_type,
+        ),
+        None => "SELECT kv.value FROM mjolnir.kv kv WHERE kv.key = $2".to_owned(),
+    }
 }
 
 /// Checks that `op` fits its key: the op's kind, the columns and their types, and that an

@@ -10,8 +10,10 @@ mod lanes;
 mod locks;
 mod read;
 mod recent;
+mod turn;
 
-pub use commit::Outcome;
+pub use commit::{Outcome, Request};
+pub use turn::{Sequence, Stage, Turn};
 
 use crate::catalog::{Catalog, KV_SPACE, Table};
 use crate::error::Result;
