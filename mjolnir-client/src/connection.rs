@@ -172,6 +172,7 @@ impl Client {
             writes,
             first,
             deps: Vec::new(),
+            follows: None,
         };
         let (msg, outcome) = self.inner.routes.expect_outcome(msg)?;
         self.send(msg.to_json()).await?;

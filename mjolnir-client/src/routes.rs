@@ -163,6 +163,8 @@ mod tests {
             reads: Default::default(),
             writes: Default::default(),
             first: true,
+            deps: Vec::new(),
+            follows: None,
         }
     }
 

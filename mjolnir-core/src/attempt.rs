@@ -8,9 +8,10 @@
 //! `await`.
 
 use crate::cache::{Cache, Snapshot};
-use crate::{ClientMessage, Key, ReadSet, Transaction, TxnId, WriteOp, WriteSet};
+use crate::speculation::Speculation;
+use crate::{ClientMessage, Dependency, Key, ReadSet, Transaction, TxnId, WriteOp, WriteSet};
 use serde_json::{Map, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What a read gives the handler.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,19 +41,32 @@ pub enum Finish {
     Commit(ClientMessage),
 }
 
-/// One run of a handler: the snapshot it reads, its reads and buffered writes, its misses.
+/// One run of a handler: the snapshot it reads, the page's in-flight writes on top of it,
+/// its reads, dependencies and buffered writes, its misses.
 #[derive(Clone, Debug)]
 pub struct Attempt {
     snapshot: Snapshot,
+    speculation: Speculation,
     txn: Transaction,
+    /// Reads of keys an in-flight transaction of the page wrote, by key.
+    deps: BTreeMap<Key, Dependency>,
     misses: BTreeSet<Key>,
 }
 
 impl Attempt {
+    /// An attempt on the committed cache alone.
     pub fn new(snapshot: Snapshot) -> Self {
+        Self::speculating(snapshot, Speculation::new())
+    }
+
+    /// An attempt that sees the page's in-flight writes on top of the cache, as if they
+    /// had committed; a read of one is recorded as a dependency on its transaction.
+    pub fn speculating(snapshot: Snapshot, speculation: Speculation) -> Self {
         Attempt {
             snapshot,
+            speculation,
             txn: Transaction::new(),
+            deps: BTreeMap::new(),
             misses: BTreeSet::new(),
         }
     }
@@ -72,6 +86,14 @@ impl Attempt {
             )
         {
             return Read::Value(op.apply(None));
+        }
+        if self.txn.reads.get(&key).is_none()
+            && let Some(pending) = self.speculation.get(&key)
+        {
+            let seen = self.txn.view(&key, pending.value.as_ref());
+            let dep = pending.dependency(key.clone());
+            self.deps.entry(key).or_insert(dep);
+            return Read::Value(seen);
         }
         match self.snapshot.get(&key) {
             Some(cached) => Read::Value(self.txn.read(key, cached.version, cached.value.as_ref())),
@@ -108,18 +130,24 @@ impl Attempt {
     }
 
     /// The value this attempt gives each key it writes (`None`: deleted), as the cache
-    /// should hold them once the commit is confirmed.
+    /// should hold them once the commit is confirmed: its ops applied to what it saw.
     pub fn written(&self) -> Vec<(Key, Option<Value>)> {
         self.txn
             .writes
             .iter()
             .map(|(k, op)| {
-                (
-                    k.clone(),
-                    op.apply(self.snapshot.get(k).and_then(|c| c.value.as_ref())),
-                )
+                let before = match self.speculation.get(k) {
+                    Some(pending) if self.txn.reads.get(k).is_none() => pending.value.as_ref(),
+                    _ => self.snapshot.get(k).and_then(|c| c.value.as_ref()),
+                };
+                (k.clone(), op.apply(before))
             })
             .collect()
+    }
+
+    /// The reads of in-flight writes so far.
+    pub fn deps(&self) -> impl Iterator<Item = &Dependency> {
+        self.deps.values()
     }
 
     /// Moves an attempt that waited for a fetch onto a newer snapshot (the async form,
@@ -152,7 +180,11 @@ impl Attempt {
     /// Every key this attempt read or missed: what to [`Cache::pin`] while it (or its
     /// re-run) is in progress.
     pub fn keys(&self) -> impl Iterator<Item = &Key> {
-        self.txn.reads.keys().chain(&self.misses)
+        self.txn
+            .reads
+            .keys()
+            .chain(self.deps.keys())
+            .chain(&self.misses)
     }
 
     /// Whether the cache now holds a newer version of something this attempt read.
@@ -177,7 +209,7 @@ impl Attempt {
             return Finish::Missed(self.misses.into_iter().collect());
         }
         let Transaction { reads, writes } = self.txn;
-        if reads.is_empty() && writes.is_empty() {
+        if reads.is_empty() && writes.is_empty() && self.deps.is_empty() {
             return Finish::Nothing;
         }
         Finish::Commit(ClientMessage::Commit {
@@ -185,7 +217,8 @@ impl Attempt {
             reads,
             writes,
             first: true,
-            deps: Vec::new(),
+            deps: self.deps.into_values().collect(),
+            follows: None,
         })
     }
 }
@@ -416,6 +449,7 @@ mod tests {
                 writes: WriteSet::new(),
                 first: true,
                 deps: Vec::new(),
+                follows: None,
             }
         );
 

@@ -20,6 +20,7 @@ pub mod number;
 pub mod protocol;
 pub mod retry;
 pub mod sets;
+pub mod speculation;
 mod tagged;
 pub mod template;
 pub mod txn;

@@ -115,6 +115,13 @@ pub enum ClientMessage {
         /// dependencies reads as it did before the field existed.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         deps: Vec<Dependency>,
+        /// The page's previous commit, still unanswered when this one was sent: this one
+        /// is decided only if that one committed (as this user); otherwise it is a
+        /// conflict with no stale keys. A page that pipelines its commits counts on this:
+        /// when one fails, every later one is known to fail too, so the page can undo them
+        /// all and run them again without applying any twice.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        follows: Option<TxnId>,
     },
     /// Stop pushing changes of these keys (the client evicted them from its cache).
     Unsubscribe { keys: Vec<Key> },
@@ -405,6 +412,7 @@ mod tests {
                         writes: ws,
                         first,
                         deps,
+                        follows: None,
                     }
                 }),
             prop::collection::vec(arb_key(), 0..5)
@@ -554,6 +562,7 @@ mod tests {
             writes: WriteSet::new(),
             first: true,
             deps: Vec::new(),
+            follows: None,
         };
         assert!(first.to_json().contains(r#""first":true"#));
         let again = first.resent();

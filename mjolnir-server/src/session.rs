@@ -243,6 +243,7 @@ async fn serve<I>(
                 writes,
                 first,
                 deps,
+                follows,
             } => {
                 let (state, outbox, user) = (state.clone(), outbox.clone(), user.clone());
                 let span = tracing::info_span!("commit", %txn);
@@ -256,6 +257,7 @@ async fn serve<I>(
                             reads: &reads,
                             writes: &writes,
                             deps: &deps,
+                            follows: follows.as_ref(),
                             first,
                         };
                         let reply = commit(&state, user.as_deref(), request, &turn).await;

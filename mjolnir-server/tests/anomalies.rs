@@ -138,6 +138,7 @@ async fn a_commit_resent_after_a_dropped_connection_is_applied_once() {
         writes: bump.clone(),
         first: true,
         deps: Vec::new(),
+        follows: None,
     };
     first.send_raw(commit.to_json()).await.unwrap();
     first.close().await;

@@ -101,6 +101,21 @@ impl Raw {
     async fn commit(&mut self, txn: &str, reads: Value, writes: Value, deps: Value) {
         self.send(commit(txn, reads, writes, deps, true)).await;
     }
+
+    /// Sends a first send of a commit that follows the commit `follows` (as the browser
+    /// runtime sends every commit while an earlier one is in flight).
+    async fn commit_following(
+        &mut self,
+        txn: &str,
+        reads: Value,
+        writes: Value,
+        deps: Value,
+        follows: &str,
+    ) {
+        let mut c = commit(txn, reads, writes, deps, true);
+        c["follows"] = json!(follows);
+        self.send(c).await;
+    }
 }
 
 fn commit(txn: &str, reads: Value, writes: Value, deps: Value, first: bool) -> Value {
@@ -396,15 +411,16 @@ async fn pipelined_bumps(label: &str, lanes: usize) {
     let seen = page.read(&counter()).await;
     let started = Instant::now();
     for i in 1..=COUNT {
-        let (reads, deps) = if i == 1 {
-            (
-                json!([{"key": counter(), "version": seen["version"]}]),
-                json!([]),
-            )
+        if i == 1 {
+            let reads = json!([{"key": counter(), "version": seen["version"]}]);
+            page.commit("p:1", reads, set_n(i), json!([])).await;
         } else {
-            (json!([]), on(&format!("p:{}", i - 1), i - 1))
-        };
-        page.commit(&format!("p:{i}"), reads, set_n(i), deps).await;
+            // As the browser sends them: each follows, and reads, the one before.
+            let before = format!("p:{}", i - 1);
+            let deps = on(&before, i - 1);
+            page.commit_following(&format!("p:{i}"), json!([]), set_n(i), deps, &before)
+                .await;
+        }
     }
     let mut last = 0;
     for i in 1..=COUNT {
@@ -431,6 +447,62 @@ async fn pipelined_commits_of_one_connection_are_decided_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_commits_keep_their_order_across_several_lanes() {
     pipelined_bumps("pipe_order_lanes", 3).await;
+}
+
+/// A commit that follows another is decided only if that one committed, whatever it read:
+/// after a conflict, a commit with no dependency at all (other keys) conflicts too, with
+/// no stale keys, and nothing of it is applied; after a commit it commits; after a txn the
+/// server never saw, or another user's, it conflicts. What lets a page undo and re-run
+/// every later commit of its pipeline when one fails.
+#[tokio::test]
+async fn a_commit_that_follows_a_failed_one_conflicts_whatever_it_read() {
+    let db = TestDb::new("pipe_follows").await;
+    let app = app_with_schema(COUNTER_SCHEMA);
+    let server = db.start(app.path()).await;
+    let pool = db.pool().await;
+    let mut page = Raw::connect(&server.ws_url(), "alice").await;
+    let mut other = Raw::connect(&server.ws_url(), "bob").await;
+    let seen = page.read(&counter()).await;
+    other.commit("o:1", json!([]), set_n(10), json!([])).await;
+    assert_eq!(other.reply("o:1").await["type"], "committed");
+
+    let kv = |k: &str| json!([{"key": {"kind": "kv", "key": k}, "op": "put", "value": 1}]);
+    let stale_read = json!([{"key": counter(), "version": seen["version"]}]);
+    page.commit("p:1", stale_read, set_n(1), json!([])).await;
+    page.commit_following("p:2", json!([]), kv("a"), json!([]), "p:1")
+        .await;
+    page.commit_following("p:3", json!([]), kv("b"), json!([]), "p:2")
+        .await;
+    assert_eq!(page.reply("p:1").await["type"], "conflict");
+    for txn in ["p:2", "p:3"] {
+        let reply = page.reply(txn).await;
+        assert_eq!(
+            reply,
+            json!({"type": "conflict", "txn": txn, "stale": []}),
+            "{txn} follows a failed commit"
+        );
+    }
+    assert!(!kv_present(&pool, "a").await && !kv_present(&pool, "b").await);
+
+    page.commit("p:4", json!([]), kv("c"), json!([])).await;
+    page.commit_following("p:5", json!([]), kv("d"), json!([]), "p:4")
+        .await;
+    assert_eq!(page.reply("p:4").await["type"], "committed");
+    assert_eq!(page.reply("p:5").await["type"], "committed");
+    assert!(kv_present(&pool, "d").await);
+
+    // Bob's o:1 committed, but not as alice; and p:99 was never sent.
+    for (txn, follows) in [("p:6", "o:1"), ("p:7", "p:99")] {
+        page.commit_following(txn, json!([]), kv(txn), json!([]), follows)
+            .await;
+        let reply = page.reply(txn).await;
+        assert_eq!(
+            reply["type"], "conflict",
+            "{txn} follows {follows}: {reply}"
+        );
+        assert!(!kv_present(&pool, txn).await);
+    }
+    assert_eq!(counter_n(&pool).await, 10);
 }
 
 /// Dependencies inside one batch: T and D queue behind a blocked commit and are decided in

@@ -102,6 +102,15 @@ impl Mjolnir {
         wrap(&run.into_js_value())
     }
 
+    /// `mjolnir.afterCommit(fn)`: runs `fn` once, after the running transaction commits
+    /// (an `alert`, a `fetch`, a log line: effects outside the page that a re-run must not
+    /// repeat). Dropped if the attempt is re-run or the transaction fails; at once outside
+    /// a transaction.
+    #[wasm_bindgen(js_name = afterCommit)]
+    pub fn after_commit(&self, f: Function) -> Result<(), JsValue> {
+        self.rt.after_commit(None, f)
+    }
+
     /// Automatic mode: every event handler and timer callback of the page becomes a
     /// transaction (see `auto.rs`). Idempotent.
     pub fn auto(&self) {

@@ -8,7 +8,7 @@
 use crate::dom::DomJournal;
 use crate::job::{Effects, Job};
 use crate::runtime::Runtime;
-use js_sys::{Array, Promise};
+use js_sys::{Array, Function, Promise};
 use mjolnir_core::attempt::{Attempt, Read};
 use mjolnir_core::engine::{Ended, JobId};
 use mjolnir_core::{Key, WriteOp};
@@ -27,6 +27,7 @@ pub struct CacheMiss;
 #[derive(Debug)]
 pub struct Current {
     pub id: u64,
+    pub job: JobId,
     pub attempt: Attempt,
 }
 
@@ -43,12 +44,18 @@ impl Runtime {
         let attempt = self.engine.borrow_mut().begin(id);
         self.state.begin();
         let journal = DomJournal::start_page().ok();
+        job.after_commit.borrow_mut().clear();
         *self.current.borrow_mut() = Some(Current {
             id: self.next_attempt_id(),
+            job: id,
             attempt,
         });
 
-        let result = job.f.apply(&job.this, &job.args);
+        // A re-run reads the form controls as the first attempt did (`forms.rs`).
+        let result = job
+            .forms
+            .borrow_mut()
+            .around(|| job.f.apply(&job.this, &job.args));
 
         let Current { attempt, .. } = self.current.borrow_mut().take().expect("set above");
         *job.effects.borrow_mut() = Some(Effects {
@@ -71,14 +78,17 @@ impl Runtime {
     pub(crate) async fn run_async(&self, id: JobId, job: Rc<Job>) {
         let attempt = self.engine.borrow_mut().begin(id);
         let attempt_id = self.next_attempt_id();
-        self.async_attempts.borrow_mut().insert(attempt_id, attempt);
+        job.after_commit.borrow_mut().clear();
+        self.async_attempts
+            .borrow_mut()
+            .insert(attempt_id, (id, attempt));
         self.state.begin();
         let tx: JsValue = crate::tx::Tx::new(self.rc(), attempt_id).into();
         let result = match job.f.apply(&job.this, &Array::of1(&tx)) {
             Ok(p) => wasm_bindgen_futures::JsFuture::from(Promise::resolve(&p)).await,
             Err(e) => Err(e),
         };
-        let attempt = self
+        let (_, attempt) = self
             .async_attempts
             .borrow_mut()
             .remove(&attempt_id)
@@ -97,6 +107,35 @@ impl Runtime {
         self.drive();
     }
 
+    /// `mjolnir.afterCommit(f)` (or `tx.afterCommit(f)` for the attempt `attempt`): runs
+    /// `f` once the running transaction has committed (or finished with nothing to
+    /// commit), never if it fails, and only for the attempt that did; outside any
+    /// transaction, at once.
+    pub fn after_commit(&self, attempt: Option<u64>, f: Function) -> Result<(), JsValue> {
+        let job = match attempt {
+            Some(id) => self
+                .async_attempts
+                .borrow()
+                .get(&id)
+                .map(|(job, _)| *job)
+                .or_else(|| {
+                    self.current
+                        .borrow()
+                        .as_ref()
+                        .filter(|c| c.id == id)
+                        .map(|c| c.job)
+                }),
+            None => self.current.borrow().as_ref().map(|c| c.job),
+        };
+        match job.and_then(|j| self.job(j)) {
+            Some(job) => job.after_commit.borrow_mut().push(f),
+            None => {
+                f.call0(&JsValue::NULL)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn in_attempt(&self) -> bool {
         self.current.borrow().is_some()
     }
@@ -109,7 +148,7 @@ impl Runtime {
     /// is not it.
     pub fn write(&self, attempt_id: Option<u64>, key: Key, op: WriteOp) -> Result<(), JsValue> {
         if let Some(id) = attempt_id
-            && let Some(attempt) = self.async_attempts.borrow_mut().get_mut(&id)
+            && let Some((_, attempt)) = self.async_attempts.borrow_mut().get_mut(&id)
         {
             attempt.write(key, op);
             return Ok(());
@@ -138,7 +177,7 @@ impl Runtime {
         if let Some(c) = self.current.borrow_mut().as_mut().filter(|c| c.id == id) {
             return from(c.attempt.read(key.clone()));
         }
-        if let Some(a) = self.async_attempts.borrow_mut().get_mut(&id) {
+        if let Some((_, a)) = self.async_attempts.borrow_mut().get_mut(&id) {
             return from(a.read(key.clone()));
         }
         Ok(self
@@ -156,7 +195,7 @@ impl Runtime {
     /// After a fetch, moves an async attempt onto the refreshed cache.
     pub fn resnapshot(&self, id: u64) {
         let snapshot = self.engine.borrow().snapshot();
-        if let Some(a) = self.async_attempts.borrow_mut().get_mut(&id) {
+        if let Some((_, a)) = self.async_attempts.borrow_mut().get_mut(&id) {
             a.resnapshot(snapshot);
         }
     }

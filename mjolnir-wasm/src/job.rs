@@ -42,6 +42,10 @@ pub struct Job {
     /// value (`return false` in an inline handler) must reach the browser synchronously,
     /// before the commit is known.
     pub first_value: RefCell<Option<JsValue>>,
+    /// What the last attempt asked to run once it commits (`mjolnir.afterCommit`).
+    pub after_commit: RefCell<Vec<Function>>,
+    /// What its attempts read from form controls (the first one's reads win).
+    pub forms: RefCell<crate::forms::FormReads>,
     settling: RefCell<Settling>,
 }
 
@@ -55,6 +59,8 @@ impl Job {
             outcome: RefCell::new(Ok(JsValue::UNDEFINED)),
             effects: RefCell::new(None),
             first_value: RefCell::new(None),
+            after_commit: RefCell::new(Vec::new()),
+            forms: RefCell::new(Default::default()),
             settling: RefCell::new(Settling::Open),
         }
     }

@@ -17,6 +17,7 @@ pub mod convert;
 pub mod dom;
 pub mod error;
 pub mod events;
+pub mod forms;
 pub mod job;
 pub mod rows;
 pub mod runtime;

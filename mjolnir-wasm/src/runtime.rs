@@ -58,7 +58,7 @@ pub struct Runtime {
     pub(crate) current: RefCell<Option<Current>>,
     /// Attempts of async handlers, by attempt id: they stay open across awaits, while
     /// other code runs.
-    pub(crate) async_attempts: RefCell<HashMap<u64, Attempt>>,
+    pub(crate) async_attempts: RefCell<HashMap<u64, (JobId, Attempt)>>,
     pub(crate) next_attempt: Cell<u64>,
     pub(crate) tables: RefCell<BTreeMap<String, TableInfo>>,
     pub(crate) user: RefCell<Option<String>>,
@@ -72,6 +72,7 @@ impl Runtime {
     pub fn new(url: String, user: Option<String>) -> Rc<Runtime> {
         let client_id = format!("{:016x}", (js_sys::Math::random() * 2f64.powi(53)) as u64);
         let seed = (js_sys::Math::random() * 2f64.powi(53)) as u64;
+        crate::forms::install();
         Rc::new_cyclic(|me: &Weak<Runtime>| Runtime {
             me: me.clone(),
             state: PageState::new(&{
@@ -211,7 +212,7 @@ impl Runtime {
         }
     }
 
-    fn job(&self, id: JobId) -> Option<Rc<Job>> {
+    pub(crate) fn job(&self, id: JobId) -> Option<Rc<Job>> {
         self.jobs.borrow().get(&id).cloned()
     }
 
@@ -279,9 +280,20 @@ impl Runtime {
         };
         // Its effects stay for good, or were undone already.
         job.effects.borrow_mut().take();
+        let after_commit = std::mem::take(&mut *job.after_commit.borrow_mut());
         let outcome = job.outcome.borrow().clone();
         let result = match result {
-            Ok(_) => Ok(outcome.unwrap_or(JsValue::UNDEFINED)),
+            Ok(_) => {
+                for f in after_commit {
+                    if let Err(e) = f.call0(&JsValue::NULL) {
+                        web_sys::console::error_2(
+                            &"mjolnir: an afterCommit callback threw".into(),
+                            &e,
+                        );
+                    }
+                }
+                Ok(outcome.unwrap_or(JsValue::UNDEFINED))
+            }
             Err(Failure::Threw) => {
                 let err = outcome.err().unwrap_or(JsValue::UNDEFINED);
                 self.listeners.abort("error", None, Some(&err));

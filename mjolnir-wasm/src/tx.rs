@@ -57,6 +57,12 @@ impl Tx {
         }
     }
 
+    /// `tx.afterCommit(fn)`: runs `fn` once this transaction has committed.
+    #[wasm_bindgen(js_name = afterCommit)]
+    pub fn after_commit(&self, f: js_sys::Function) -> Result<(), JsValue> {
+        self.rt.after_commit(Some(self.id), f)
+    }
+
     /// `tx.kv`: `get(key)` returns a promise of the value.
     #[wasm_bindgen(getter)]
     pub fn kv(&self) -> TxKv {

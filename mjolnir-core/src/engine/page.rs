@@ -6,6 +6,7 @@ use crate::attempt::{Attempt, Finish};
 use crate::cache::{Cache, Snapshot};
 use crate::protocol::{Entry, ServerMessage};
 use crate::retry::RetryPolicy;
+use crate::speculation::Speculation;
 use crate::{ClientMessage, Key, TxnId, Version};
 use serde_json::Value;
 use std::collections::{BTreeSet, VecDeque};
@@ -36,8 +37,6 @@ enum Waiter {
 /// Where a job is.
 #[derive(Debug)]
 enum Phase {
-    /// Called, waiting for its turn.
-    Queued,
     /// [`Action::Run`] was given: the adapter runs (or is about to run) an attempt.
     Running,
     /// Waiting for its missed keys.
@@ -62,14 +61,31 @@ struct Job {
     pinned: Vec<Key>,
 }
 
-/// One page's client engine. Handlers run one at a time, in call order: a handler that
-/// must wait (for its commit, missed keys or a back-off) holds back the ones called after
-/// it, so no handler ever builds on effects that might still be rolled back.
+/// One page's client engine.
+///
+/// **Pipelined.** A handler runs as soon as it is called, even while earlier commits of
+/// the page are in flight, and its commit is sent at once. It sees the committed cache
+/// with the writes of the page's in-flight transactions on top (the [`Speculation`]), so
+/// its effect shows in the next frame; a read of a key an in-flight transaction wrote is
+/// sent as a dependency on that transaction. Each commit also names the page's previous
+/// commit still in flight (`follows`): the server decides a page's commits in the order
+/// they were sent, and refuses one whose predecessor did not commit.
+///
+/// **Cascade.** So when an in-flight transaction conflicts or is refused, every later one
+/// is known to fail too. Their effects are undone, latest first, then the failed one's;
+/// the failed one is retried (or fails), and the later ones run again, in their order, on
+/// top of the result. A job that waits (for missed keys, or a retry's back-off) steps out
+/// of the order: later handlers run and commit before it, and it runs on top of them.
 #[derive(Debug)]
 pub struct Engine {
     cache: Cache,
     requests: Requests<Waiter>,
     jobs: VecDeque<Job>,
+    /// Jobs whose commit is in flight, in send order.
+    inflight: Vec<JobId>,
+    /// Their writes, layered in that order: what attempts and templates see on top of
+    /// the cache.
+    speculation: Speculation,
     actions: VecDeque<Action>,
     policy: RetryPolicy,
     client_id: String,
@@ -92,6 +108,8 @@ impl Engine {
             cache: Cache::with_capacity(capacity),
             requests: Requests::new(),
             jobs: VecDeque::new(),
+            inflight: Vec::new(),
+            speculation: Speculation::new(),
             actions: VecDeque::new(),
             policy: RetryPolicy::default(),
             client_id,
@@ -147,30 +165,28 @@ impl Engine {
         sends
     }
 
-    /// A handler was called: a new job, run at once if no other job is in progress.
+    /// A handler was called: a new job, which runs at once.
     pub fn call(&mut self, _kind: Kind) -> JobId {
         let id = JobId(self.next_job);
         self.next_job += 1;
         self.jobs.push_back(Job {
             id,
-            phase: Phase::Queued,
+            phase: Phase::Running,
             conflicts: 0,
             misses: 0,
             pinned: Vec::new(),
         });
-        if self.jobs.len() == 1 {
-            self.run(id);
-        }
+        self.run(id);
         id
     }
 
     /// Starts an attempt of `job`, which [`Action::Run`] named: the attempt reads a
-    /// snapshot of the cache.
+    /// snapshot of the cache with the page's in-flight writes on top.
     pub fn begin(&mut self, job: JobId) -> Attempt {
         if let Some(j) = self.job_mut(job) {
             j.phase = Phase::Running;
         }
-        Attempt::new(self.cache.snapshot())
+        Attempt::speculating(self.cache.snapshot(), self.speculation.clone())
     }
 
     /// The attempt `attempt` of `job` ended. Decides what comes next: keep its effects
@@ -219,12 +235,21 @@ impl Engine {
                 self.actions.push_back(Action::Keep(job));
                 self.settle(job, Ok(None));
             }
-            Finish::Commit(msg) => {
+            Finish::Commit(mut msg) => {
                 self.actions.push_back(Action::Keep(job));
+                let mut pinned = pinned;
+                pinned.extend(written.iter().map(|(k, _)| k.clone()));
                 self.repin(job, pinned);
+                if let ClientMessage::Commit { follows, .. } = &mut msg {
+                    *follows = self.last_inflight_txn();
+                }
+                self.subscribe_to_new(&written);
+                self.speculation.push(&txn, &written);
+                self.changed(written.iter().map(|(k, _)| k.clone()).collect());
                 if let Some(j) = self.job_mut(job) {
                     j.phase = Phase::Committing { txn, written };
                 }
+                self.inflight.push(job);
                 if let Some(msg) = self.requests.commit(msg, Waiter::Commit(job)) {
                     self.actions.push_back(Action::Send(msg));
                 }
@@ -258,6 +283,9 @@ impl Engine {
     /// or `None` when it holds nothing, after asking the server for it once, so that a
     /// later read (a template's next render) finds it.
     pub fn peek(&mut self, key: &Key) -> Option<Option<Value>> {
+        if let Some(pending) = self.speculation.get(key) {
+            return Some(pending.value.clone());
+        }
         if let Some(cached) = self.cache.get(key) {
             return Some(cached.value.clone());
         }
@@ -269,6 +297,12 @@ impl Engine {
             self.actions.push_back(Action::Send(msg));
         }
         None
+    }
+
+    /// Whether what the page shows at `key` is an in-flight transaction's write, not yet
+    /// confirmed: for `data-mjolnir-pending`.
+    pub fn is_pending(&self, key: &Key) -> bool {
+        self.speculation.get(key).is_some()
     }
 
     /// The connection was (re)established and the server said welcome: everything still
@@ -300,7 +334,7 @@ impl Engine {
     pub fn message(&mut self, msg: ServerMessage) {
         match self.requests.deliver(msg) {
             Routed::Read(waiter, reply) => self.answered(waiter, reply),
-            Routed::Commit(Waiter::Commit(job), _, verdict) => self.verdict(job, verdict),
+            Routed::Commit(Waiter::Commit(job), txn, verdict) => self.verdict(job, txn, verdict),
             Routed::Commit(..) => {}
             Routed::Other(ServerMessage::Push { changes, .. }) => self.refresh(&changes),
             Routed::Other(ServerMessage::Error { id: None, error }) => self.actions.push_back(
@@ -345,14 +379,30 @@ impl Engine {
         }
     }
 
-    fn verdict(&mut self, job: JobId, verdict: Verdict) {
-        let Some(j) = self.job_mut(job) else { return };
-        let Phase::Committing { txn, written } = std::mem::replace(&mut j.phase, Phase::Running)
-        else {
+    fn verdict(&mut self, job: JobId, txn: TxnId, verdict: Verdict) {
+        let current = self
+            .jobs
+            .iter()
+            .find(|j| j.id == job)
+            .and_then(|j| match &j.phase {
+                Phase::Committing { txn: t, .. } => Some(t == &txn),
+                _ => None,
+            });
+        if current != Some(true) {
+            // A commit the page gave up on when an earlier one failed: the server refuses
+            // it too (it follows that one), and the job has run again since.
+            if matches!(verdict, Verdict::Committed(_)) {
+                self.actions.push_back(Action::Warn(format!(
+                    "the server committed {txn}, which follows a commit that failed"
+                )));
+            }
             return;
-        };
+        }
         match verdict {
             Verdict::Committed(version) => {
+                let Some(Phase::Committing { txn, written }) = self.take_inflight(job) else {
+                    return;
+                };
                 // The next handler should see this commit without waiting for its push
                 // (which carries the same version and, if the database changed the row,
                 // the final values).
@@ -365,20 +415,105 @@ impl Engine {
                     })
                     .collect();
                 self.refresh(&entries);
+                self.changed(entries.into_iter().map(|e| e.key).collect());
                 self.settle(job, Ok(Some(version)));
                 self.actions
                     .push_back(Action::Committed { job, txn, version });
-                self.next();
             }
             Verdict::Conflict(stale) => {
                 self.refresh(&stale);
-                self.actions.push_back(Action::Revert(job));
+                let later = self.cascade(job);
                 self.conflicted(job, stale.first().map(|e| e.key.clone()));
+                self.rerun(later);
             }
             Verdict::Rejected(error) => {
-                self.actions.push_back(Action::Revert(job));
+                let later = self.cascade(job);
                 self.settle(job, Err(Failure::Rejected(error)));
+                self.rerun(later);
             }
+        }
+    }
+
+    /// The in-flight `job` failed: it and every in-flight job sent after it (which the
+    /// server refuses, since each follows the one before) leave the pipeline, their
+    /// effects undone latest first. Returns the later jobs, in order, to run again.
+    fn cascade(&mut self, job: JobId) -> Vec<JobId> {
+        let Some(at) = self.inflight.iter().position(|j| *j == job) else {
+            return Vec::new();
+        };
+        let failed: Vec<JobId> = self.inflight.drain(at..).collect();
+        let mut keys = Vec::new();
+        for id in failed.iter().rev() {
+            self.actions.push_back(Action::Revert(*id));
+            if let Some(j) = self.job_mut(*id)
+                && let Phase::Committing { written, .. } =
+                    std::mem::replace(&mut j.phase, Phase::Running)
+            {
+                keys.extend(written.into_iter().map(|(k, _)| k));
+            }
+        }
+        self.respeculate();
+        self.changed(keys);
+        failed[1..].to_vec()
+    }
+
+    /// Runs again, in their order, the jobs a cascade undid.
+    fn rerun(&mut self, jobs: Vec<JobId>) {
+        for id in jobs {
+            self.run(id);
+        }
+    }
+
+    /// Takes `job` out of the pipeline, returning the phase it was in.
+    fn take_inflight(&mut self, job: JobId) -> Option<Phase> {
+        self.inflight.retain(|j| *j != job);
+        let phase = self
+            .job_mut(job)
+            .map(|j| std::mem::replace(&mut j.phase, Phase::Running));
+        self.respeculate();
+        phase
+    }
+
+    /// Rebuilds the speculation from the jobs in flight, in send order.
+    fn respeculate(&mut self) {
+        let mut speculation = Speculation::new();
+        for id in &self.inflight {
+            if let Some(Job {
+                phase: Phase::Committing { txn, written },
+                ..
+            }) = self.jobs.iter().find(|j| j.id == *id)
+            {
+                speculation.push(txn, written);
+            }
+        }
+        self.speculation = speculation;
+    }
+
+    /// The txn of the page's last commit in flight: what the next one follows.
+    fn last_inflight_txn(&self) -> Option<TxnId> {
+        let last = self.inflight.last()?;
+        self.jobs
+            .iter()
+            .find(|j| j.id == *last)
+            .and_then(|j| match &j.phase {
+                Phase::Committing { txn, .. } => Some(txn.clone()),
+                _ => None,
+            })
+    }
+
+    /// Reads the keys a commit writes that the cache does not hold (a row it inserts), so
+    /// that they are cached and subscribed once it commits, instead of vanishing from the
+    /// view until something reads them again.
+    fn subscribe_to_new(&mut self, written: &[(Key, Option<Value>)]) {
+        let new: Vec<Key> = written
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| !self.cache.contains_key(k) && !self.loading.contains(*k))
+            .cloned()
+            .collect();
+        if !new.is_empty() {
+            let msg = self.requests.read(new, Waiter::Refresh);
+            self.actions.push_back(Action::Send(msg));
         }
     }
 
@@ -421,26 +556,11 @@ impl Engine {
         self.actions.push_back(Action::Send(msg));
     }
 
-    /// Settles the job's promise and removes it; the next job runs, unless the caller
-    /// still has events to give first (a commit's).
+    /// Settles the job's promise and removes it.
     fn settle(&mut self, job: JobId, result: Result<Option<Version>, Failure>) {
         self.unpin_job(job);
         self.jobs.retain(|j| j.id != job);
-        let committed = matches!(result, Ok(Some(_)));
         self.actions.push_back(Action::Settle(job, result));
-        if !committed {
-            self.next();
-        }
-    }
-
-    /// Runs the first job if it is only queued.
-    fn next(&mut self) {
-        if let Some(first) = self.jobs.front()
-            && matches!(first.phase, Phase::Queued)
-        {
-            let id = first.id;
-            self.run(id);
-        }
     }
 
     fn run(&mut self, job: JobId) {

@@ -202,6 +202,8 @@ mod tests {
             reads: Default::default(),
             writes: Default::default(),
             first: true,
+            deps: Vec::new(),
+            follows: None,
         }
     }
 

@@ -116,7 +116,12 @@ impl Server {
                 vec![]
             }
             ClientMessage::Commit {
-                txn, reads, writes, ..
+                txn,
+                reads,
+                writes,
+                deps,
+                follows,
+                ..
             } => {
                 if let Some(version) = self.committed.get(&txn) {
                     return vec![ServerMessage::Committed {
@@ -124,11 +129,25 @@ impl Server {
                         version: *version,
                     }];
                 }
-                let stale: Vec<Entry> = reads
+                // Decided only if the commit it follows committed.
+                if follows.is_some_and(|t| !self.committed.contains_key(&t)) {
+                    return vec![ServerMessage::Conflict { txn, stale: vec![] }];
+                }
+                let mut stale: Vec<Entry> = reads
                     .iter()
                     .filter(|(k, v)| self.current(k) != *v)
                     .map(|(k, _)| self.entry(k))
                     .collect();
+                // A dependency holds if its transaction committed, nothing wrote the key
+                // since, and the key holds the value read.
+                for d in &deps {
+                    let holds = self.committed.get(&d.after).is_some_and(|v| {
+                        *v == self.current(&d.key) && self.entry(&d.key).value == d.value
+                    });
+                    if !holds {
+                        stale.push(self.entry(&d.key));
+                    }
+                }
                 if !stale.is_empty() {
                     return vec![ServerMessage::Conflict { txn, stale }];
                 }
@@ -154,6 +173,9 @@ struct Page {
     handlers: BTreeMap<JobId, Handler>,
     /// Jobs whose last attempt's effects are on the page.
     effects: BTreeSet<JobId>,
+    /// Every attempt's effects in the order they were made, for checking that undo goes
+    /// latest first.
+    applied: Vec<JobId>,
     settled: BTreeMap<JobId, Result<Option<Version>, Failure>>,
     timers: VecDeque<JobId>,
     committed_events: Vec<TxnId>,
@@ -171,6 +193,7 @@ impl Page {
             open: true,
             handlers: BTreeMap::new(),
             effects: BTreeSet::new(),
+            applied: Vec::new(),
             settled: BTreeMap::new(),
             timers: VecDeque::new(),
             committed_events: Vec::new(),
@@ -193,6 +216,16 @@ impl Page {
                 Action::Keep(job) => assert!(self.effects.contains(&job)),
                 Action::Revert(job) => {
                     assert!(self.effects.remove(&job), "{job:?} reverted twice");
+                    // Undo goes latest first: whatever was applied after this job's
+                    // effects and is still on the page is kept for good (settled).
+                    let at = self.applied.iter().rposition(|j| *j == job).unwrap();
+                    for later in &self.applied[at + 1..] {
+                        assert!(
+                            !self.effects.contains(later) || self.settled.contains_key(later),
+                            "{job:?} undone before {later:?}, applied after it"
+                        );
+                    }
+                    self.applied.remove(at);
                 }
                 Action::Wake(job, _) => self.timers.push_back(job),
                 Action::Settle(job, result) => {
@@ -204,7 +237,7 @@ impl Page {
                 }
                 Action::Committed { txn, .. } => self.committed_events.push(txn),
                 Action::Changed(_) | Action::Conflicted { .. } | Action::Fetched(..) => {}
-                Action::Warn(w) => panic!("warning: {w}"),
+                Action::Warn(w) => panic!("warning: {w}; server applied {:?}", self.server.applied),
             }
         }
     }
@@ -220,6 +253,7 @@ impl Page {
         let mut a = self.engine.begin(job);
         // Every attempt changes the page (its DOM, its state) as it runs.
         self.effects.insert(job);
+        self.applied.push(job);
         let count = |r: crate::Read| match r {
             crate::Read::Value(v) => Some(v.and_then(|v| v.as_i64()).unwrap_or(0)),
             crate::Read::Miss => None,
@@ -258,6 +292,9 @@ impl Page {
             }
             Step::ToServer => {
                 if let Some(msg) = self.up.pop_front() {
+                    if std::env::var("TRACE").is_ok() {
+                        eprintln!("-> {}", msg.to_json());
+                    }
                     let replies = self.server.handle(msg);
                     self.down.extend(replies);
                 }
@@ -433,33 +470,69 @@ fn a_read_outside_a_transaction_loads_once_and_then_hits() {
 }
 
 #[test]
-fn a_refused_commit_reverts_and_settles_and_the_next_job_runs() {
+fn pipelined_handlers_show_at_once_and_a_refusal_cascades_in_reverse() {
     let mut page = Page::new(100);
     page.step(Step::Call(Handler::Increment(0)));
-    page.step(Step::Call(Handler::Local));
     page.quiesce(); // the miss is fetched, the commit sent and answered
-    let txn = TxnId("p:2".into());
-    page.handlers.insert(JobId(3), Handler::Increment(0));
-    page.engine.call(Kind::Sync);
-    page.drain();
-    let Some(ClientMessage::Commit { txn: sent, .. }) = page.up.pop_front() else {
-        panic!("a commit")
+    assert_eq!(page.engine.peek(&key(0)), Some(Some(json!(1))));
+
+    // Five clicks with nothing delivered: each runs at once on the one before.
+    for _ in 0..5 {
+        page.step(Step::Call(Handler::Increment(0)));
+    }
+    assert_eq!(page.engine.peek(&key(0)), Some(Some(json!(6))));
+    assert!(page.engine.is_pending(&key(0)));
+    let sent: Vec<ClientMessage> = page.up.iter().cloned().collect();
+    assert_eq!(sent.len(), 5, "five commits in flight: {sent:?}");
+    for (n, msg) in sent.iter().enumerate() {
+        let ClientMessage::Commit {
+            txn,
+            reads,
+            deps,
+            follows,
+            ..
+        } = msg
+        else {
+            panic!("a commit")
+        };
+        assert_eq!(txn.0, format!("p:{}", n + 2));
+        if n == 0 {
+            assert_eq!(reads.len(), 1, "the first reads the committed version");
+            assert!(deps.is_empty() && follows.is_none());
+        } else {
+            assert!(reads.is_empty());
+            let before = TxnId(format!("p:{}", n + 1));
+            assert_eq!(deps[0].after, before, "reads the one before");
+            assert_eq!(deps[0].value, Some(json!(n + 1)));
+            assert_eq!(follows.as_ref(), Some(&before));
+        }
+    }
+
+    // The first commits; the second is refused (as if for a permission it lacks).
+    page.step(Step::ToServer);
+    page.step(Step::ToClient);
+    page.step(Step::ToClient); // its push
+    let Some(ClientMessage::Commit { txn, .. }) = page.up.pop_front() else {
+        panic!("the second commit")
     };
-    assert_eq!(sent, txn);
-    page.handlers.insert(JobId(4), Handler::Local);
-    page.engine.call(Kind::Sync);
-    page.drain();
-    assert!(
-        !page.settled.contains_key(&JobId(4)),
-        "waits behind the commit"
-    );
     let refusal = ServerMessage::Rejected {
         txn,
         error: crate::protocol::ErrorReply::new(crate::ErrorKind::Forbidden, "no"),
     };
     page.engine.receive(&refusal.to_json());
-    page.drain();
+    page.drain(); // the harness checks that undo went latest first
     assert!(matches!(page.settled[&JobId(3)], Err(Failure::Rejected(_))));
-    assert!(!page.effects.contains(&JobId(3)));
-    assert_eq!(page.settled[&JobId(4)], Ok(None));
+    // The later three ran again on top of the first: 2 + 3 = 5 on the page.
+    assert_eq!(page.engine.peek(&key(0)), Some(Some(json!(5))));
+
+    page.quiesce(); // their first sends are refused by the server (they follow the refused)
+    assert_eq!(page.server.db[&key(0)].1, json!(5));
+    assert_eq!(page.engine.pending(), 0);
+    assert!(!page.engine.is_pending(&key(0)));
+    for job in [2, 4, 5, 6] {
+        assert!(
+            matches!(page.settled[&JobId(job)], Ok(Some(_))),
+            "job {job}"
+        );
+    }
 }

@@ -63,6 +63,9 @@ pub struct Request<'a> {
     pub writes: &'a WriteSet,
     /// Reads of keys earlier transactions of this user wrote (see `mjolnir_core::deps`).
     pub deps: &'a [Dependency],
+    /// The page's previous commit, unanswered when this one was sent: this one is decided
+    /// only if that one committed (see `ClientMessage::Commit`).
+    pub follows: Option<&'a TxnId>,
     /// The first send of `txn` (see `recent.rs`).
     pub first: bool,
 }
@@ -94,9 +97,11 @@ impl Store {
             reads,
             writes,
             deps,
+            follows,
             first,
         } = request;
-        if txn.0.is_empty() || txn.0.len() > TxnId::MAX_LEN {
+        let bad_id = |t: &TxnId| t.0.is_empty() || t.0.len() > TxnId::MAX_LEN;
+        if bad_id(txn) || follows.is_some_and(bad_id) {
             return Ok(Outcome::Rejected(ErrorReply::new(
                 ErrorKind::Malformed,
                 format!("transaction ids are 1 to {} bytes", TxnId::MAX_LEN),
@@ -129,6 +134,16 @@ impl Store {
         if let Some(stale) = self.committer.known_stale(first, &plan) {
             return self.committer.finish(user, Decision::Stale(stale)).await;
         }
+        // A commit that follows another is decided only if that one committed. The one it
+        // follows came before it on this connection (or on an earlier one, answered
+        // there), so once the commits before it are decided, the record of committed ids
+        // says. Pipelined commits of one page thus go one decision at a time.
+        if let Some(before) = follows {
+            turn.after(Stage::Decided).await;
+            if !self.committed_as(user, before).await? {
+                return Ok(Outcome::Conflict { stale: Vec::new() });
+            }
+        }
         // Read-only commits write nothing and need no fsync: batching would only delay them.
         if plan.writes.is_empty() || self.knobs.group_commit <= 1 {
             turn.after(Stage::Decided).await;
@@ -145,6 +160,17 @@ impl Store {
         self.committer
             .submit(user.map(str::to_owned), txn.clone(), first, plan, turn)
             .await
+    }
+
+    /// Whether `txn` committed as `user`.
+    async fn committed_as(&self, user: Option<&str>, txn: &TxnId) -> Result<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM mjolnir.txns WHERE app_user = $1 AND txn = $2")
+                .bind(user.unwrap_or(""))
+                .bind(&txn.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
     }
 
     /// Resolves and checks everything that can be checked without the database, so a bad

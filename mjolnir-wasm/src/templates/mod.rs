@@ -51,6 +51,10 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{Element, MutationObserver, MutationObserverInit, MutationRecord, Node};
 
+/// Set (empty) on an element while a template it shows displays a write of this page that
+/// the server has not confirmed yet, so CSS can mark it (`[data-mjolnir-pending]`).
+pub const PENDING_ATTRIBUTE: &str = "data-mjolnir-pending";
+
 /// Elements whose text is code, not content: never templates.
 const RAW_TEXT: &str = "script, style";
 
@@ -82,6 +86,14 @@ impl Target {
         match self {
             Target::Text(_) => "",
             Target::Attribute(_, name) => name,
+        }
+    }
+
+    /// The element the target shows in: an attribute's, or a text node's parent.
+    fn element(&self) -> Option<Element> {
+        match self {
+            Target::Text(node) => node.parent_element(),
+            Target::Attribute(el, _) => Some(el.clone()),
         }
     }
 
@@ -230,6 +242,9 @@ impl Templates {
                             }
                         }
                     }
+                    // Our own pending mark is never a template.
+                    "attributes"
+                        if record.attribute_name().as_deref() == Some(PENDING_ATTRIBUTE) => {}
                     "attributes" => {
                         if let Some(el) = target.dyn_ref::<Element>()
                             && self.root.contains(Some(&target))
@@ -437,12 +452,18 @@ impl Templates {
 
     /// Evaluates every template and writes the ones whose output changed.
     pub fn render(&self) {
+        // Element → whether any template it shows is pending (see `PENDING_ATTRIBUTE`).
+        let pending = Map::new();
         let writes: Vec<(Target, String)> = {
             let mut bindings = self.bindings.borrow_mut();
             bindings
                 .iter_mut()
                 .filter_map(|b| {
-                    let out = parts::render(&self.rt, &b.parts);
+                    let (out, is_pending) = parts::render(&self.rt, &b.parts);
+                    if let Some(el) = b.target.element() {
+                        let before = pending.get(&el).is_truthy();
+                        pending.set(&el, &JsValue::from_bool(before || is_pending));
+                    }
                     b.shown.clone_from(&out);
                     (b.target.current().as_deref() != Some(out.as_str()))
                         .then(|| (b.target.clone(), out))
@@ -459,5 +480,14 @@ impl Templates {
                 }
             }
         }
+        pending.for_each(&mut |is_pending, el| {
+            let el: Element = el.unchecked_into();
+            let shown = el.has_attribute(PENDING_ATTRIBUTE);
+            if is_pending.is_truthy() && !shown {
+                let _ = el.set_attribute(PENDING_ATTRIBUTE, "");
+            } else if !is_pending.is_truthy() && shown {
+                let _ = el.remove_attribute(PENDING_ATTRIBUTE);
+            }
+        });
     }
 }

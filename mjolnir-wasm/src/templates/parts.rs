@@ -42,10 +42,12 @@ pub(super) fn parse(text: &str) -> Vec<Part> {
     parts
 }
 
-/// The output of `parts` now, read outside any transaction.
-pub(super) fn render(rt: &Runtime, parts: &[Part]) -> String {
-    let mut scope = PageScope { rt };
-    parts.iter().map(|p| render_part(p, &mut scope)).collect()
+/// The output of `parts` now, read outside any transaction, and whether any of it shows
+/// a write of the page's that the server has not confirmed yet.
+pub(super) fn render(rt: &Runtime, parts: &[Part]) -> (String, bool) {
+    let mut scope = PageScope { rt, pending: false };
+    let out = parts.iter().map(|p| render_part(p, &mut scope)).collect();
+    (out, scope.pending)
 }
 
 fn render_part(part: &Part, scope: &mut PageScope<'_>) -> String {
@@ -60,13 +62,17 @@ fn render_part(part: &Part, scope: &mut PageScope<'_>) -> String {
     }
 }
 
-/// Templates read the cache as it is, outside any transaction.
+/// Templates read what the page sees, outside any transaction: the cache with the page's
+/// in-flight writes on top.
 struct PageScope<'a> {
     rt: &'a Runtime,
+    /// Whether a key read so far is an in-flight write.
+    pending: bool,
 }
 
 impl PageScope<'_> {
-    fn lookup(&self, key: Key) -> Option<Value> {
+    fn lookup(&mut self, key: Key) -> Option<Value> {
+        self.pending |= self.rt.engine.borrow().is_pending(&key);
         // Not cached: shown as loading, and the read starts loading it.
         self.rt.peek(&key).map(|v| v.unwrap_or(Value::Null))
     }
