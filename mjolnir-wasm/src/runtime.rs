@@ -189,6 +189,9 @@ impl Runtime {
         let id = self.engine.borrow_mut().call(kind);
         self.jobs.borrow_mut().insert(id, job.clone());
         self.drive();
+        if kind == Kind::Sync && job.settled().is_none() {
+            job.forms.borrow().keep_the_moment();
+        }
         job
     }
 
