@@ -7,11 +7,12 @@
 //! promises (`job.rs`), tells listeners (`events.rs`), keeps the socket
 //! (`connection.rs`) and sets timers.
 //!
-//! Today's order: handlers run one at a time, in the order they were called. A handler's
-//! attempt runs synchronously, so inside it the page is exactly as JavaScript promises:
-//! nothing else runs. Its effects (page state, DOM, buffered writes) stay visible while its
-//! commit is in flight; a later handler waits for that commit. On a conflict the effects
-//! are rolled back, the cache is refreshed from the reply, and the handler runs again.
+//! A handler runs as soon as it is called (the engine pipelines: see its docs). Its attempt
+//! runs synchronously, so inside it the page is exactly as JavaScript promises: nothing
+//! else runs. Its effects (page state, DOM, buffered writes) stay visible while its commit
+//! is in flight, and later handlers build on them; when a commit fails, the engine asks
+//! for its effects and those of every later one in flight to be undone, latest first, and
+//! for the later ones to run again.
 //!
 //! Borrow discipline: no `RefCell` of the runtime is borrowed while user JavaScript runs
 //! (handlers, listeners), since that JavaScript may call back into the runtime, even into
