@@ -168,6 +168,12 @@ impl Attempt {
         &self.txn.writes
     }
 
+    /// Whether the attempt read and wrote nothing of the server's (not even a pending
+    /// write of the page): it needs no commit, and no txn id.
+    pub fn is_local(&self) -> bool {
+        self.txn.reads.is_empty() && self.txn.writes.is_empty() && self.deps.is_empty()
+    }
+
     pub fn has_misses(&self) -> bool {
         !self.misses.is_empty()
     }
@@ -208,10 +214,10 @@ impl Attempt {
         if !self.misses.is_empty() {
             return Finish::Missed(self.misses.into_iter().collect());
         }
-        let Transaction { reads, writes } = self.txn;
-        if reads.is_empty() && writes.is_empty() && self.deps.is_empty() {
+        if self.is_local() {
             return Finish::Nothing;
         }
+        let Transaction { reads, writes } = self.txn;
         Finish::Commit(ClientMessage::Commit {
             txn,
             reads,

@@ -195,6 +195,7 @@ impl Engine {
         if self.job_mut(job).is_none() {
             return;
         }
+        let pinned: Vec<Key> = attempt.keys().cloned().collect();
         if ended == Ended::Threw {
             // A miss is recorded in the attempt even if the handler caught the signal.
             let missed = attempt.missed_keys();
@@ -207,7 +208,7 @@ impl Engine {
                 .map(|(k, _)| k.clone());
             self.actions.push_back(Action::Revert(job));
             if !missed.is_empty() {
-                self.missed(job, missed);
+                self.missed(job, missed, pinned);
             } else if stale {
                 self.conflicted(job, moved);
             } else {
@@ -215,10 +216,8 @@ impl Engine {
             }
             return;
         }
-        let pinned: Vec<Key> = attempt.keys().cloned().collect();
         // An attempt that read and wrote nothing of the server's needs no txn id.
-        let needs_id =
-            !attempt.has_misses() && (!attempt.reads().is_empty() || !attempt.writes().is_empty());
+        let needs_id = !attempt.has_misses() && !attempt.is_local();
         let txn = if needs_id {
             self.next_txn += 1;
             TxnId(format!("{}:{}", self.client_id, self.next_txn - 1))
@@ -229,7 +228,7 @@ impl Engine {
         match attempt.finish(txn.clone()) {
             Finish::Missed(keys) => {
                 self.actions.push_back(Action::Revert(job));
-                self.missed(job, keys);
+                self.missed(job, keys, pinned);
             }
             Finish::Nothing => {
                 self.actions.push_back(Action::Keep(job));
@@ -543,15 +542,18 @@ impl Engine {
         }
     }
 
-    /// The job's attempt missed `keys`: fetch them, then run it again.
-    fn missed(&mut self, job: JobId, keys: Vec<Key>) {
+    /// The job's attempt missed `keys`: fetch them, then run it again. `pinned` (what the
+    /// attempt read, and missed) stays in the cache meanwhile: a key it read and did not
+    /// miss, evicted while the others are fetched, would be missed by the next run, and
+    /// two jobs could go on evicting each other's keys for ever.
+    fn missed(&mut self, job: JobId, keys: Vec<Key>, pinned: Vec<Key>) {
         let Some(j) = self.job_mut(job) else { return };
         j.misses += 1;
         if j.misses > MAX_MISS_ROUNDS {
             return self.settle(job, Err(Failure::TooManyMisses));
         }
         j.phase = Phase::Fetching;
-        self.repin(job, keys.clone());
+        self.repin(job, pinned);
         let msg = self.requests.read(keys, Waiter::Fetch(job));
         self.actions.push_back(Action::Send(msg));
     }

@@ -30,6 +30,9 @@ enum Handler {
     Move(u64, u64),
     /// Reads a counter and throws: the app's own error.
     Throw(u64),
+    /// Reads a counter, writes nothing: a read-only transaction (of a pending value, if
+    /// one is in flight).
+    Peek(u64),
     /// Touches nothing of the server's: done at once.
     Local,
 }
@@ -123,6 +126,11 @@ impl Server {
                 follows,
                 ..
             } => {
+                if txn.0.is_empty() {
+                    let error =
+                        crate::protocol::ErrorReply::new(crate::ErrorKind::Malformed, "no txn id");
+                    return vec![ServerMessage::Rejected { txn, error }];
+                }
                 if let Some(version) = self.committed.get(&txn) {
                     return vec![ServerMessage::Committed {
                         txn,
@@ -272,6 +280,10 @@ impl Page {
                 }
                 Ended::Returned
             }
+            Handler::Peek(k) => {
+                let _ = a.read(key(k));
+                Ended::Returned
+            }
             Handler::Throw(k) => {
                 let _ = a.read(key(k));
                 Ended::Threw
@@ -377,6 +389,7 @@ fn handler() -> impl Strategy<Value = Handler> {
         4 => (0..KEYS).prop_map(Handler::Increment),
         2 => (0..KEYS, 0..KEYS).prop_filter("two keys", |(a, b)| a != b).prop_map(|(a, b)| Handler::Move(a, b)),
         1 => (0..KEYS).prop_map(Handler::Throw),
+        1 => (0..KEYS).prop_map(Handler::Peek),
         1 => Just(Handler::Local),
     ]
 }
@@ -535,4 +548,26 @@ fn pipelined_handlers_show_at_once_and_a_refusal_cascades_in_reverse() {
             "job {job}"
         );
     }
+}
+
+/// A read-only handler that reads only what an in-flight transaction of the page wrote is
+/// still a transaction: validated by a commit with a dependency, under a txn id of its own.
+#[test]
+fn a_read_of_a_pending_write_alone_is_committed_under_its_own_id() {
+    let mut page = Page::new(100);
+    page.step(Step::Call(Handler::Increment(0)));
+    page.quiesce();
+    page.step(Step::Call(Handler::Increment(0))); // in flight
+    page.step(Step::Call(Handler::Peek(0)));
+    let Some(ClientMessage::Commit { txn, deps, .. }) = page.up.back().cloned() else {
+        panic!("the peek is sent")
+    };
+    assert!(!txn.0.is_empty());
+    assert_eq!(deps.len(), 1);
+    page.quiesce();
+    assert!(
+        matches!(page.settled[&JobId(3)], Ok(Some(_))),
+        "{:?}",
+        page.settled
+    );
 }
