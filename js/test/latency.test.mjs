@@ -123,6 +123,9 @@ describe(`two pages racing on one counter, one of them slow to hear back`, () =>
   });
 
   test("the loser's pipelined handlers are undone latest first, run again, and both pages converge", async () => {
+    // Between its bumps the slow page runs two page-only handlers: `note` changes the same
+    // list and state entry as the bumps, so the cascade undoes it in its place and runs it
+    // again; `tick` changes only its own node, so the cascade leaves it alone.
     const start = dbCount();
     await slow.evaluate(async () => {
       const m = await mjolnir.ready;
@@ -140,21 +143,37 @@ describe(`two pages racing on one counter, one of them slow to hear back`, () =>
         list.append(li);
         m.state.bumps = [...(m.state.bumps ?? []), c.n];
       });
+      window.runs = { note: 0, tick: 0 };
+      window.note = m.atomic(() => {
+        window.runs.note += 1;
+        const li = document.createElement('li');
+        li.textContent = 'note';
+        list.append(li);
+        m.state.bumps = [...(m.state.bumps ?? []), 'note'];
+      });
+      const ticks = document.createElement('span');
+      ticks.id = 'ticks';
+      ticks.textContent = '0';
+      document.body.append(ticks);
+      window.tick = m.atomic(() => {
+        window.runs.tick += 1;
+        ticks.textContent = String(Number(ticks.textContent) + 1);
+      });
     });
     // The fast page commits first; the slow one has not heard of it when it bumps.
     await fast.evaluate(() => document.getElementById('shared').click());
     await until(dbCount, (n) => n === start + 1, { what: 'the fast commit', timeoutMs: 10_000 });
     const shown = await slow.evaluate(async () => {
-      const done = [window.bump(), window.bump(), window.bump()];
+      const done = [window.bump(), window.note(), window.tick(), window.bump(), window.bump()];
       window.settled = Promise.all(done);
       await new Promise((r) => requestAnimationFrame(() => r()));
       return {
-        list: [...document.querySelectorAll('#bumps li')].map((li) => Number(li.textContent)),
+        list: [...document.querySelectorAll('#bumps li')].map((li) => li.textContent),
         pending: document.getElementById('count').hasAttribute('data-mjolnir-pending'),
       };
     });
     // At once, on what the slow page knew: its own three, speculatively.
-    assert.deepEqual(shown.list, [start + 1, start + 2, start + 3]);
+    assert.deepEqual(shown.list, [start + 1, 'note', start + 2, start + 3].map(String));
     assert.equal(shown.pending, true, 'the count is marked pending');
 
     await slow.evaluate(async () => {
@@ -162,16 +181,22 @@ describe(`two pages racing on one counter, one of them slow to hear back`, () =>
       await new Promise((r) => requestAnimationFrame(() => r())); // templates render per frame
     });
     const end = await slow.evaluate(() => ({
-      list: [...document.querySelectorAll('#bumps li')].map((li) => Number(li.textContent)),
-      state: mjolnir.state.bumps,
+      list: [...document.querySelectorAll('#bumps li')].map((li) => li.textContent),
+      state: mjolnir.state.bumps.map(String),
+      runs: window.runs,
+      ticks: document.getElementById('ticks').textContent,
       aborts: window.aborts,
       pending: document.getElementById('count').hasAttribute('data-mjolnir-pending'),
     }));
     assert.ok(end.aborts.includes('conflict'), `the first bump conflicted: ${JSON.stringify(end.aborts)}`);
     // Undone (DOM and state) and run again on the fast page's commit: no trace of the
-    // first runs, each count once.
-    assert.deepEqual(end.list, [start + 2, start + 3, start + 4]);
-    assert.deepEqual(end.state, [start + 2, start + 3, start + 4]);
+    // first runs, each count once; the note once, in DOM and state alike (undone out of
+    // order, the first bump's undo would have put back the state from before the note).
+    assert.deepEqual(end.list.filter((x) => x !== 'note'), [start + 2, start + 3, start + 4].map(String));
+    assert.equal(end.list.filter((x) => x === 'note').length, 1);
+    assert.deepEqual(end.state, end.list);
+    assert.deepEqual(end.runs, { note: 2, tick: 1 }, 'the note ran again, the tick did not');
+    assert.equal(end.ticks, '1');
     assert.equal(end.pending, false);
     assert.equal(dbCount(), start + 4);
     for (const page of [fast, slow]) {

@@ -51,6 +51,10 @@ pub struct Attempt {
     /// Reads of keys an in-flight transaction of the page wrote, by key.
     deps: BTreeMap<Key, Dependency>,
     misses: BTreeSet<Key>,
+    /// What it changed on the page (DOM nodes, state entries), as ids its adapter gives
+    /// them: a page-only handler whose effects overlap a failed transaction's is undone
+    /// with it (see [`crate::engine::Engine`]).
+    touched: BTreeSet<u64>,
 }
 
 impl Attempt {
@@ -68,7 +72,20 @@ impl Attempt {
             txn: Transaction::new(),
             deps: BTreeMap::new(),
             misses: BTreeSet::new(),
+            touched: BTreeSet::new(),
         }
+    }
+
+    /// Records that the attempt changed these effects of the page. An adapter must give
+    /// one id to one DOM node or state entry for the page's life, and never the same id
+    /// to two.
+    pub fn touch(&mut self, effects: impl IntoIterator<Item = u64>) {
+        self.touched.extend(effects);
+    }
+
+    /// The page effects recorded with [`Attempt::touch`].
+    pub fn touched(&self) -> &BTreeSet<u64> {
+        &self.touched
     }
 
     /// Reads `key`: the snapshot's value with this attempt's own writes applied.

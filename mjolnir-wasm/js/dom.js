@@ -50,12 +50,42 @@ export class Journal {
   }
 }
 
+// Ids of the nodes an attempt changed, for the engine to tell which attempts overlap (see
+// `Changes.footprint`). Even numbers: state entries take the odd ones (state.js).
+const nodeIds = new WeakMap();
+let nextNodeId = 0;
+function nodeId(node) {
+  let id = nodeIds.get(node);
+  if (id === undefined) {
+    id = nextNodeId += 2;
+    nodeIds.set(node, id);
+  }
+  return id;
+}
+
 /** What one attempt changed: its mutation records and the form controls it changed. */
 class Changes {
   constructor(records, controls) {
     this.records = records;
     // [element, before, after, …] for each control whose properties differ.
     this.controls = controls;
+  }
+
+  /**
+   * The ids of the nodes the attempt changed: each record's target and the nodes it added
+   * or removed, and each form control it changed. Two attempts whose footprints share an
+   * id must be undone in reverse order; others may be undone in any order.
+   */
+  footprint() {
+    const ids = new Set();
+    for (const r of this.records) {
+      ids.add(nodeId(r.target));
+      for (const node of r.addedNodes ?? []) ids.add(nodeId(node));
+      for (const node of r.removedNodes ?? []) ids.add(nodeId(node));
+    }
+    const c = this.controls;
+    if (c !== null) for (let i = 0; i < c.length; i += 3) ids.add(nodeId(c[i]));
+    return [...ids];
   }
 
   /**

@@ -16,6 +16,8 @@ export class PageState {
   /** `onChange()` is called after each write made outside any attempt. */
   constructor(onChange) {
     this.values = new Map();
+    // The id of each name any attempt wrote (`footprint`).
+    this.ids = new Map();
     this.onChange = onChange;
     // Whether an attempt is open, and its undo log: [name, had, old, name, had, old, …],
     // created at the attempt's first write (an attempt that writes nothing allocates none).
@@ -72,6 +74,24 @@ export class PageState {
     this.open = false;
     this.log = null;
     return log;
+  }
+
+  /**
+   * The ids of the names an attempt wrote, given its log: odd numbers, one per name for the
+   * page's life (DOM nodes take the even ones, dom.js), so the engine can tell which
+   * attempts changed the same entries.
+   */
+  footprint(log) {
+    const ids = [];
+    for (let i = 0; i < log.length; i += 3) {
+      let id = this.ids.get(log[i]);
+      if (id === undefined) {
+        id = 2 * this.ids.size + 1;
+        this.ids.set(log[i], id);
+      }
+      ids.push(id);
+    }
+    return ids;
   }
 
   /** Undoes an attempt's writes, given the log `end()` returned. */

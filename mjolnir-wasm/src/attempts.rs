@@ -57,11 +57,16 @@ impl Runtime {
             .borrow_mut()
             .around(|| job.f.apply(&job.this, &job.args));
 
-        let Current { attempt, .. } = self.current.borrow_mut().take().expect("set above");
-        *job.effects.borrow_mut() = Some(Effects {
+        let Current { mut attempt, .. } = self.current.borrow_mut().take().expect("set above");
+        let effects = Effects {
             state: self.state.finish(),
             dom: journal.and_then(|j| j.finish().ok()),
-        });
+        };
+        attempt.touch(self.state.footprint(&effects.state));
+        if let Some(dom) = &effects.dom {
+            attempt.touch(dom.footprint());
+        }
+        *job.effects.borrow_mut() = Some(effects);
         let ended = if result.is_ok() {
             Ended::Returned
         } else {
@@ -88,15 +93,14 @@ impl Runtime {
             Ok(p) => wasm_bindgen_futures::JsFuture::from(Promise::resolve(&p)).await,
             Err(e) => Err(e),
         };
-        let (_, attempt) = self
+        let (_, mut attempt) = self
             .async_attempts
             .borrow_mut()
             .remove(&attempt_id)
             .expect("inserted above");
-        *job.effects.borrow_mut() = Some(Effects {
-            state: self.state.finish(),
-            dom: None,
-        });
+        let state = self.state.finish();
+        attempt.touch(self.state.footprint(&state));
+        *job.effects.borrow_mut() = Some(Effects { state, dom: None });
         let ended = if result.is_ok() {
             Ended::Returned
         } else {

@@ -70,6 +70,9 @@ extern "C" {
 
     #[wasm_bindgen(method)]
     fn revert(this: &Changes);
+
+    #[wasm_bindgen(method, js_name = footprint)]
+    fn footprint_ids(this: &Changes) -> js_sys::Array;
 }
 
 /// Records the DOM changes of one handler attempt. Started before the attempt, finished
@@ -118,6 +121,16 @@ impl DomChanges {
         self.0.is_none()
     }
 
+    /// Ids of the nodes the attempt changed (even numbers, one per node for the page's
+    /// life): what [`mjolnir_core::Attempt::touch`] records, so that the engine undoes
+    /// overlapping attempts latest first.
+    pub fn footprint(&self) -> Vec<u64> {
+        match &self.0 {
+            Some(changes) => ids(&changes.footprint_ids()),
+            None => Vec::new(),
+        }
+    }
+
     /// Undoes the attempt's changes: the records in reverse order, then the form controls'
     /// properties, for each control that still shows what the attempt left. One that
     /// differs was changed since, by the user typing while the commit was in flight, say:
@@ -131,4 +144,13 @@ impl DomChanges {
             changes.revert();
         }
     }
+}
+
+/// The numbers of a JavaScript array of effect ids.
+pub(crate) fn ids(array: &js_sys::Array) -> Vec<u64> {
+    array
+        .iter()
+        .filter_map(|v| v.as_f64())
+        .map(|f| f as u64)
+        .collect()
 }

@@ -266,6 +266,9 @@ impl Runtime {
             Action::Changed(keys) => self.listeners.change(&keys),
             Action::Conflicted { key, .. } => self.listeners.abort("conflict", key.as_ref(), None),
             Action::Settle(id, result) => self.settle(id, result),
+            Action::Release(id) => {
+                self.jobs.borrow_mut().remove(&id);
+            }
             Action::Committed { txn, version, .. } => self.listeners.commit(&txn, version),
             Action::Fetched(id, result) => {
                 if let Some(tx) = self.fetches.borrow_mut().remove(&id) {
@@ -279,11 +282,11 @@ impl Runtime {
     }
 
     fn settle(&self, id: JobId, result: Result<Option<mjolnir_core::Version>, Failure>) {
-        let Some(job) = self.jobs.borrow_mut().remove(&id) else {
+        // Kept until its release: a cascade may still undo a page-only job's effects and
+        // run it again.
+        let Some(job) = self.job(id) else {
             return;
         };
-        // Its effects stay for good, or were undone already.
-        job.effects.borrow_mut().take();
         let after_commit = std::mem::take(&mut *job.after_commit.borrow_mut());
         let outcome = job.outcome.borrow().clone();
         let result = match result {

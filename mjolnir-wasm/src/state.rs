@@ -45,6 +45,9 @@ extern "C" {
 
     #[wasm_bindgen(method, js_name = revert)]
     fn revert_log(this: &PageState, log: &JsValue);
+
+    #[wasm_bindgen(method, js_name = footprint)]
+    fn footprint_ids(this: &PageState, log: &JsValue) -> js_sys::Array;
 }
 
 /// What one attempt wrote to the page state, with the values before: enough to undo it.
@@ -62,6 +65,15 @@ impl PageState {
     /// Ends the attempt's log.
     pub fn finish(&self) -> UndoLog {
         UndoLog(self.end())
+    }
+
+    /// Ids of the names an attempt wrote (odd numbers, one per name for the page's
+    /// life), for [`mjolnir_core::Attempt::touch`].
+    pub fn footprint(&self, log: &UndoLog) -> Vec<u64> {
+        if log.is_empty() {
+            return Vec::new();
+        }
+        crate::dom::ids(&self.footprint_ids(&log.0))
     }
 
     /// Undoes an attempt's writes.

@@ -68,8 +68,13 @@ pub enum Action {
     /// The job's attempt conflicted and will run again (or fail, if the policy is spent).
     Conflicted { job: JobId, key: Option<Key> },
     /// The job's promise settles: committed at a version, done with nothing to commit
-    /// (`None`), or failed.
+    /// (`None`), or failed. Given once per job.
     Settle(JobId, Result<Option<Version>, Failure>),
+    /// The engine will never run the job again: its handler and its effects' undo record
+    /// can go. Usually right after its [`Action::Settle`]; for a page-only handler that
+    /// finished while an earlier commit of the page was in flight, only once that commit
+    /// is decided, since until then a cascade may undo it and run it again.
+    Release(JobId),
     /// The job committed: for the page's `commit` event, after its `Settle`.
     Committed {
         job: JobId,

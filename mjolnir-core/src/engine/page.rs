@@ -1,15 +1,19 @@
 //! [`Engine`]: one page's transactions, its cache and its requests.
 
 use super::action::{Action, Ended, Failure, FetchId, JobId, Kind};
-use super::requests::{Requests, Routed, Verdict};
+use super::requests::{Requests, Routed};
 use crate::attempt::{Attempt, Finish};
 use crate::cache::{Cache, Snapshot};
 use crate::protocol::{Entry, ServerMessage};
 use crate::retry::RetryPolicy;
 use crate::speculation::Speculation;
-use crate::{ClientMessage, Key, TxnId, Version};
+use crate::{ClientMessage, Key, TxnId};
 use serde_json::Value;
 use std::collections::{BTreeSet, VecDeque};
+
+mod pipeline;
+
+use pipeline::Kept;
 
 /// How many times one handler may stop on cache misses before it is given up: a handler
 /// that reads different keys on every run would otherwise never finish.
@@ -59,6 +63,9 @@ struct Job {
     misses: u32,
     /// Keys kept from eviction while the job waits: what its last attempt read or missed.
     pinned: Vec<Key>,
+    /// Its promise has settled: a page-only job that a cascade runs again (its result
+    /// goes nowhere, and it settles no second time).
+    settled: bool,
 }
 
 /// One page's client engine.
@@ -76,6 +83,13 @@ struct Job {
 /// the failed one is retried (or fails), and the later ones run again, in their order, on
 /// top of the result. A job that waits (for missed keys, or a retry's back-off) steps out
 /// of the order: later handlers run and commit before it, and it runs on top of them.
+///
+/// **Page-only handlers.** A handler that reads and writes nothing of the server's is
+/// done at once, whatever is in flight, and its promise settles then. The cascade leaves
+/// it alone unless it changed a DOM node or state entry that an undone job also changed:
+/// then it is undone too, in its place (latest first on every effect), and run again after
+/// (its promise stays as it settled). So the engine keeps each job's page effects
+/// ([`Attempt::touch`]) while an earlier commit of the page is in flight.
 #[derive(Debug)]
 pub struct Engine {
     cache: Cache,
@@ -83,6 +97,9 @@ pub struct Engine {
     jobs: VecDeque<Job>,
     /// Jobs whose commit is in flight, in send order.
     inflight: Vec<JobId>,
+    /// The effects on the page since the oldest commit in flight, in the order they were
+    /// made: every commit in flight, and the page-only jobs after the first of them.
+    kept: Vec<Kept>,
     /// Their writes, layered in that order: what attempts and templates see on top of
     /// the cache.
     speculation: Speculation,
@@ -109,6 +126,7 @@ impl Engine {
             requests: Requests::new(),
             jobs: VecDeque::new(),
             inflight: Vec::new(),
+            kept: Vec::new(),
             speculation: Speculation::new(),
             actions: VecDeque::new(),
             policy: RetryPolicy::default(),
@@ -141,7 +159,7 @@ impl Engine {
 
     /// Jobs called and not yet settled.
     pub fn pending(&self) -> usize {
-        self.jobs.len()
+        self.jobs.iter().filter(|j| !j.settled).count()
     }
 
     /// The next thing the adapter must do, if any.
@@ -175,6 +193,7 @@ impl Engine {
             conflicts: 0,
             misses: 0,
             pinned: Vec::new(),
+            settled: false,
         });
         self.run(id);
         id
@@ -196,6 +215,7 @@ impl Engine {
             return;
         }
         let pinned: Vec<Key> = attempt.keys().cloned().collect();
+        let touched = attempt.touched().clone();
         if ended == Ended::Threw {
             // A miss is recorded in the attempt even if the handler caught the signal.
             let missed = attempt.missed_keys();
@@ -232,10 +252,22 @@ impl Engine {
             }
             Finish::Nothing => {
                 self.actions.push_back(Action::Keep(job));
+                if !self.inflight.is_empty() {
+                    self.kept.push(Kept {
+                        job,
+                        touched,
+                        local: true,
+                    });
+                }
                 self.settle(job, Ok(None));
             }
             Finish::Commit(mut msg) => {
                 self.actions.push_back(Action::Keep(job));
+                self.kept.push(Kept {
+                    job,
+                    touched,
+                    local: false,
+                });
                 let mut pinned = pinned;
                 pinned.extend(written.iter().map(|(k, _)| k.clone()));
                 self.repin(job, pinned);
@@ -378,170 +410,6 @@ impl Engine {
         }
     }
 
-    fn verdict(&mut self, job: JobId, txn: TxnId, verdict: Verdict) {
-        let current = self
-            .jobs
-            .iter()
-            .find(|j| j.id == job)
-            .and_then(|j| match &j.phase {
-                Phase::Committing { txn: t, .. } => Some(t == &txn),
-                _ => None,
-            });
-        if current != Some(true) {
-            // A commit the page gave up on when an earlier one failed: the server refuses
-            // it too (it follows that one), and the job has run again since.
-            if matches!(verdict, Verdict::Committed(_)) {
-                self.actions.push_back(Action::Warn(format!(
-                    "the server committed {txn}, which follows a commit that failed"
-                )));
-            }
-            return;
-        }
-        match verdict {
-            Verdict::Committed(version) => {
-                let Some(Phase::Committing { txn, written }) = self.take_inflight(job) else {
-                    return;
-                };
-                // The next handler should see this commit without waiting for its push
-                // (which carries the same version and, if the database changed the row,
-                // the final values).
-                let entries: Vec<Entry> = written
-                    .into_iter()
-                    .map(|(key, value)| Entry {
-                        key,
-                        version,
-                        value,
-                    })
-                    .collect();
-                self.refresh(&entries);
-                self.changed(entries.into_iter().map(|e| e.key).collect());
-                self.settle(job, Ok(Some(version)));
-                self.actions
-                    .push_back(Action::Committed { job, txn, version });
-            }
-            Verdict::Conflict(stale) => {
-                self.refresh(&stale);
-                let later = self.cascade(job);
-                self.conflicted(job, stale.first().map(|e| e.key.clone()));
-                self.rerun(later);
-            }
-            Verdict::Rejected(error) => {
-                let later = self.cascade(job);
-                self.settle(job, Err(Failure::Rejected(error)));
-                self.rerun(later);
-            }
-        }
-    }
-
-    /// The in-flight `job` failed: it and every in-flight job sent after it (which the
-    /// server refuses, since each follows the one before) leave the pipeline, their
-    /// effects undone latest first. Returns the later jobs, in order, to run again.
-    fn cascade(&mut self, job: JobId) -> Vec<JobId> {
-        let Some(at) = self.inflight.iter().position(|j| *j == job) else {
-            return Vec::new();
-        };
-        let failed: Vec<JobId> = self.inflight.drain(at..).collect();
-        let mut keys = Vec::new();
-        for id in failed.iter().rev() {
-            self.actions.push_back(Action::Revert(*id));
-            if let Some(j) = self.job_mut(*id)
-                && let Phase::Committing { written, .. } =
-                    std::mem::replace(&mut j.phase, Phase::Running)
-            {
-                keys.extend(written.into_iter().map(|(k, _)| k));
-            }
-        }
-        self.respeculate();
-        self.changed(keys);
-        failed[1..].to_vec()
-    }
-
-    /// Runs again, in their order, the jobs a cascade undid.
-    fn rerun(&mut self, jobs: Vec<JobId>) {
-        for id in jobs {
-            self.run(id);
-        }
-    }
-
-    /// Takes `job` out of the pipeline, returning the phase it was in.
-    fn take_inflight(&mut self, job: JobId) -> Option<Phase> {
-        self.inflight.retain(|j| *j != job);
-        let phase = self
-            .job_mut(job)
-            .map(|j| std::mem::replace(&mut j.phase, Phase::Running));
-        self.respeculate();
-        phase
-    }
-
-    /// Rebuilds the speculation from the jobs in flight, in send order.
-    fn respeculate(&mut self) {
-        let mut speculation = Speculation::new();
-        for id in &self.inflight {
-            if let Some(Job {
-                phase: Phase::Committing { txn, written },
-                ..
-            }) = self.jobs.iter().find(|j| j.id == *id)
-            {
-                speculation.push(txn, written);
-            }
-        }
-        self.speculation = speculation;
-    }
-
-    /// The txn of the page's last commit in flight: what the next one follows.
-    fn last_inflight_txn(&self) -> Option<TxnId> {
-        let last = self.inflight.last()?;
-        self.jobs
-            .iter()
-            .find(|j| j.id == *last)
-            .and_then(|j| match &j.phase {
-                Phase::Committing { txn, .. } => Some(txn.clone()),
-                _ => None,
-            })
-    }
-
-    /// Reads the keys a commit writes that the cache does not hold (a row it inserts), so
-    /// that they are cached and subscribed once it commits, instead of vanishing from the
-    /// view until something reads them again.
-    fn subscribe_to_new(&mut self, written: &[(Key, Option<Value>)]) {
-        let new: Vec<Key> = written
-            .iter()
-            .map(|(k, _)| k)
-            .filter(|k| !self.cache.contains_key(k) && !self.loading.contains(*k))
-            .cloned()
-            .collect();
-        if !new.is_empty() {
-            let msg = self.requests.read(new, Waiter::Refresh);
-            self.actions.push_back(Action::Send(msg));
-        }
-    }
-
-    /// The job's attempt conflicted: run it again after the policy's delay, or give up.
-    fn conflicted(&mut self, job: JobId, key: Option<Key>) {
-        let jitter = self.jitter();
-        let Some(j) = self.job_mut(job) else { return };
-        j.conflicts += 1;
-        let attempts = j.conflicts;
-        self.actions.push_back(Action::Conflicted {
-            job,
-            key: key.clone(),
-        });
-        match self.policy.delay(attempts, jitter) {
-            // Only when the stale key was evicted from the cache meanwhile is it unknown.
-            None => {
-                let key = key.unwrap_or_else(|| Key::kv(""));
-                self.settle(job, Err(Failure::Conflicts { key, attempts }));
-            }
-            Some(delay) if delay.is_zero() => self.run(job),
-            Some(delay) => {
-                if let Some(j) = self.job_mut(job) {
-                    j.phase = Phase::BackingOff;
-                }
-                self.actions.push_back(Action::Wake(job, delay));
-            }
-        }
-    }
-
     /// The job's attempt missed `keys`: fetch them, then run it again. `pinned` (what the
     /// attempt read, and missed) stays in the cache meanwhile: a key it read and did not
     /// miss, evicted while the others are fetched, would be missed by the next run, and
@@ -556,13 +424,6 @@ impl Engine {
         self.repin(job, pinned);
         let msg = self.requests.read(keys, Waiter::Fetch(job));
         self.actions.push_back(Action::Send(msg));
-    }
-
-    /// Settles the job's promise and removes it.
-    fn settle(&mut self, job: JobId, result: Result<Option<Version>, Failure>) {
-        self.unpin_job(job);
-        self.jobs.retain(|j| j.id != job);
-        self.actions.push_back(Action::Settle(job, result));
     }
 
     fn run(&mut self, job: JobId) {
@@ -612,14 +473,5 @@ impl Engine {
 
     fn unpin_job(&mut self, job: JobId) {
         self.repin(job, Vec::new());
-    }
-
-    /// A uniform draw from [0, 1) (xorshift64*).
-    fn jitter(&mut self) -> f64 {
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let bits = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
-        bits as f64 / (1u64 << 53) as f64
     }
 }

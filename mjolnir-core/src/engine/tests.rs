@@ -40,6 +40,9 @@ enum Handler {
 #[derive(Clone, Debug)]
 enum Step {
     Call(Handler),
+    /// Calls a handler whose every attempt also changes one of the page's few effects (a
+    /// DOM node, a state entry): where undo order matters.
+    CallTouching(Handler, u64),
     /// Delivers the oldest message to the server.
     ToServer,
     /// Delivers the oldest message to the client.
@@ -179,6 +182,12 @@ struct Page {
     down: VecDeque<ServerMessage>,
     open: bool,
     handlers: BTreeMap<JobId, Handler>,
+    /// The page effect each job's attempts change, if any.
+    touches: BTreeMap<JobId, u64>,
+    /// Per page effect, the jobs whose attempts changed it and are still on the page,
+    /// oldest first: an undo must always take the top one.
+    stacks: BTreeMap<u64, Vec<JobId>>,
+    released: BTreeSet<JobId>,
     /// Jobs whose last attempt's effects are on the page.
     effects: BTreeSet<JobId>,
     /// Every attempt's effects in the order they were made, for checking that undo goes
@@ -200,6 +209,9 @@ impl Page {
             down: VecDeque::new(),
             open: true,
             handlers: BTreeMap::new(),
+            touches: BTreeMap::new(),
+            stacks: BTreeMap::new(),
+            released: BTreeSet::new(),
             effects: BTreeSet::new(),
             applied: Vec::new(),
             settled: BTreeMap::new(),
@@ -234,6 +246,21 @@ impl Page {
                         );
                     }
                     self.applied.remove(at);
+                    if let Some(effect) = self.touches.get(&job) {
+                        let stack = self.stacks.get_mut(effect).unwrap();
+                        assert_eq!(
+                            stack.pop(),
+                            Some(job),
+                            "{job:?} undone under a later change of effect {effect}"
+                        );
+                    }
+                }
+                Action::Release(job) => {
+                    assert!(self.released.insert(job), "{job:?} released twice");
+                    assert!(
+                        self.settled.contains_key(&job),
+                        "{job:?} released unsettled"
+                    );
                 }
                 Action::Wake(job, _) => self.timers.push_back(job),
                 Action::Settle(job, result) => {
@@ -257,11 +284,19 @@ impl Page {
             !self.effects.contains(&job),
             "{job:?} re-run over its effects"
         );
+        assert!(
+            !self.released.contains(&job),
+            "{job:?} run after its release"
+        );
         let handler = self.handlers[&job].clone();
         let mut a = self.engine.begin(job);
         // Every attempt changes the page (its DOM, its state) as it runs.
         self.effects.insert(job);
         self.applied.push(job);
+        if let Some(effect) = self.touches.get(&job) {
+            a.touch([*effect]);
+            self.stacks.entry(*effect).or_default().push(job);
+        }
         let count = |r: crate::Read| match r {
             crate::Read::Value(v) => Some(v.and_then(|v| v.as_i64()).unwrap_or(0)),
             crate::Read::Miss => None,
@@ -295,13 +330,8 @@ impl Page {
 
     fn step(&mut self, step: Step) {
         match step {
-            Step::Call(h) => {
-                // The handler is known before `call` returns, as in the browser.
-                let next = JobId(self.handlers.len() as u64 + 1);
-                self.handlers.insert(next, h);
-                let job = self.engine.call(Kind::Sync);
-                assert_eq!(job, next);
-            }
+            Step::Call(h) => self.call(h, None),
+            Step::CallTouching(h, effect) => self.call(h, Some(effect)),
             Step::ToServer => {
                 if let Some(msg) = self.up.pop_front() {
                     if std::env::var("TRACE").is_ok() {
@@ -367,6 +397,17 @@ impl Page {
         self.drain();
     }
 
+    fn call(&mut self, h: Handler, effect: Option<u64>) {
+        // The handler is known before `call` returns, as in the browser.
+        let next = JobId(self.handlers.len() as u64 + 1);
+        self.handlers.insert(next, h);
+        if let Some(effect) = effect {
+            self.touches.insert(next, effect);
+        }
+        let job = self.engine.call(Kind::Sync);
+        assert_eq!(job, next);
+    }
+
     /// Delivers everything and fires every timer until nothing moves.
     fn quiesce(&mut self) {
         self.step(Step::Reconnect);
@@ -396,7 +437,8 @@ fn handler() -> impl Strategy<Value = Handler> {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        3 => handler().prop_map(Step::Call),
+        2 => handler().prop_map(Step::Call),
+        2 => (handler(), 0..3u64).prop_map(|(h, e)| Step::CallTouching(h, e)),
         6 => Just(Step::ToServer),
         6 => Just(Step::ToClient),
         1 => (0..KEYS).prop_map(Step::Other),
@@ -424,6 +466,8 @@ proptest! {
         // Every call settled exactly once (asserted as they settle), and nothing waits.
         prop_assert_eq!(page.settled.len(), page.handlers.len());
         prop_assert_eq!(page.engine.pending(), 0);
+        // And every job was released once nothing could run it again.
+        prop_assert_eq!(page.released.len(), page.handlers.len());
         // No transaction was applied twice.
         let applied: BTreeSet<_> = page.server.applied.iter().collect();
         prop_assert_eq!(applied.len(), page.server.applied.len());
@@ -570,4 +614,45 @@ fn a_read_of_a_pending_write_alone_is_committed_under_its_own_id() {
         "{:?}",
         page.settled
     );
+}
+
+/// A page-only handler that changed what a failed commit also changed is undone before it
+/// and run again after; one that changed something else is left alone, and neither's
+/// promise settles twice.
+#[test]
+fn a_page_only_handler_joins_a_cascade_only_where_its_effects_overlap() {
+    let mut page = Page::new(100);
+    page.step(Step::Call(Handler::Increment(0)));
+    page.quiesce();
+
+    page.step(Step::CallTouching(Handler::Increment(0), 0)); // job 2: in flight, effect 0
+    page.step(Step::CallTouching(Handler::Local, 0)); // job 3: over job 2's effect
+    page.step(Step::CallTouching(Handler::Local, 1)); // job 4: elsewhere
+    assert!(matches!(page.settled[&JobId(3)], Ok(None)), "done at once");
+    assert!(matches!(page.settled[&JobId(4)], Ok(None)));
+    assert!(
+        !page.released.contains(&JobId(3)),
+        "held while job 2 is in flight"
+    );
+    assert!(!page.released.contains(&JobId(4)));
+
+    // Another client moves the counter: job 2 conflicts.
+    page.step(Step::Other(0));
+    let before = page.applied.clone();
+    page.quiesce(); // the harness checks each undo takes the top of its effect's stack
+    assert_eq!(page.engine.pending(), 0);
+    assert!(matches!(page.settled[&JobId(2)], Ok(Some(_))));
+    // Job 3 ran again (after job 2's retry), job 4 did not.
+    let reruns = |job| page.applied.iter().filter(|j| **j == job).count();
+    assert_eq!(before.iter().filter(|j| **j == JobId(3)).count(), 1);
+    assert_eq!(reruns(JobId(3)), 1, "kept once on the page");
+    let at = |job| page.applied.iter().position(|j| *j == job).unwrap();
+    assert!(
+        at(JobId(2)) < at(JobId(3)),
+        "re-run on top of job 2's retry"
+    );
+    assert!(at(JobId(4)) < at(JobId(2)), "job 4 was never undone");
+    assert_eq!(page.stacks[&0], vec![JobId(2), JobId(3)]);
+    assert!(page.released.contains(&JobId(3)) && page.released.contains(&JobId(4)));
+    assert_eq!(page.server.db[&key(0)].1, json!(3));
 }
