@@ -11,7 +11,7 @@ use crate::cache::{Cache, Snapshot};
 use crate::speculation::Speculation;
 use crate::{ClientMessage, Dependency, Key, ReadSet, Transaction, TxnId, WriteOp, WriteSet};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 /// What a read gives the handler.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,12 +49,14 @@ pub struct Attempt {
     speculation: Speculation,
     txn: Transaction,
     /// Reads of keys an in-flight transaction of the page wrote, by key.
-    deps: BTreeMap<Key, Dependency>,
+    /// (Lists, not ordered sets: an attempt reads a few pending keys and touches a few
+    /// effects, and each ordered collection costs the browser module its own B-tree code.)
+    deps: Vec<Dependency>,
     misses: BTreeSet<Key>,
     /// What it changed on the page (DOM nodes, state entries), as ids its adapter gives
     /// them: a page-only handler whose effects overlap a failed transaction's is undone
     /// with it (see [`crate::engine::Engine`]).
-    touched: BTreeSet<u64>,
+    touched: Vec<u64>,
 }
 
 impl Attempt {
@@ -70,9 +72,9 @@ impl Attempt {
             snapshot,
             speculation,
             txn: Transaction::new(),
-            deps: BTreeMap::new(),
+            deps: Vec::new(),
             misses: BTreeSet::new(),
-            touched: BTreeSet::new(),
+            touched: Vec::new(),
         }
     }
 
@@ -84,7 +86,7 @@ impl Attempt {
     }
 
     /// The page effects recorded with [`Attempt::touch`].
-    pub fn touched(&self) -> &BTreeSet<u64> {
+    pub fn touched(&self) -> &[u64] {
         &self.touched
     }
 
@@ -109,7 +111,9 @@ impl Attempt {
         {
             let seen = self.txn.view(&key, pending.value.as_ref());
             let dep = pending.dependency(key.clone());
-            self.deps.entry(key).or_insert(dep);
+            if !self.deps.iter().any(|d| d.key == key) {
+                self.deps.push(dep);
+            }
             return Read::Value(seen);
         }
         match self.snapshot.get(&key) {
@@ -164,7 +168,7 @@ impl Attempt {
 
     /// The reads of in-flight writes so far.
     pub fn deps(&self) -> impl Iterator<Item = &Dependency> {
-        self.deps.values()
+        self.deps.iter()
     }
 
     /// Moves an attempt that waited for a fetch onto a newer snapshot (the async form,
@@ -206,7 +210,7 @@ impl Attempt {
         self.txn
             .reads
             .keys()
-            .chain(self.deps.keys())
+            .chain(self.deps.iter().map(|d| &d.key))
             .chain(&self.misses)
     }
 
@@ -240,7 +244,7 @@ impl Attempt {
             reads,
             writes,
             first: true,
-            deps: self.deps.into_values().collect(),
+            deps: self.deps,
             follows: None,
         })
     }

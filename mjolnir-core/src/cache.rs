@@ -12,7 +12,7 @@ use crate::protocol::Entry;
 use crate::{Key, Version};
 use imbl::OrdMap;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -155,8 +155,10 @@ pub struct Cache {
     entries: OrdMap<Key, Arc<Slot>>,
     clock: Arc<Clock>,
     /// Pin counts, including keys not (yet) cached: a key being fetched is pinned before
-    /// its reply arrives.
-    pins: BTreeMap<Key, u32>,
+    /// its reply arrives. A list: a page pins what its waiting handlers read and what it
+    /// is loading, tens of keys, and an ordered map with removal would add one more copy
+    /// of the B-tree's code to the browser module.
+    pins: Vec<(Key, u32)>,
     capacity: usize,
 }
 
@@ -177,7 +179,7 @@ impl Cache {
         Cache {
             entries: OrdMap::new(),
             clock: Arc::default(),
-            pins: BTreeMap::new(),
+            pins: Vec::new(),
             capacity,
         }
     }
@@ -273,7 +275,7 @@ impl Cache {
                 Some(_) => {
                     changed.insert(entry.key.clone());
                 }
-                None if admit == Admit::HeldOrPinned && !self.pins.contains_key(&entry.key) => {
+                None if admit == Admit::HeldOrPinned && !self.is_pinned(&entry.key) => {
                     continue;
                 }
                 None => {
@@ -297,11 +299,9 @@ impl Cache {
             if let Some(slot) = self.entries.get(key) {
                 slot.stamp(&self.clock);
             }
-            match self.pins.get_mut(key) {
-                Some(count) => *count += 1,
-                None => {
-                    self.pins.insert(key.clone(), 1);
-                }
+            match self.pins.iter_mut().find(|(k, _)| k == key) {
+                Some((_, count)) => *count += 1,
+                None => self.pins.push((key.clone(), 1)),
             }
         }
     }
@@ -313,17 +313,17 @@ impl Cache {
             if let Some(slot) = self.entries.get(key) {
                 slot.stamp(&self.clock);
             }
-            if let Some(count) = self.pins.get_mut(key) {
-                *count -= 1;
-                if *count == 0 {
-                    self.pins.remove(key);
+            if let Some(at) = self.pins.iter().position(|(k, _)| k == key) {
+                self.pins[at].1 -= 1;
+                if self.pins[at].1 == 0 {
+                    self.pins.swap_remove(at);
                 }
             }
         }
     }
 
     pub fn is_pinned(&self, key: &Key) -> bool {
-        self.pins.contains_key(key)
+        self.pins.iter().any(|(k, _)| k == key)
     }
 
     /// If the cache holds more than its capacity, drops the least recently used unpinned
@@ -339,7 +339,7 @@ impl Cache {
         let mut oldest: Vec<(u64, &Key)> = self
             .entries
             .iter()
-            .filter(|(key, _)| !self.pins.contains_key(*key))
+            .filter(|(key, _)| !self.is_pinned(key))
             .map(|(key, slot)| (slot.last_used.load(Relaxed), key))
             .collect();
         // A full sort rather than `select_nth_unstable` and a sort of the excess: a tenth of
@@ -360,6 +360,7 @@ mod tests {
     use super::*;
     use crate::attempt::{Attempt, Read};
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
     use serde_json::json;
     use std::collections::BTreeSet;
 

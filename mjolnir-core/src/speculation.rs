@@ -12,8 +12,8 @@
 //! Pending effects are the page's own: other clients see only committed state.
 
 use crate::{Dependency, Key, TxnId};
-use imbl::OrdMap;
 use serde_json::Value;
+use std::sync::Arc;
 
 /// A key as an in-flight transaction of this page leaves it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,9 +35,13 @@ impl Pending {
 }
 
 /// The writes of a page's in-flight transactions, the last writer of each key winning.
-/// Cloned into every attempt, so a persistent map: O(1) to clone.
+///
+/// Cloned into every attempt, so shared: O(1) to clone. A list searched from its end
+/// rather than a persistent map: a page has tens of writes in flight, not thousands, and
+/// one more instance of a persistent map's code costs the browser module about 1.5 KB
+/// gzipped (docs/client.md, "Shipped size").
 #[derive(Clone, Debug, Default)]
-pub struct Speculation(OrdMap<Key, Pending>);
+pub struct Speculation(Arc<Vec<(Key, Pending)>>);
 
 impl Speculation {
     pub fn new() -> Self {
@@ -46,19 +50,20 @@ impl Speculation {
 
     /// Layers transaction `txn`'s writes (each key's value after it) on top.
     pub fn push(&mut self, txn: &TxnId, written: &[(Key, Option<Value>)]) {
+        let layers = Arc::make_mut(&mut self.0);
         for (key, value) in written {
-            self.0.insert(
+            layers.push((
                 key.clone(),
                 Pending {
                     txn: txn.clone(),
                     value: value.clone(),
                 },
-            );
+            ));
         }
     }
 
     pub fn get(&self, key: &Key) -> Option<&Pending> {
-        self.0.get(key)
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, p)| p)
     }
 
     pub fn is_empty(&self) -> bool {

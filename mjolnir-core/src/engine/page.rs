@@ -9,7 +9,7 @@ use crate::retry::RetryPolicy;
 use crate::speculation::Speculation;
 use crate::{ClientMessage, Key, TxnId};
 use serde_json::Value;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 
 mod pipeline;
 
@@ -94,7 +94,7 @@ struct Job {
 pub struct Engine {
     cache: Cache,
     requests: Requests<Waiter>,
-    jobs: VecDeque<Job>,
+    jobs: Vec<Job>,
     /// Jobs whose commit is in flight, in send order.
     inflight: Vec<JobId>,
     /// The effects on the page since the oldest commit in flight, in the order they were
@@ -110,7 +110,9 @@ pub struct Engine {
     next_job: u64,
     next_fetch: u64,
     /// Keys being loaded for reads outside a transaction, so each is asked for once.
-    loading: BTreeSet<Key>,
+    /// (A list: a few keys at a time, and an ordered set with removal would cost the
+    /// browser module its own copy of the B-tree's removal code.)
+    loading: Vec<Key>,
     welcomed_before: bool,
     /// The state of a xorshift generator, for retry jitter: the core has no random source
     /// of its own, so the adapter seeds it (`Math.random()` in the browser).
@@ -124,7 +126,7 @@ impl Engine {
         Engine {
             cache: Cache::with_capacity(capacity),
             requests: Requests::new(),
-            jobs: VecDeque::new(),
+            jobs: Vec::new(),
             inflight: Vec::new(),
             kept: Vec::new(),
             speculation: Speculation::new(),
@@ -134,7 +136,7 @@ impl Engine {
             next_txn: 1,
             next_job: 1,
             next_fetch: 1,
-            loading: BTreeSet::new(),
+            loading: Vec::new(),
             welcomed_before: false,
             rng: seed | 1,
         }
@@ -187,7 +189,7 @@ impl Engine {
     pub fn call(&mut self, _kind: Kind) -> JobId {
         let id = JobId(self.next_job);
         self.next_job += 1;
-        self.jobs.push_back(Job {
+        self.jobs.push(Job {
             id,
             phase: Phase::Running,
             conflicts: 0,
@@ -215,7 +217,7 @@ impl Engine {
             return;
         }
         let pinned: Vec<Key> = attempt.keys().cloned().collect();
-        let touched = attempt.touched().clone();
+        let touched = attempt.touched().to_vec();
         if ended == Ended::Threw {
             // A miss is recorded in the attempt even if the handler caught the signal.
             let missed = attempt.missed_keys();
@@ -320,7 +322,8 @@ impl Engine {
         if let Some(cached) = self.cache.get(key) {
             return Some(cached.value.clone());
         }
-        if self.loading.insert(key.clone()) {
+        if !self.loading.contains(key) {
+            self.loading.push(key.clone());
             self.cache.pin([key]);
             let msg = self
                 .requests
@@ -397,7 +400,7 @@ impl Engine {
             }
             Waiter::Load(key) => {
                 self.cache.unpin([&key]);
-                self.loading.remove(&key);
+                self.loading.retain(|k| *k != key);
             }
             Waiter::Fetched(id) => {
                 if let Ok(entries) = &reply {

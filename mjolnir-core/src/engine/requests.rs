@@ -13,7 +13,6 @@
 
 use crate::protocol::{Entry, ErrorReply, ServerMessage};
 use crate::{ClientMessage, Key, TxnId, Version};
-use std::collections::{BTreeMap, VecDeque};
 
 /// The server's verdict on one commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,24 +38,46 @@ pub enum Routed<W> {
 }
 
 /// The requests waiting for a reply, by name.
+///
+/// One list in send order, searched linearly: a page has a few requests in flight, a few
+/// hundred at most, and two ordered maps with removal (one keyed by read id, one by txn
+/// id) cost the browser module about N KB gzipped (docs/client.md, "Shipped size").
 #[derive(Debug)]
 pub struct Requests<W> {
-    reads: BTreeMap<u32, (Vec<Key>, W)>,
-    /// In send order per txn id, each with its place in the order of all commits: the
-    /// server decides a connection's commits in the order they arrive, and a pipelined
-    /// commit counts on the ones sent before it, so [`Requests::resend`] keeps that order.
-    commits: BTreeMap<TxnId, VecDeque<(u64, ClientMessage, W)>>,
+    /// In send order: the server decides a connection's commits in the order they arrive,
+    /// and a pipelined commit counts on the ones sent before it, so [`Requests::resend`]
+    /// keeps that order. Commits that share a txn id are answered in the order sent.
+    waiting: Vec<Waiting<W>>,
     next_read: u32,
-    next_commit: u64,
+}
+
+#[derive(Debug)]
+enum Waiting<W> {
+    Read { id: u32, keys: Vec<Key>, waiter: W },
+    Commit { msg: ClientMessage, waiter: W },
+}
+
+impl<W> Waiting<W> {
+    fn is_read(&self, read: u32) -> bool {
+        matches!(self, Waiting::Read { id, .. } if *id == read)
+    }
+
+    fn is_commit(&self, txn: &TxnId) -> bool {
+        matches!(self, Waiting::Commit { msg: ClientMessage::Commit { txn: t, .. }, .. } if t == txn)
+    }
+
+    fn waiter(self) -> W {
+        match self {
+            Waiting::Read { waiter, .. } | Waiting::Commit { waiter, .. } => waiter,
+        }
+    }
 }
 
 impl<W> Default for Requests<W> {
     fn default() -> Self {
         Requests {
-            reads: BTreeMap::new(),
-            commits: BTreeMap::new(),
+            waiting: Vec::new(),
             next_read: 1,
-            next_commit: 0,
         }
     }
 }
@@ -70,41 +91,43 @@ impl<W> Requests<W> {
     /// wrap around but skip 0 and any id still waiting.
     pub fn read(&mut self, keys: Vec<Key>, waiter: W) -> ClientMessage {
         let mut id = self.next_read;
-        while id == 0 || self.reads.contains_key(&id) {
+        while id == 0 || self.waiting.iter().any(|w| w.is_read(id)) {
             id = id.wrapping_add(1);
         }
         self.next_read = id.wrapping_add(1);
-        self.reads.insert(id, (keys.clone(), waiter));
+        self.waiting.push(Waiting::Read {
+            id,
+            keys: keys.clone(),
+            waiter,
+        });
         ClientMessage::Read { id, keys }
     }
 
     /// Registers a commit message for `waiter`. Returns `None` (registering nothing) for a
     /// message that is not a commit.
     pub fn commit(&mut self, msg: ClientMessage, waiter: W) -> Option<ClientMessage> {
-        let ClientMessage::Commit { txn, .. } = &msg else {
+        if !matches!(msg, ClientMessage::Commit { .. }) {
             return None;
-        };
-        self.next_commit += 1;
-        self.commits.entry(txn.clone()).or_default().push_back((
-            self.next_commit,
-            msg.clone(),
+        }
+        self.waiting.push(Waiting::Commit {
+            msg: msg.clone(),
             waiter,
-        ));
+        });
         Some(msg)
     }
 
     /// Hands `msg` to the request it answers, or gives it back.
     pub fn deliver(&mut self, msg: ServerMessage) -> Routed<W> {
         match msg {
-            ServerMessage::Values { id, entries } => match self.reads.remove(&id) {
-                Some((_, w)) => Routed::Read(w, Ok(entries)),
+            ServerMessage::Values { id, entries } => match self.take(|w| w.is_read(id)) {
+                Some(w) => Routed::Read(w, Ok(entries)),
                 None => Routed::Other(ServerMessage::Values { id, entries }),
             },
             ServerMessage::Error {
                 id: Some(id),
                 error,
-            } => match self.reads.remove(&id) {
-                Some((_, w)) => Routed::Read(w, Err(error)),
+            } => match self.take(|w| w.is_read(id)) {
+                Some(w) => Routed::Read(w, Err(error)),
                 None => Routed::Other(ServerMessage::Error {
                     id: Some(id),
                     error,
@@ -121,16 +144,15 @@ impl<W> Requests<W> {
         }
     }
 
+    /// Removes the first request that `is` picks and returns its waiter.
+    fn take(&mut self, is: impl Fn(&Waiting<W>) -> bool) -> Option<W> {
+        let at = self.waiting.iter().position(is)?;
+        Some(self.waiting.remove(at).waiter())
+    }
+
     fn verdict(&mut self, txn: TxnId, verdict: Verdict) -> Routed<W> {
-        let Some(queue) = self.commits.get_mut(&txn) else {
-            return Routed::Other(verdict.into_message(txn));
-        };
-        let waiter = queue.pop_front();
-        if queue.is_empty() {
-            self.commits.remove(&txn);
-        }
-        match waiter {
-            Some((_, _, w)) => Routed::Commit(w, txn, verdict),
+        match self.take(|w| w.is_commit(&txn)) {
+            Some(w) => Routed::Commit(w, txn, verdict),
             None => Routed::Other(verdict.into_message(txn)),
         }
     }
@@ -141,34 +163,35 @@ impl<W> Requests<W> {
     /// applying it twice, and lose their `first` mark, which would let the server answer
     /// them from memory as conflicts.
     pub fn resend(&self) -> Vec<ClientMessage> {
-        let reads = self
-            .reads
-            .iter()
-            .map(|(id, (keys, _))| ClientMessage::Read {
+        let reads = self.waiting.iter().filter_map(|w| match w {
+            Waiting::Read { id, keys, .. } => Some(ClientMessage::Read {
                 id: *id,
                 keys: keys.clone(),
-            });
-        let mut commits: Vec<&(u64, ClientMessage, W)> = self.commits.values().flatten().collect();
-        commits.sort_by_key(|(seq, ..)| *seq);
-        let commits = commits.into_iter().map(|(_, msg, _)| msg.clone().resent());
+            }),
+            Waiting::Commit { .. } => None,
+        });
+        let commits = self.waiting.iter().filter_map(|w| match w {
+            Waiting::Commit { msg, .. } => Some(msg.clone().resent()),
+            Waiting::Read { .. } => None,
+        });
         reads.chain(commits).collect()
     }
 
     /// Forgets every waiting request and returns their waiters (reads first): what a
     /// client that will not reconnect fails.
     pub fn drain(&mut self) -> Vec<W> {
-        let reads = std::mem::take(&mut self.reads)
-            .into_values()
-            .map(|(_, w)| w);
-        let commits = std::mem::take(&mut self.commits)
-            .into_values()
-            .flatten()
-            .map(|(_, _, w)| w);
-        reads.chain(commits).collect()
+        let (reads, commits): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| matches!(w, Waiting::Read { .. }));
+        reads
+            .into_iter()
+            .chain(commits)
+            .map(Waiting::waiter)
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.reads.is_empty() && self.commits.is_empty()
+        self.waiting.is_empty()
     }
 }
 
@@ -309,7 +332,7 @@ mod tests {
             vec![read, commit("c:9").resent(), commit("c:10").resent()],
             "c:10 sorts before c:9 but was sent after it"
         );
-        assert_eq!(requests.drain(), vec![1, 3, 2]);
+        assert_eq!(requests.drain(), vec![1, 2, 3], "reads, then commits in send order");
         assert!(requests.resend().is_empty());
     }
 

@@ -8,7 +8,6 @@ use crate::protocol::Entry;
 use crate::speculation::Speculation;
 use crate::{Key, TxnId, Version};
 use serde_json::Value;
-use std::collections::BTreeSet;
 
 /// The effects of a job's last attempt, on the page while an earlier commit of the page
 /// is in flight: a cascade may have to undo them.
@@ -16,7 +15,7 @@ use std::collections::BTreeSet;
 pub(super) struct Kept {
     pub(super) job: JobId,
     /// What the attempt changed on the page ([`crate::Attempt::touch`]).
-    pub(super) touched: BTreeSet<u64>,
+    pub(super) touched: Vec<u64>,
     /// A page-only job (settled already), not a commit in flight.
     pub(super) local: bool,
 }
@@ -101,7 +100,7 @@ impl Engine {
             self.actions.push_back(Action::Revert(kept.job));
             if kept.local {
                 // Settled already; it runs again for its effects only.
-                self.jobs.push_back(Job {
+                self.jobs.push(Job {
                     id: kept.job,
                     phase: Phase::Running,
                     conflicts: 0,
@@ -128,7 +127,7 @@ impl Engine {
     pub(super) fn take_undone(&mut self, start: usize, failed: &[JobId]) -> Vec<Kept> {
         let tail = self.kept.split_off(start);
         let mut undo: Vec<bool> = tail.iter().map(|k| failed.contains(&k.job)).collect();
-        let mut touched: BTreeSet<u64> = BTreeSet::new();
+        let mut touched: Vec<u64> = Vec::new();
         for (k, _) in tail.iter().zip(&undo).filter(|(_, u)| **u) {
             touched.extend(&k.touched);
         }
@@ -136,7 +135,7 @@ impl Engine {
         while grew {
             grew = false;
             for (k, u) in tail.iter().zip(undo.iter_mut()) {
-                if !*u && !k.touched.is_disjoint(&touched) {
+                if !*u && k.touched.iter().any(|e| touched.contains(e)) {
                     *u = true;
                     grew = true;
                     touched.extend(&k.touched);
@@ -237,10 +236,10 @@ impl Engine {
         self.jobs.retain(|j| j.id != job);
         if !settled {
             self.actions.push_back(Action::Settle(job, result));
-        } else if let Err(failure) = result {
-            self.actions.push_back(Action::Warn(format!(
-                "a page-only handler run again after a cascade failed: {failure:?}"
-            )));
+        } else if result.is_err() {
+            self.actions.push_back(Action::Warn(
+                "a page-only handler failed when run again after a cascade".to_owned(),
+            ));
         }
         if self.kept.iter().any(|k| k.job == job) {
             return;
