@@ -360,8 +360,8 @@ mod tests {
     use super::*;
     use crate::attempt::{Attempt, Read};
     use proptest::prelude::*;
-    use std::collections::BTreeMap;
     use serde_json::json;
+    use std::collections::BTreeMap;
     use std::collections::BTreeSet;
 
     fn entry(key: &str, version: u64, value: Option<Value>) -> Entry {

@@ -38,8 +38,8 @@ impl Pending {
 ///
 /// Cloned into every attempt, so shared: O(1) to clone. A list searched from its end
 /// rather than a persistent map: a page has tens of writes in flight, not thousands, and
-/// one more instance of a persistent map's code costs the browser module about 1.5 KB
-/// gzipped (docs/client.md, "Shipped size").
+/// one more instance of a persistent map's code would be shipped in the browser module
+/// (measured in docs/client.md, "Shipped size").
 #[derive(Clone, Debug, Default)]
 pub struct Speculation(Arc<Vec<(Key, Pending)>>);
 

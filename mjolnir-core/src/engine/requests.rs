@@ -41,7 +41,8 @@ pub enum Routed<W> {
 ///
 /// One list in send order, searched linearly: a page has a few requests in flight, a few
 /// hundred at most, and two ordered maps with removal (one keyed by read id, one by txn
-/// id) cost the browser module about N KB gzipped (docs/client.md, "Shipped size").
+/// id) each add their own copy of the B-tree's code to the browser module (measured in
+/// docs/client.md, "Shipped size").
 #[derive(Debug)]
 pub struct Requests<W> {
     /// In send order: the server decides a connection's commits in the order they arrive,
@@ -332,7 +333,11 @@ mod tests {
             vec![read, commit("c:9").resent(), commit("c:10").resent()],
             "c:10 sorts before c:9 but was sent after it"
         );
-        assert_eq!(requests.drain(), vec![1, 2, 3], "reads, then commits in send order");
+        assert_eq!(
+            requests.drain(),
+            vec![1, 2, 3],
+            "reads, then commits in send order"
+        );
         assert!(requests.resend().is_empty());
     }
 
