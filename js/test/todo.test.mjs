@@ -208,7 +208,12 @@ describe('the shared todo list', () => {
     });
     assert.equal(thrown, 'changed my mind');
     assert.deepEqual(await alice.evaluate(() => ({ ...mjolnir.state })), stateBefore);
-    assert.deepEqual(await alice.evaluate(() => window.aborts), ['constraint_violation', 'constraint_violation', 'error']);
+    // Conflicts aside: the tick, clicked as soon as the new item shows, may run while its
+    // insert is in flight and read the row as the page predicted it; the database completes
+    // the row (`created_by`), so that dependency fails once and the tick runs again.
+    const aborts = await alice.evaluate(() => window.aborts);
+    assert.deepEqual(aborts.filter((r) => r !== 'conflict'), ['constraint_violation', 'constraint_violation', 'error']);
+    assert.ok(aborts.filter((r) => r === 'conflict').length <= 2, `at most the two early handlers conflict: ${aborts}`);
     assert.equal(rows().length, count, 'nothing reached the database');
     // The aborts re-rendered the templates: they show the filter, and `done` items are
     // hidden under `open` (todo.css, from the list's data-filter template).
