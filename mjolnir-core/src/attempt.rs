@@ -223,10 +223,11 @@ impl Attempt {
     /// retry is cheap while blaming the app for a torn view is wrong. Misses do not count:
     /// the caller fetches them and runs again anyway.
     pub fn is_stale(&self, cache: &Cache) -> bool {
-        self.txn
-            .reads
-            .iter()
-            .any(|(key, read)| cache.version(key).is_none_or(|now| now > read))
+        self.txn.reads.iter().any(|(key, read)| {
+            cache
+                .version(key)
+                .is_none_or(|now| crate::conflict::is_stale(read, now))
+        })
     }
 
     /// Ends the attempt; `txn` names its commit if it needs one. Retries after a conflict

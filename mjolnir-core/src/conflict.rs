@@ -1,42 +1,35 @@
-//! The optimistic-concurrency check.
+//! The conflict rule: when a read is stale.
+//!
+//! The rule that decides commits is the SQL of `mjolnir.commit_batch` (migration
+//! `0007_pipelined_commits.sql`, its "A read is stale if …" query): a read of version `v`
+//! of a key is current if the key's value last changed at or before `v` (and `v` is not
+//! beyond the key's version); otherwise the commit conflicts. The server holds the locks
+//! of every key it checks while it decides, which is what makes the check serializable
+//! (`docs/architecture.md`).
+//!
+//! [`is_stale`] is the same rule in Rust, for the two places that judge a read before or
+//! without the database: the server's memory of recent commits (`store/recent.rs` in
+//! `mjolnir-server`), which answers some conflicts without a turn in the commit lane, and
+//! the client's [`crate::Attempt::is_stale`], which decides whether a handler that threw
+//! did so on a torn view. Each knows the version at which a key's value last changed only
+//! for some keys, and decides what an unknown key means for itself.
 
-use crate::{Key, ReadSet, Version};
+use crate::Version;
 
-/// A read that is no longer current: the attempt saw `read`, the key is now at `current`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stale {
-    pub key: Key,
-    pub read: Version,
-    pub current: Version,
-}
-
-/// Returns every read of `reads` whose version is no longer the key's `current` version.
+/// Whether a read of version `read` is stale, given that the key's value last changed at
+/// version `changed`.
 ///
-/// An empty result means the attempt's view is still the latest state of every key it
-/// read, so applying its writes now is equivalent to running it alone at this instant:
-/// that is the whole serializability argument, and why the server must call this while it
-/// holds the locks of every key it checks (see `docs/architecture.md`).
-///
-/// A false conflict is possible and accepted: a key rewritten with the value it already had
-/// still gets a new version. Comparing values instead would save a retry but could not
-/// detect an A-B-A change.
-pub fn find_stale(reads: &ReadSet, mut current: impl FnMut(&Key) -> Version) -> Vec<Stale> {
-    reads
-        .iter()
-        .filter_map(|(key, read)| {
-            let now = current(key);
-            (now != read).then(|| Stale {
-                key: key.clone(),
-                read,
-                current: now,
-            })
-        })
-        .collect()
+/// A write that leaves a key's value as it was does not make earlier reads stale (the
+/// database keeps the key's `changed` version; migration 0006); a write that changes it
+/// does, even back to an earlier value (A-B-A), since versions, not values, are compared.
+pub fn is_stale(read: Version, changed: Version) -> bool {
+    changed > read
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Key, ReadSet};
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -79,8 +72,8 @@ mod tests {
     }
 
     proptest! {
-        /// OCC with `find_stale` against a brute-force model: run random transactions
-        /// against snapshots of a store, commit those `find_stale` accepts in order, then
+        /// OCC with [`is_stale`] against a brute-force model: run random transactions
+        /// against snapshots of a store, commit those whose reads are all current, then
         /// replay only the committed ones serially in commit order from the initial state.
         /// Every replayed transaction must see exactly what it saw optimistically and the
         /// final stores must match: the accepted history is serializable in commit order.
@@ -100,14 +93,16 @@ mod tests {
                     reads.record(key(k), v);
                     seen.push((k, val));
                 }
-                let stale = find_stale(&reads, |k| {
+                // Every write here changes its key's value, so a key's version is the
+                // version at which its value last changed.
+                let stale = reads.iter().any(|(k, read)| {
                     let id: u8 = match k { Key::Kv { key } => key.parse().unwrap(), Key::Row { .. } => unreachable!() };
-                    get(&store, id).0
+                    is_stale(read, get(&store, id).0)
                 });
                 // The brute-force definition of staleness: some read key changed since.
                 let changed = s.reads.iter().any(|&k| get(snap, k).0 != get(&store, k).0);
-                prop_assert_eq!(!stale.is_empty(), changed);
-                if stale.is_empty() {
+                prop_assert_eq!(stale, changed);
+                if !stale {
                     for (k, val) in effect(id, &seen, &s.writes) {
                         store.insert(k, (Version(next_version), val));
                     }
@@ -135,16 +130,14 @@ mod tests {
     #[test]
     fn insert_race_is_a_conflict() {
         // Both attempts read the missing key at ABSENT; the first insert moves it on.
-        let mut reads = ReadSet::new();
-        reads.record(Key::row("users", "k"), Version::ABSENT);
-        let stale = find_stale(&reads, |_| Version(1));
-        assert_eq!(
-            stale,
-            vec![Stale {
-                key: Key::row("users", "k"),
-                read: Version::ABSENT,
-                current: Version(1)
-            }]
+        assert!(is_stale(Version::ABSENT, Version(1)));
+        assert!(
+            !is_stale(Version(1), Version(1)),
+            "read at the change: current"
+        );
+        assert!(
+            !is_stale(Version(3), Version(1)),
+            "changed before the read: current"
         );
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The model (see `docs/architecture.md`): every event handler is an optimistic transaction.
 //! It reads keys at the [`Version`] it saw and buffers its writes; the server commits it
-//! only if every read version is still current (see [`conflict::find_stale`]), so committed
+//! only if every read version is still current (see [`conflict`]), so committed
 //! transactions are serializable in commit-version order.
 //!
 //! This crate knows nothing of browsers, tokio or sqlx, so it builds for
@@ -28,7 +28,7 @@ pub mod version;
 
 pub use attempt::{Attempt, Finish, Read};
 pub use cache::{Cache, Cached, Snapshot};
-pub use conflict::{Stale, find_stale};
+pub use conflict::is_stale;
 pub use deps::Dependency;
 pub use error::ErrorKind;
 pub use key::{Key, Pk};

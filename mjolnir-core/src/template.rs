@@ -71,10 +71,12 @@ pub trait Scope {
     fn user(&self) -> Value;
     /// `state.name`.
     fn state(&self, name: &str) -> Value;
-    /// `table(table).find(pk)`: the row, `Value::Null` if absent, `None` while loading.
-    fn find(&mut self, table: &str, pk: &Value) -> Option<Value>;
-    /// `kv(key)`: the value, `Value::Null` if absent, `None` while loading.
-    fn kv(&mut self, key: &str) -> Option<Value>;
+    /// `table(table).find(pk)`: the row, `Value::Null` if absent; [`EvalError::Loading`]
+    /// while loading, [`EvalError::Invalid`] if the server refused to read it (an unknown
+    /// table, say).
+    fn find(&mut self, table: &str, pk: &Value) -> Result<Value, EvalError>;
+    /// `kv(key)`: the value, `Value::Null` if absent; errors as for [`Scope::find`].
+    fn kv(&mut self, key: &str) -> Result<Value, EvalError>;
 }
 
 /// How an evaluation ended without a value.
@@ -118,10 +120,10 @@ impl Expr {
                     )));
                 };
                 let pk = pk.eval(scope)?;
-                scope.find(&table, &pk).ok_or(EvalError::Loading)?
+                scope.find(&table, &pk)?
             }
             Expr::Kv(key) => match key.eval(scope)? {
-                Value::String(k) => scope.kv(&k).ok_or(EvalError::Loading)?,
+                Value::String(k) => scope.kv(&k)?,
                 other => {
                     return Err(EvalError::Invalid(format!(
                         "kv() takes a string key, not {other}"
@@ -569,16 +571,21 @@ mod tests {
                 _ => Value::Null,
             }
         }
-        fn find(&mut self, table: &str, pk: &Value) -> Option<Value> {
+        fn find(&mut self, table: &str, pk: &Value) -> Result<Value, EvalError> {
             match (table, pk.as_str()) {
-                ("users", Some("alice")) => Some(json!({"name": "alice", "balance": 100})),
-                ("users", Some("bob")) => Some(json!({"name": "bob", "balance": 7})),
-                ("users", Some("carol")) => None,
-                _ => Some(Value::Null),
+                ("users", Some("alice")) => Ok(json!({"name": "alice", "balance": 100})),
+                ("users", Some("bob")) => Ok(json!({"name": "bob", "balance": 7})),
+                ("users", Some("carol")) => Err(EvalError::Loading),
+                ("userz", _) => Err(EvalError::Invalid("no table \"userz\"".into())),
+                _ => Ok(Value::Null),
             }
         }
-        fn kv(&mut self, key: &str) -> Option<Value> {
-            (key == "motd").then(|| json!("hello"))
+        fn kv(&mut self, key: &str) -> Result<Value, EvalError> {
+            if key == "motd" {
+                Ok(json!("hello"))
+            } else {
+                Err(EvalError::Loading)
+            }
         }
     }
 
@@ -622,6 +629,11 @@ mod tests {
     #[test]
     fn absent_rows_and_members_are_null_and_loading_is_said() {
         assert_eq!(eval("table('users').find('zed')"), Ok(Value::Null));
+        // A read the server refused shows why, however deep in the expression.
+        assert_eq!(
+            eval("'n: ' + table('userz').find('a').n"),
+            Err(EvalError::Invalid("no table \"userz\"".into()))
+        );
         assert_eq!(eval("table('users').find('zed').balance"), Ok(Value::Null));
         assert_eq!(
             eval("table('users').find('carol').balance"),

@@ -265,8 +265,8 @@ async fn a_rendered_value_with_braces_is_not_a_template() {
     wait_for(&span, "the kv value", |t| t == "{{ 1+1 }}").await;
     wait_for_attr(&span, "title", "the kv value", "{{ 1+1 }}").await;
 
-    // Several frames: a re-bound output would show "2" by now.
-    pause(200).await;
+    // Templates render in the next frame: a re-bound output would show "2" after two.
+    frames(2).await;
     assert_eq!(span.text_content().as_deref(), Some("{{ 1+1 }}"));
     assert_eq!(span.get_attribute("title").as_deref(), Some("{{ 1+1 }}"));
     assert_eq!(templates.binding_count(), 2);
@@ -298,10 +298,24 @@ async fn a_rolled_back_handler_leaves_the_templates_as_they_were() {
     JsFuture::from(add_then_throw(&alice, &page, "{{ 40 + 2 }}"))
         .await
         .expect_err("the handler throws");
-    pause(100).await;
+    // A wrongly bound template would have rendered by the second frame.
+    frames(2).await;
     assert_eq!(page.child_element_count(), 1, "the added item is gone");
     assert_eq!(p.get_attribute("title").as_deref(), Some("alice"));
     assert_eq!(p.get_attribute("data-new"), None);
     assert_eq!(p.text_content().as_deref(), Some("2"));
     assert_eq!(templates.binding_count(), 2);
+}
+
+/// A template reading a table the app does not have shows the server's reason in its
+/// place (as a template that does not parse does), instead of the loading placeholder.
+#[wasm_bindgen_test]
+async fn a_template_of_an_unknown_table_shows_the_error() {
+    let rt = runtime_as("alice").await;
+    let page = fixture(r#"<p>Clicked {{ table('counterz').find('clicks').n }} times</p>"#);
+    let _templates = bind(&rt, &page);
+    let p = page.first_element_child().unwrap();
+    let shown = wait_for(&p, "the error", |t| t.contains("error")).await;
+    assert!(shown.contains("counterz"), "{shown}");
+    assert!(!shown.contains('…'), "{shown}");
 }

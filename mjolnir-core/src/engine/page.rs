@@ -113,6 +113,10 @@ pub struct Engine {
     /// (A list: a few keys at a time, and an ordered set with removal would cost the
     /// browser module its own copy of the B-tree's removal code.)
     loading: Vec<Key>,
+    /// Keys read outside a transaction that the server refused to read (an unknown
+    /// table), with its reason: asked for no more until the next reconnect, and shown as
+    /// an error where a template reads them.
+    refused: Vec<(Key, crate::protocol::ErrorReply)>,
     welcomed_before: bool,
     /// The state of a xorshift generator, for retry jitter: the core has no random source
     /// of its own, so the adapter seeds it (`Math.random()` in the browser).
@@ -137,6 +141,7 @@ impl Engine {
             next_job: 1,
             next_fetch: 1,
             loading: Vec::new(),
+            refused: Vec::new(),
             welcomed_before: false,
             rng: seed | 1,
         }
@@ -322,7 +327,7 @@ impl Engine {
         if let Some(cached) = self.cache.get(key) {
             return Some(cached.value.clone());
         }
-        if !self.loading.contains(key) {
+        if !self.loading.contains(key) && self.refusal(key).is_none() {
             self.loading.push(key.clone());
             self.cache.pin([key]);
             let msg = self
@@ -331,6 +336,11 @@ impl Engine {
             self.actions.push_back(Action::Send(msg));
         }
         None
+    }
+
+    /// Why the server refused to read `key` outside a transaction, if it did.
+    pub fn refusal(&self, key: &Key) -> Option<&crate::protocol::ErrorReply> {
+        self.refused.iter().find(|(k, _)| k == key).map(|(_, e)| e)
     }
 
     /// Whether what the page shows at `key` is an in-flight transaction's write, not yet
@@ -347,6 +357,8 @@ impl Engine {
             self.actions.push_back(Action::Send(msg));
         }
         if std::mem::replace(&mut self.welcomed_before, true) {
+            // The app may have been migrated meanwhile: ask again.
+            self.refused.clear();
             for chunk in self.cache.keys().chunks(REFRESH_CHUNK) {
                 let msg = self.requests.read(chunk.to_vec(), Waiter::Refresh);
                 self.actions.push_back(Action::Send(msg));
@@ -401,6 +413,16 @@ impl Engine {
             Waiter::Load(key) => {
                 self.cache.unpin([&key]);
                 self.loading.retain(|k| *k != key);
+                if let Err(error) = reply {
+                    // Said once: the key is not asked for again, and what shows it
+                    // renders again, now with the error.
+                    self.actions.push_back(Action::Warn(format!(
+                        "cannot read {key}: {}",
+                        error.message
+                    )));
+                    self.refused.push((key.clone(), error));
+                    self.changed(vec![key]);
+                }
             }
             Waiter::Fetched(id) => {
                 if let Ok(entries) = &reply {

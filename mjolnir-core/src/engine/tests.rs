@@ -656,3 +656,34 @@ fn a_page_only_handler_joins_a_cascade_only_where_its_effects_overlap() {
     assert!(page.released.contains(&JobId(3)) && page.released.contains(&JobId(4)));
     assert_eq!(page.server.db[&key(0)].1, json!(3));
 }
+
+/// A read outside a transaction that the server refuses (an unknown table) is reported
+/// once, re-renders what shows it, and is not asked for again until a reconnect.
+#[test]
+fn a_refused_read_outside_a_transaction_is_told_once_and_not_repeated() {
+    let mut page = Page::new(100);
+    let key = Key::row("counterz", "clicks");
+    assert_eq!(page.engine.peek(&key), None);
+    let Some(ClientMessage::Read { id, .. }) = page.engine.take_sends().pop() else {
+        panic!("a read is sent")
+    };
+    let refusal = ServerMessage::Error {
+        id: Some(id),
+        error: crate::protocol::ErrorReply::new(crate::ErrorKind::UnknownTable, "no table"),
+    };
+    page.engine.receive(&refusal.to_json());
+    let actions: Vec<Action> = std::iter::from_fn(|| page.engine.poll()).collect();
+    assert!(
+        matches!(&actions[..], [Action::Warn(w), Action::Changed(keys)] if w.contains("no table") && keys == &vec![key.clone()]),
+        "{actions:?}"
+    );
+    assert_eq!(page.engine.refusal(&key).map(|e| e.message.as_str()), Some("no table"));
+    // Every render reads it again: nothing more is sent.
+    assert_eq!(page.engine.peek(&key), None);
+    assert!(page.engine.take_sends().is_empty());
+    // After a reconnect (the app may have been migrated), it is asked for again.
+    page.engine.welcome();
+    assert!(page.engine.refusal(&key).is_none());
+    assert_eq!(page.engine.peek(&key), None);
+    assert_eq!(page.engine.take_sends().len(), 1);
+}

@@ -3,7 +3,8 @@
 //! Under contention most commits that reach the lane are already lost: every transaction
 //! queued behind a batch read before that batch's winner. This memory lets the committer
 //! tell such a commit is a conflict before it takes a lane's turn and its locks: a read of
-//! version `v` is certainly stale if the key's value changed at `w > v`.
+//! version `v` is certainly stale if the key's value changed at `w > v`
+//! ([`mjolnir_core::is_stale`], the database's rule in Rust).
 //!
 //! Each instance learns of its own commits when they are decided, and of every instance's
 //! from the change feed (`Store::remember`), a moment later. It is only a shortcut: a key
@@ -79,7 +80,7 @@ impl Recent {
             .into_iter()
             .filter(|(r, read)| {
                 g.get(&(r.space.clone(), r.pk.clone()))
-                    .is_some_and(|changed| changed > *read)
+                    .is_some_and(|changed| mjolnir_core::is_stale(*read, changed))
             })
             .map(|(r, _)| r.clone())
             .collect()

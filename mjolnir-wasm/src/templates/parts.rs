@@ -71,10 +71,16 @@ struct PageScope<'a> {
 }
 
 impl PageScope<'_> {
-    fn lookup(&mut self, key: Key) -> Option<Value> {
+    fn lookup(&mut self, key: Key) -> Result<Value, EvalError> {
+        if let Some(error) = self.rt.engine.borrow().refusal(&key) {
+            return Err(EvalError::Invalid(error.message.clone()));
+        }
         self.pending |= self.rt.engine.borrow().is_pending(&key);
         // Not cached: shown as loading, and the read starts loading it.
-        self.rt.peek(&key).map(|v| v.unwrap_or(Value::Null))
+        self.rt
+            .peek(&key)
+            .map(|v| v.unwrap_or(Value::Null))
+            .ok_or(EvalError::Loading)
     }
 }
 
@@ -92,17 +98,17 @@ impl Scope for PageScope<'_> {
         from_js(value).ok().unwrap_or(Value::Null)
     }
 
-    fn find(&mut self, table: &str, pk: &Value) -> Option<Value> {
+    fn find(&mut self, table: &str, pk: &Value) -> Result<Value, EvalError> {
         let pk = match pk {
             Value::String(s) => Pk::Text(s.clone()),
             Value::Number(n) if n.is_i64() => Pk::Int(n.as_i64().unwrap_or_default()),
             // No key (not signed in, say): nothing to show, and nothing to load.
-            _ => return Some(Value::Null),
+            _ => return Ok(Value::Null),
         };
         self.lookup(Key::row(table, pk))
     }
 
-    fn kv(&mut self, key: &str) -> Option<Value> {
+    fn kv(&mut self, key: &str) -> Result<Value, EvalError> {
         self.lookup(Key::kv(key))
     }
 }

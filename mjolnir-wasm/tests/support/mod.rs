@@ -10,11 +10,26 @@ use wasm_bindgen_futures::JsFuture;
 /// The server `scripts/test.sh` starts, passed at build time.
 pub const WS_URL: Option<&str> = option_env!("MJOLNIR_TEST_WS_URL");
 
-#[wasm_bindgen(
-    inline_js = "export function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }"
-)]
+#[wasm_bindgen(inline_js = r#"
+export function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
+export function frames(n) {
+  return new Promise(function (r) {
+    var left = n;
+    function next() { if (--left <= 0) r(); else requestAnimationFrame(next); }
+    requestAnimationFrame(next);
+  });
+}
+"#)]
 extern "C" {
     fn sleep(ms: u32) -> Promise;
+    #[wasm_bindgen(js_name = frames)]
+    fn animation_frames(n: u32) -> Promise;
+}
+
+/// Waits until `n` animation frames have begun: templates render in the first frame after
+/// a change, so after two nothing is left to render.
+pub async fn frames(n: u32) {
+    JsFuture::from(animation_frames(n)).await.unwrap();
 }
 
 pub async fn pause(ms: u32) {
