@@ -1,13 +1,10 @@
 //! The HTTP face of an instance: the WebSocket endpoint, metrics and the app's static files.
 
-use crate::feed::{Feed, Outgoing};
+use crate::feed::Outgoing;
 use crate::files::PublicFiles;
-use crate::identity::{Identity, Vouched};
-use crate::knobs::Knobs;
-use crate::metrics::Metrics;
-use crate::origin::AllowedOrigins;
+use crate::identity::Vouched;
 use crate::session::{self, Incoming};
-use crate::store::Store;
+use crate::state::AppState;
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Request, State};
@@ -18,21 +15,6 @@ use futures_util::{SinkExt, StreamExt, future};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// Everything one instance shares between its connections. None of it is needed by
-/// another instance: the store is PostgreSQL, the feed holds only this instance's
-/// subscribers.
-#[derive(Debug)]
-pub struct AppState {
-    pub store: Arc<Store>,
-    pub feed: Arc<Feed>,
-    pub metrics: Arc<Metrics>,
-    pub knobs: Knobs,
-    pub identity: Identity,
-    pub origins: AllowedOrigins,
-    /// A name for this instance, sent in every welcome (tests use it to tell instances apart).
-    pub instance: String,
-}
 
 /// The WebSocket read buffer of each connection.
 const READ_BUFFER_BYTES: usize = 8 * 1024;

@@ -21,5 +21,6 @@ pub mod metrics;
 pub mod origin;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod store;
 pub mod vstack;

@@ -1,6 +1,7 @@
 //! Starting and stopping one instance: what `mjolnir serve`, `mjolnir dev` and the tests share.
 
-use crate::app::{AppState, router};
+use crate::app::router;
+use crate::state::AppState;
 use crate::db;
 use crate::feed::{self, Feed};
 use crate::files::PublicFiles;

@@ -4,7 +4,7 @@
 //! and a sink of [`Outgoing`] ones, so tests can drive it with channels and the HTTP layer
 //! ([`crate::app`]) only translates frames.
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::feed::{ConnId, Outbox, Outgoing};
 use crate::identity::Vouched;
 use crate::store::{Outcome, Request, Sequence, Stage, Turn};
