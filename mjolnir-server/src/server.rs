@@ -1,7 +1,6 @@
 //! Starting and stopping one instance: what `mjolnir serve`, `mjolnir dev` and the tests share.
 
 use crate::app::router;
-use crate::state::AppState;
 use crate::db;
 use crate::feed::{self, Feed};
 use crate::files::PublicFiles;
@@ -9,6 +8,7 @@ use crate::identity::Identity;
 use crate::knobs::Knobs;
 use crate::metrics::Metrics;
 use crate::origin::AllowedOrigins;
+use crate::state::AppState;
 use crate::store::Store;
 use anyhow::Context;
 use axum::serve::ListenerExt;

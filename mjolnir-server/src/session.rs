@@ -4,9 +4,9 @@
 //! and a sink of [`Outgoing`] ones, so tests can drive it with channels and the HTTP layer
 //! ([`crate::app`]) only translates frames.
 
-use crate::state::AppState;
 use crate::feed::{ConnId, Outbox, Outgoing};
 use crate::identity::Vouched;
+use crate::state::AppState;
 use crate::store::{Outcome, Request, Sequence, Stage, Turn};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use mjolnir_core::protocol::{ErrorReply, Named, ServerMessage, close_code};

@@ -23,4 +23,3 @@ pub struct AppState {
     /// A name for this instance, sent in every welcome (tests use it to tell instances apart).
     pub instance: String,
 }
-

@@ -677,7 +677,10 @@ fn a_refused_read_outside_a_transaction_is_told_once_and_not_repeated() {
         matches!(&actions[..], [Action::Warn(w), Action::Changed(keys)] if w.contains("no table") && keys == &vec![key.clone()]),
         "{actions:?}"
     );
-    assert_eq!(page.engine.refusal(&key).map(|e| e.message.as_str()), Some("no table"));
+    assert_eq!(
+        page.engine.refusal(&key).map(|e| e.message.as_str()),
+        Some("no table")
+    );
     // Every render reads it again: nothing more is sent.
     assert_eq!(page.engine.peek(&key), None);
     assert!(page.engine.take_sends().is_empty());

@@ -4,7 +4,7 @@
 //!
 //! Nothing waits on purpose: a request that finds a lane free runs at once, as a batch of
 //! one. Batches form only while every lane is busy, which is exactly when sharing pays.
-//! Used by commits (`batch.rs`) and reads (`read.rs`).
+//! Used by commits (`committer.rs`) and reads (`read.rs`).
 //!
 //! Jobs of one chain (a connection's commits, which must be decided in the order sent) are
 //! taken in queue order and never run in two lanes at once: while a batch holding some of a

@@ -4,15 +4,22 @@
 //! memory that another instance would need: versions, deduplication records and the
 //! change feed all live in the `mjolnir` schema.
 
-mod batch;
+mod arrays;
+mod call;
 mod commit;
+mod committer;
+mod decode;
 mod lanes;
 mod locks;
+mod outcome;
+mod plan;
 mod read;
 mod recent;
+mod sqlstate;
 mod turn;
 
-pub use commit::{Outcome, Request};
+pub use commit::Request;
+pub use outcome::Outcome;
 pub use turn::{Sequence, Stage, Turn};
 
 use crate::catalog::{Catalog, KV_SPACE, Table};
@@ -54,8 +61,10 @@ pub struct Store {
     schema: String,
     knobs: Knobs,
     catalog: RwLock<(Arc<Catalog>, Instant)>,
-    committer: Arc<batch::Committer>,
+    committer: Arc<committer::Committer>,
     reader: Arc<read::Reader>,
+    /// What was committed lately, here and (through the change feed) elsewhere.
+    recent: Arc<recent::Recent>,
 }
 
 impl Store {
@@ -69,15 +78,18 @@ impl Store {
     ) -> Result<Store> {
         let catalog = Catalog::load(&pool, schema).await?;
         let reader = Arc::new(read::Reader::new(pool.clone(), &knobs, metrics));
+        let recent = Arc::new(recent::Recent::new(metrics.known_stale_commits.clone()));
         Ok(Store {
-            committer: Arc::new(batch::Committer::new(
+            committer: Arc::new(committer::Committer::new(
                 pool.clone(),
                 schema,
-                knobs.clone(),
+                &knobs,
                 metrics,
                 reader.clone(),
+                recent.clone(),
             )),
             reader,
+            recent,
             pool,
             schema: schema.to_owned(),
             knobs,
@@ -108,7 +120,7 @@ impl Store {
             .iter()
             .filter_map(|e| Some((resolve_one(&catalog, &e.key).ok()?, e.version)))
             .collect();
-        self.committer.remember(known.iter().map(|(r, v)| (r, *v)));
+        self.recent.record(known.iter().map(|(r, v)| (r, *v)));
     }
 
     fn catalog(&self) -> Arc<Catalog> {

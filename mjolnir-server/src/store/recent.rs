@@ -22,6 +22,7 @@
 
 use super::Resolved;
 use mjolnir_core::Version;
+use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -36,6 +37,8 @@ type Slot = (String, String);
 #[derive(Debug, Default)]
 pub(super) struct Recent {
     inner: Mutex<Generations>,
+    /// Conflicts answered from this memory.
+    known_stale: Counter,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +54,36 @@ impl Generations {
 }
 
 impl Recent {
+    /// A memory that counts the conflicts it answers in `known_stale`.
+    pub(super) fn new(known_stale: Counter) -> Recent {
+        Recent {
+            inner: Mutex::default(),
+            known_stale,
+        }
+    }
+
+    /// The keys a commit read stale, by what this instance knows was committed since, if
+    /// any: a conflict answered without the database. Only for a first send (`first`):
+    /// see the module's doc.
+    ///
+    /// Asked twice per commit: when it arrives, and when a lane takes it, since the batches
+    /// committed while it waited in the queue may have made it stale.
+    pub(super) fn known_stale(
+        &self,
+        first: bool,
+        reads: &[(Resolved, Version)],
+    ) -> Option<Vec<Resolved>> {
+        if !first {
+            return None;
+        }
+        let stale = self.stale(reads);
+        if stale.is_empty() {
+            return None;
+        }
+        self.known_stale.inc();
+        Some(stale)
+    }
+
     /// Remembers that each key's value changed at the version given, keeping the newer
     /// version where one is already known: lanes may report out of version order.
     pub(super) fn record<'a>(&self, changes: impl IntoIterator<Item = (&'a Resolved, Version)>) {
@@ -68,10 +101,7 @@ impl Recent {
     }
 
     /// The keys read that are certainly stale: their value changed after the version read.
-    pub(super) fn stale<'a>(
-        &self,
-        reads: impl IntoIterator<Item = &'a (Resolved, Version)>,
-    ) -> Vec<Resolved> {
+    fn stale<'a>(&self, reads: impl IntoIterator<Item = &'a (Resolved, Version)>) -> Vec<Resolved> {
         let g = self.inner.lock().expect("recent commits");
         if g.new.is_empty() && g.old.is_empty() {
             return Vec::new();
