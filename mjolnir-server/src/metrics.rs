@@ -33,6 +33,10 @@ pub struct Metrics {
     pub commit_lane_busy: Counter<f64, AtomicU64>,
     /// The same for the read lanes.
     pub read_lane_busy: Counter<f64, AtomicU64>,
+    /// Commits waiting for a lane: under load, the next batch.
+    pub commits_queued: Gauge,
+    /// Reads waiting for a lane.
+    pub reads_queued: Gauge,
     /// Transactions decided by the set-based path of group commit.
     pub set_based_commits: Counter,
     /// Conflicts answered from the instance's recent commits, without the database.
@@ -59,6 +63,8 @@ impl Default for Metrics {
             read_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             commit_lane_busy: Counter::default(),
             read_lane_busy: Counter::default(),
+            commits_queued: Gauge::default(),
+            reads_queued: Gauge::default(),
             set_based_commits: Counter::default(),
             known_stale_commits: Counter::default(),
             open_connections: Gauge::default(),
@@ -117,6 +123,16 @@ impl Default for Metrics {
             "known_stale_commits",
             "Conflicts answered from the instance's recent commits, without the database",
             m.known_stale_commits.clone(),
+        );
+        registry.register(
+            "commits_queued",
+            "Commits waiting for a lane",
+            m.commits_queued.clone(),
+        );
+        registry.register(
+            "reads_queued",
+            "Reads waiting for a lane",
+            m.reads_queued.clone(),
         );
         registry.register(
             "open_connections",

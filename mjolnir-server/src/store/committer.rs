@@ -110,6 +110,7 @@ impl Committer {
                 knobs.group_commit,
                 metrics.commit_batch_size.clone(),
                 metrics.commit_lane_busy.clone(),
+                metrics.commits_queued.clone(),
             ),
             caller: Caller::new(
                 pool,

@@ -12,6 +12,7 @@
 //! them next.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
@@ -39,6 +40,8 @@ pub(super) struct Lanes<J> {
     /// Seconds spent running batches, all lanes together: against the time elapsed, how
     /// near the lanes are to being the bottleneck.
     busy: Counter<f64, AtomicU64>,
+    /// How many jobs wait in the queue.
+    queued: Gauge,
 }
 
 #[derive(Debug)]
@@ -52,12 +55,14 @@ struct Queue<J> {
 
 impl<J> Lanes<J> {
     /// At most `max_lanes` batches at once, each of at most `max_batch` jobs (both at least
-    /// one); `batch_sizes` observes every batch and `busy` adds up the time they take.
+    /// one); `batch_sizes` observes every batch, `busy` adds up the time they take and
+    /// `queued` shows how many jobs wait.
     pub(super) fn new(
         max_lanes: usize,
         max_batch: usize,
         batch_sizes: Histogram,
         busy: Counter<f64, AtomicU64>,
+        queued: Gauge,
     ) -> Lanes<J> {
         Lanes {
             queue: Mutex::new(Queue {
@@ -69,6 +74,7 @@ impl<J> Lanes<J> {
             max_batch: max_batch.max(1),
             batch_sizes,
             busy,
+            queued,
         }
     }
 }
@@ -79,6 +85,7 @@ pub(super) fn push<R: Runner>(runner: &Arc<R>, job: R::Job) {
     let start = {
         let mut q = lanes.queue.lock().expect("lane queue");
         q.waiting.push_back(job);
+        lanes.queued.set(q.waiting.len() as i64);
         let start = q.running < lanes.max_lanes;
         if start {
             q.running += 1;
@@ -98,6 +105,7 @@ async fn lane<R: Runner>(runner: Arc<R>) {
             let lanes = runner.lanes();
             let mut q = lanes.queue.lock().expect("lane queue");
             let (batch, chains) = take::<R>(&mut q, lanes.max_batch);
+            lanes.queued.set(q.waiting.len() as i64);
             if batch.is_empty() {
                 // Whatever is left belongs to chains another lane runs; that lane takes it.
                 q.running -= 1;

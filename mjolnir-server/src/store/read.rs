@@ -55,6 +55,7 @@ impl Reader {
                 knobs.group_commit,
                 metrics.read_batch_size.clone(),
                 metrics.read_lane_busy.clone(),
+                metrics.reads_queued.clone(),
             ),
             catalog_outdated: AtomicBool::new(false),
         }
