@@ -344,7 +344,8 @@ impl Cache {
             .collect();
         // A full sort rather than `select_nth_unstable` and a sort of the excess: a tenth of
         // the cache is evicted at a time, so this runs once per that many insertions, and
-        // the selection algorithm alone is about 1 KB of the gzipped wasm.
+        // the selection algorithm would be shipped in the wasm for it (docs/client.md,
+        // "Shipped size").
         oldest.sort_unstable_by_key(|&(last_used, _)| last_used);
         oldest.truncate(excess);
         let evicted: Vec<Key> = oldest.into_iter().map(|(_, key)| key.clone()).collect();

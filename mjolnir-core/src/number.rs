@@ -2,7 +2,8 @@
 //!
 //! Built on serde_json's float formatting and parsing rather than core's `f64` `Display`
 //! and `FromStr`: serde_json's are linked into the browser runtime anyway, and core's
-//! parser alone (with its 10 KB table) made the gzipped wasm 11 KB larger. (Core's
+//! parser alone, with its table, made the wasm much larger (docs/client.md, "Shipped
+//! size", which also measures the `ryu-js` crate against this). (Core's
 //! formatting stays linked all the same: serde's error messages print floats with it.)
 //! JavaScript's rules also differ from Rust's `Display`: `String(1e-7)` is `"1e-7"` and
 //! `String(1e21)` is `"1e+21"`, where Rust writes every digit.

@@ -15,8 +15,8 @@ static MJOLNIR_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 ///
 /// Its prepared statements keep one generic plan. Under the default `plan_cache_mode`
 /// PostgreSQL planned a read afresh at every call (its custom plans looked cheaper, the
-/// arrays of keys being of unknown length), which cost more than running it: 70 µs against
-/// 24 µs for a read of two rows. Every statement the server prepares is written to be
+/// arrays of keys being of unknown length), which cost more than running it (measured in
+/// docs/benchmarks.md, "Measurements behind the code"). Every statement the server prepares is written to be
 /// index lookups under a generic plan (docs/architecture.md, "Plans"); the functions of the
 /// commit path already run with generic plans (migration 0005).
 pub async fn connect(url: &str, size: u32) -> Result<PgPool, sqlx::Error> {
