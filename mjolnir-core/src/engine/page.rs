@@ -59,6 +59,8 @@ struct Job {
     misses: u32,
     /// Keys kept from eviction while the job waits: what its last attempt read or missed.
     pinned: Vec<Key>,
+    /// Its own retry policy ([`Engine::call_with`]); `None`: the engine's.
+    policy: Option<RetryPolicy>,
 }
 
 /// One page's client engine.
@@ -175,6 +177,7 @@ impl Engine {
             conflicts: 0,
             misses: 0,
             pinned: Vec::new(),
+            policy: None,
         });
         self.run(id);
         id
@@ -522,11 +525,12 @@ impl Engine {
         let Some(j) = self.job_mut(job) else { return };
         j.conflicts += 1;
         let attempts = j.conflicts;
+        let policy = j.policy.unwrap_or(self.policy);
         self.actions.push_back(Action::Conflicted {
             job,
             key: key.clone(),
         });
-        match self.policy.delay(attempts, jitter) {
+        match policy.delay(attempts, jitter) {
             // Only when the stale key was evicted from the cache meanwhile is it unknown.
             None => {
                 let key = key.unwrap_or_else(|| Key::kv(""));
@@ -612,6 +616,29 @@ impl Engine {
 
     fn unpin_job(&mut self, job: JobId) {
         self.repin(job, Vec::new());
+    }
+
+    /// [`Engine::call`], with a retry policy of the job's own instead of the engine's: for
+    /// an adapter whose callers each say how often to retry (the native client's
+    /// `Client::run`).
+    pub fn call_with(&mut self, kind: Kind, policy: RetryPolicy) -> JobId {
+        let id = self.call(kind);
+        if let Some(j) = self.job_mut(id) {
+            j.policy = Some(policy);
+        }
+        id
+    }
+
+    /// Evicts past the cache's bound now, unsubscribing what it drops, instead of at the
+    /// next reply that brings keys: for an adapter with a cache too small to keep keys
+    /// between transactions (the load generator's), whose keys must stop being pushed as
+    /// soon as the transaction that read them is over.
+    pub fn evict(&mut self) {
+        let evicted = self.cache.evict();
+        if !evicted.is_empty() {
+            self.actions
+                .push_back(Action::Send(ClientMessage::Unsubscribe { keys: evicted }));
+        }
     }
 
     /// A uniform draw from [0, 1) (xorshift64*).
