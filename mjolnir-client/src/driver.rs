@@ -152,7 +152,10 @@ impl Driver {
     }
 
     /// A server message for the engine: a push, or the reply to one of its requests under
-    /// the id the engine gave it.
+    /// the id the engine gave it. Frames that answer nothing (an `error` naming no request,
+    /// a stray reply, an unparsable frame) are not given to it but kept for
+    /// `Client::next_unsolicited`: the engine would only warn of them, and the raw API's
+    /// tests of the server are what provoke them.
     pub(crate) fn deliver(&self, msg: ServerMessage) {
         let Ok(mut state) = self.live() else { return };
         state.engine.message(msg);
@@ -212,12 +215,16 @@ impl Driver {
                 }
                 Action::Wake(job, delay) => {
                     let me = self.me.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        if let Some(driver) = me.upgrade() {
-                            driver.wake(job);
-                        }
-                    });
+                    // Without a runtime (one shutting down, dropping a `run`), nobody is
+                    // left to await the job either.
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        runtime.spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            if let Some(driver) = me.upgrade() {
+                                driver.wake(job);
+                            }
+                        });
+                    }
                 }
                 Action::Warn(message) => tracing::warn!("{message}"),
                 // Nothing on a native client shows a page: keeping or undoing an attempt's
