@@ -102,7 +102,8 @@ struct RunArgs {
     /// Mjölnir's WebSocket URL.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     mjolnir_url: String,
-    /// Keep the keys each transfer read subscribed, as `Client::run` alone does.
+    /// Keep the keys each transfer read cached and subscribed, as a `Client` with the
+    /// default cache does: later transfers then read them from the cache, not the server.
     #[arg(long)]
     keep_subscriptions: bool,
     /// The endpoint's base URL.

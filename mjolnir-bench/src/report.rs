@@ -119,9 +119,12 @@ pub fn render(results: &[RunResult], ctx: &Context) -> String {
          - **endpoint**: a hand-written axum + sqlx route (`mjolnir-bench endpoint`) doing the \
          same statements in one transaction per `POST /transfer`, over HTTP keep-alive.\n\
          - **Mjölnir**: `mjolnir dev --database-url` on that database, driven over the \
-         WebSocket protocol by the native client (`Client::run`: one read round trip, one \
-         commit; a conflict re-runs the transaction). Each client unsubscribes from the two \
-         accounts after each transfer, so pushes do not fan out to every connection.\n\n\
+         WebSocket protocol by the native client (`Client::run`, a job of the core's client \
+         engine: one read round trip, one commit; a conflict re-runs the transaction, at \
+         once on the values the conflict reply carried, later after a back-off on the \
+         engine's cache, without reading again). Each client's cache keeps nothing between \
+         transfers, so it unsubscribes from the two accounts after each transfer and pushes \
+         do not fan out to every connection.\n\n\
          Closed loop: each client runs one transfer at a time. A transfer counts when it \
          completes inside the measured window (after the warm-up). *TPS*: committed \
          transfers per second. *abort rate*: OCC conflicts / commit attempts (pgbench and \

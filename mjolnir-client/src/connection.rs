@@ -1,12 +1,15 @@
 //! [`Client`]: one WebSocket connection to a Mjölnir server, shared by many requests.
 
+use crate::driver::Driver;
 use crate::error::ClientError;
 use crate::knobs::{
-    HANDSHAKE_TIMEOUT, MAX_MESSAGE_BYTES, OUTGOING_QUEUE, PUSH_BUFFER, UNSOLICITED_BUFFER,
+    DEFAULT_CACHE_CAPACITY, HANDSHAKE_TIMEOUT, MAX_MESSAGE_BYTES, OUTGOING_QUEUE, PUSH_BUFFER,
+    UNSOLICITED_BUFFER,
 };
 use crate::routes::{Routes, Unsolicited};
 use crate::socket::{self, Outgoing, Push, ReaderParts, Ws};
 use futures_util::{SinkExt, StreamExt};
+use mjolnir_core::engine::Engine;
 use mjolnir_core::protocol::Entry;
 use mjolnir_core::{
     ClientMessage, Key, PROTOCOL_VERSION, ReadSet, ServerMessage, TxnId, Version, WriteSet,
@@ -14,7 +17,7 @@ use mjolnir_core::{
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::{Mutex, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Mutex, Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -25,20 +28,51 @@ pub use mjolnir_core::engine::Verdict as CommitOutcome;
 /// A connection to a Mjölnir server. Cloning it is cheap and shares the connection: every
 /// clone may have requests in flight at once.
 ///
+/// Two APIs share the connection. [`Client::run`] is the client engine's
+/// ([`mjolnir_core::engine`], the browser runtime's too): transactions on a cache of what
+/// the connection has read, kept current by pushes. The raw API ([`Client::read`],
+/// [`Client::commit`], [`Client::send_raw`], [`Client::next_unsolicited`]) sends exactly
+/// what it is asked to, for tests of the server. Their replies never mix (see
+/// `routes.rs`), but the server keeps one subscription per key and connection: when the
+/// engine evicts a key from its cache it unsubscribes it, which also ends the pushes of
+/// that key that a raw read asked for.
+///
 /// The connection closes when [`Client::close`] is called, when the server closes it, or
 /// when the last clone is dropped.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+/// How a [`Client`] is set up, for [`Client::connect_with`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Keys the engine's cache holds between transactions before it evicts the least
+    /// recently used (and unsubscribes them). Keys that transactions in progress read are
+    /// kept whatever this says, so 0 is a cache that keeps nothing between transactions:
+    /// each [`Client::run`] reads what it needs from the server, and unsubscribes it when
+    /// it is over.
+    pub cache_capacity: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            cache_capacity: DEFAULT_CACHE_CAPACITY,
+        }
+    }
+}
+
+pub(crate) struct Inner {
     client_id: String,
     user: Option<String>,
     instance: String,
     next_txn: AtomicU64,
-    outgoing: mpsc::Sender<Outgoing>,
+    /// Places in the writer's queue for the raw API (see `OUTGOING_QUEUE`).
+    room: Arc<Semaphore>,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
     routes: Arc<Routes>,
+    pub(crate) driver: Arc<Driver>,
     /// Weak, so that the reader owns the only sender and subscribers learn of the end.
     pushes: broadcast::WeakSender<Push>,
     unsolicited: Mutex<mpsc::Receiver<Unsolicited>>,
@@ -63,8 +97,17 @@ struct Welcome {
 
 impl Client {
     /// Connects to a `ws://` url (`wss://` is not built in), says hello as `user` and waits
-    /// for the welcome.
+    /// for the welcome. With the default [`ClientOptions`].
     pub async fn connect(url: &str, user: Option<&str>) -> Result<Client, ClientError> {
+        Self::connect_with(url, user, ClientOptions::default()).await
+    }
+
+    /// [`Client::connect`] with `options`.
+    pub async fn connect_with(
+        url: &str,
+        user: Option<&str>,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
         let client_id = uuid::Uuid::new_v4().to_string();
         let (ws, welcome) =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(url, user, &client_id))
@@ -73,7 +116,15 @@ impl Client {
 
         let (sink, stream) = ws.split();
         let routes = Arc::new(Routes::default());
-        let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
+        let (outgoing, queue) = mpsc::unbounded_channel();
+        // The engine's txn ids get a prefix of their own (`…:e:n`, the raw API's are
+        // `…:n`): the server would take one of each under the same id for a re-send.
+        let engine = Engine::new(
+            format!("{client_id}:e"),
+            options.cache_capacity,
+            rand::random(),
+        );
+        let driver = Driver::new(engine, routes.clone(), outgoing.clone());
         let (pushes, _) = broadcast::channel(PUSH_BUFFER);
         let (unsolicited_tx, unsolicited) = mpsc::channel(UNSOLICITED_BUFFER);
         let (stopped_tx, writer_stopped) = oneshot::channel();
@@ -84,8 +135,10 @@ impl Client {
             user: welcome.user,
             instance: welcome.instance,
             next_txn: AtomicU64::new(1),
+            room: Arc::new(Semaphore::new(OUTGOING_QUEUE)),
             outgoing,
             routes: routes.clone(),
+            driver: driver.clone(),
             pushes: pushes.downgrade(),
             unsolicited: Mutex::new(unsolicited),
             finished: finished.clone(),
@@ -95,6 +148,7 @@ impl Client {
             stream,
             ReaderParts {
                 routes,
+                driver: Arc::downgrade(&driver),
                 pushes,
                 unsolicited: unsolicited_tx,
                 writer_stopped,
@@ -229,16 +283,22 @@ impl Client {
     /// still waiting fail with [`ClientError::Disconnected`]; so does every later one.
     /// Returns once the connection is gone.
     pub async fn close(&self) {
-        let _ = self.inner.outgoing.send(Outgoing::Close).await;
+        let _ = self.inner.outgoing.send(Outgoing::Close);
         let mut finished = self.inner.finished.clone();
         let _ = finished.wait_for(|done| *done).await;
     }
 
     async fn send(&self, text: String) -> Result<(), ClientError> {
+        let room = self
+            .inner
+            .room
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::Disconnected)?;
         self.inner
             .outgoing
-            .send(Outgoing::Text(text))
-            .await
+            .send(Outgoing::Text(text, Some(room)))
             .map_err(|_| ClientError::Disconnected)
     }
 }

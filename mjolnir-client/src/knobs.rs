@@ -7,10 +7,17 @@ use std::time::Duration;
 /// rows. This only stops a runaway server from exhausting our memory.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
-/// Frames queued for the writer task before `read`, `commit` and `send_raw` start to wait:
-/// the back-pressure a load generator needs, deep enough that a pipelined burst of requests
-/// never waits on a healthy connection.
+/// Frames of the raw API (`read`, `commit`, `send_raw`) queued for the writer task before
+/// the next one waits: back-pressure for a caller that floods the connection, deep enough
+/// that a pipelined burst of requests never waits on a healthy connection. The engine's
+/// frames (`Client::run`) do not count: they are queued under its lock, where nothing may
+/// wait, and there are only a few per transaction in progress.
 pub(crate) const OUTGOING_QUEUE: usize = 4096;
+
+/// Keys the engine's cache holds by default (`ClientOptions::cache_capacity`), the
+/// browser's figure: enough for a working set, small enough that a long-lived client does
+/// not end up subscribed to the whole database.
+pub(crate) const DEFAULT_CACHE_CAPACITY: usize = mjolnir_core::cache::DEFAULT_CAPACITY;
 
 /// Frames written before one flush. Batching a pipelined burst saves syscalls; the cap keeps
 /// a steady stream of requests from postponing the flush forever.

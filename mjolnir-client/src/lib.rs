@@ -3,7 +3,11 @@
 //!
 //! The model is the one of [`mjolnir_core`]: a transaction reads keys at the versions it
 //! sees, buffers its writes, and sends them in one commit that the server applies only if
-//! every version read is still current. [`Client::run`] wraps that in a retry loop:
+//! every version read is still current. [`Client::run`] runs a closure that way, as a job
+//! of the core's client engine ([`mjolnir_core::engine`]), the same state machine as the
+//! browser runtime's: the engine keeps a cache of what the connection read (kept current by
+//! pushes), decides when to fetch, to commit and to retry, and pipelines concurrent runs.
+//! This crate only carries out what it decides (`driver.rs`):
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), mjolnir_client::ClientError> {
@@ -26,24 +30,28 @@
 //! # Ok(()) }
 //! ```
 //!
-//! One connection carries many requests at once: [`Client`] is a cheap handle, each call
-//! sends its request at once and waits only for its own reply. Replies are matched to
-//! requests by read id or txn id, never by arrival order, because the server answers in
-//! whatever order its work finishes. Frames that answer nothing this client asked for are
+//! Beside it, a raw API sends exactly what it is asked to ([`Client::read`],
+//! [`Client::commit`], [`Client::send_raw`]), for tests of the server. One connection
+//! carries many requests at once: [`Client`] is a cheap handle, each call sends its request
+//! at once and waits only for its own reply. Replies are matched to requests by read id or
+//! txn id, never by arrival order, because the server answers in whatever order its work
+//! finishes; the engine's requests and the raw ones go through one table, so neither takes
+//! the other's replies (`routes.rs`). Frames that answer nothing this client asked for are
 //! kept for [`Client::next_unsolicited`], which is how bad-input tests see the server's
-//! answers; pushes go to [`Client::pushes`].
+//! answers; pushes go to [`Client::pushes`] (and to the engine's cache).
 //!
 //! When the connection ends, for whatever reason, every waiting request and every later one
 //! fails with [`ClientError::Disconnected`]; nothing waits forever.
 
 mod connection;
+mod driver;
 mod error;
 mod knobs;
 mod routes;
 mod socket;
 mod transaction;
 
-pub use connection::{Client, CommitOutcome};
+pub use connection::{Client, ClientOptions, CommitOutcome};
 pub use error::ClientError;
 pub use mjolnir_core::RetryPolicy;
 pub use routes::Unsolicited;

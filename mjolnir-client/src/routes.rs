@@ -5,6 +5,17 @@
 //! adds what a native client needs around it: a lock, since many tasks send on one
 //! connection, and the end of the connection, which this client does not survive.
 //!
+//! **One table for the whole connection.** Two kinds of request share the connection: the
+//! raw API's (`Client::read`, `commit`, `commit_new`) and the engine's (the reads and
+//! commits of `Client::run`). The engine numbers its reads from its own table, so its ids
+//! would collide with the raw ones. Instead of splitting the id space, every request of
+//! either kind is registered here, in one [`Requests`], and sent under the id this table
+//! gives it ([`Routes::for_engine`]): an engine read remembers the id the engine gave it,
+//! and its reply is handed back to the engine under that id. So neither kind can take the
+//! other's reply, and a frame that answers neither is unsolicited, for
+//! [`crate::Client::next_unsolicited`]. Txn ids cannot collide either: the engine's carry
+//! a prefix of their own (see `Client::connect_with`).
+//!
 //! Invariant: once the connection has ended, no waiter is left and none can be added, so no
 //! request waits forever. Both hold because ending and registering take the same lock.
 
@@ -41,11 +52,25 @@ struct Ended {
     reported: bool,
 }
 
-/// Who waits for a request: a task, through a channel.
+/// Who waits for a request: a task of the raw API, through a channel, or the engine.
 #[derive(Debug)]
 pub(crate) enum Waiter {
     Read(oneshot::Sender<ReadReply>),
     Commit(oneshot::Sender<CommitOutcome>),
+    /// A read of the engine's, under the id the engine gave it.
+    EngineRead(u32),
+    EngineCommit,
+}
+
+/// Where a server message goes.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Delivered {
+    /// It answered a request of the raw API, whose task has it now.
+    Answered,
+    /// It answers a request of the engine's: the message as the engine named the request.
+    ForEngine(ServerMessage),
+    /// It answers nothing that waits.
+    Unsolicited(ServerMessage),
 }
 
 #[derive(Debug, Default)]
@@ -100,25 +125,56 @@ impl Routes {
         Ok((msg, rx))
     }
 
+    /// Registers a message of the engine's before it is sent and returns it as it must be
+    /// sent: a read under an id of this table (see the module's docs), a commit as is.
+    /// `None` once the connection has ended.
+    pub(crate) fn for_engine(&self, msg: ClientMessage) -> Option<ClientMessage> {
+        let mut pending = self.lock();
+        if pending.ended.is_some() {
+            return None;
+        }
+        match msg {
+            ClientMessage::Read { id, keys } => {
+                Some(pending.requests.read(keys, Waiter::EngineRead(id)))
+            }
+            commit @ ClientMessage::Commit { .. } => {
+                pending.requests.commit(commit, Waiter::EngineCommit)
+            }
+            other => Some(other),
+        }
+    }
+
     pub(crate) fn has_ended(&self) -> bool {
         self.lock().ended.is_some()
     }
 
-    /// Hands `msg` to the request it answers, or gives it back when it answers none.
-    pub(crate) fn deliver(&self, msg: ServerMessage) -> Option<ServerMessage> {
+    /// Hands `msg` to the raw request it answers, or says where it goes.
+    pub(crate) fn deliver(&self, msg: ServerMessage) -> Delivered {
         let routed = self.lock().requests.deliver(msg);
         match routed {
             Routed::Read(Waiter::Read(tx), reply) => {
                 let _ = tx.send(reply);
-                None
+                Delivered::Answered
             }
             Routed::Commit(Waiter::Commit(tx), _, verdict) => {
                 let _ = tx.send(verdict);
-                None
+                Delivered::Answered
+            }
+            Routed::Read(Waiter::EngineRead(id), Ok(entries)) => {
+                Delivered::ForEngine(ServerMessage::Values { id, entries })
+            }
+            Routed::Read(Waiter::EngineRead(id), Err(error)) => {
+                Delivered::ForEngine(ServerMessage::Error {
+                    id: Some(id),
+                    error,
+                })
+            }
+            Routed::Commit(Waiter::EngineCommit, txn, verdict) => {
+                Delivered::ForEngine(verdict.into_message(txn))
             }
             // A read id or txn id is registered only with its own kind of waiter.
-            Routed::Read(..) | Routed::Commit(..) => None,
-            Routed::Other(msg) => Some(msg),
+            Routed::Read(..) | Routed::Commit(..) => Delivered::Answered,
+            Routed::Other(msg) => Delivered::Unsolicited(msg),
         }
     }
 
@@ -182,14 +238,14 @@ mod tests {
                 txn: TxnId("c:1".into()),
                 version: Version(9)
             }),
-            None
+            Delivered::Answered
         );
         assert_eq!(
             routes.deliver(ServerMessage::Values {
                 id,
                 entries: vec![]
             }),
-            None
+            Delivered::Answered
         );
         assert_eq!(
             outcome.try_recv().unwrap(),
@@ -200,7 +256,58 @@ mod tests {
             id,
             entries: vec![],
         };
-        assert_eq!(routes.deliver(stray.clone()), Some(stray));
+        assert_eq!(routes.deliver(stray.clone()), Delivered::Unsolicited(stray));
+    }
+
+    #[test]
+    fn the_engines_requests_get_ids_no_raw_request_has_and_their_replies_back() {
+        let routes = Routes::default();
+        let (raw, mut values) = routes.expect_values(vec![Key::kv("raw")]).unwrap();
+        let ClientMessage::Read { id: raw_id, .. } = raw else {
+            panic!("a read")
+        };
+        // The engine numbers its reads from 1 too.
+        let engine_read = ClientMessage::Read {
+            id: raw_id,
+            keys: vec![Key::kv("e")],
+        };
+        let Some(ClientMessage::Read { id: sent, keys }) = routes.for_engine(engine_read) else {
+            panic!("a read")
+        };
+        assert_ne!(sent, raw_id);
+        assert_eq!(keys, vec![Key::kv("e")]);
+        assert_eq!(
+            routes.deliver(ServerMessage::Values {
+                id: sent,
+                entries: vec![]
+            }),
+            Delivered::ForEngine(ServerMessage::Values {
+                id: raw_id,
+                entries: vec![]
+            }),
+            "handed back under the engine's id"
+        );
+        assert!(values.try_recv().is_err(), "the raw read still waits");
+        assert!(routes.for_engine(commit("c:e:1")).is_some());
+        let verdict = ServerMessage::Committed {
+            txn: TxnId("c:e:1".into()),
+            version: Version(2),
+        };
+        assert_eq!(
+            routes.deliver(verdict.clone()),
+            Delivered::ForEngine(verdict.clone())
+        );
+        assert_eq!(
+            routes.deliver(verdict.clone()),
+            Delivered::Unsolicited(verdict)
+        );
+        let unsubscribe = ClientMessage::Unsubscribe { keys: vec![] };
+        assert_eq!(
+            routes.for_engine(unsubscribe.clone()),
+            Some(unsubscribe.clone())
+        );
+        routes.end(None, String::new());
+        assert_eq!(routes.for_engine(unsubscribe), None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The two tasks that own the socket: they only frame, and leave the meaning of messages to
-//! [`crate::routes`].
+//! [`crate::routes`] and the engine ([`crate::driver`]).
 //!
 //! Reading and writing run in separate tasks so that neither ever waits for the other: a
 //! client that stopped reading while it wrote a long burst could deadlock with a server
@@ -13,15 +13,16 @@
 //! A failed write does not end the reader at once: it usually means the server is closing
 //! the connection, and its close frame (with the code that says why) may still be unread.
 
+use crate::driver::Driver;
 use crate::knobs::{CLOSE_GRACE, WRITE_BURST};
-use crate::routes::{Routes, Unsolicited};
+use crate::routes::{Delivered, Routes, Unsolicited};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use mjolnir_core::Version;
 use mjolnir_core::protocol::{Entry, ServerMessage};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -33,10 +34,19 @@ pub(crate) type Push = (Version, Vec<Entry>);
 /// What the client handles ask the writer to do, in order.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
-    Text(String),
+    /// A frame, with the place in the queue a raw-API caller waited for (see
+    /// `OUTGOING_QUEUE`), freed once the frame is written. The engine's frames take none:
+    /// they are queued under its lock, where nothing may wait.
+    Text(String, Option<OwnedSemaphorePermit>),
     /// Write everything queued before, then a close frame, then drop the socket without
     /// waiting for the server's answer.
     Close,
+}
+
+impl Outgoing {
+    pub(crate) fn text(text: String) -> Outgoing {
+        Outgoing::Text(text, None)
+    }
 }
 
 /// Why the writer stopped.
@@ -52,6 +62,8 @@ pub(crate) enum WriterStop {
 /// The reader's ends of the channels it feeds.
 pub(crate) struct ReaderParts {
     pub(crate) routes: Arc<Routes>,
+    /// Weak, so that the client handles alone keep the connection open.
+    pub(crate) driver: Weak<Driver>,
     pub(crate) pushes: broadcast::Sender<Push>,
     pub(crate) unsolicited: mpsc::Sender<Unsolicited>,
     pub(crate) writer_stopped: oneshot::Receiver<WriterStop>,
@@ -61,6 +73,7 @@ pub(crate) struct ReaderParts {
 pub(crate) async fn read_loop(mut stream: SplitStream<Ws>, parts: ReaderParts) {
     let ReaderParts {
         routes,
+        driver,
         pushes,
         unsolicited,
         mut writer_stopped,
@@ -95,13 +108,23 @@ pub(crate) async fn read_loop(mut stream: SplitStream<Ws>, parts: ReaderParts) {
             Some(Ok(Message::Text(text))) => match ServerMessage::parse(text.as_str()) {
                 Ok(ServerMessage::Push { version, changes }) => {
                     // No subscriber is fine: pushes are only for those who asked.
-                    let _ = pushes.send((version, changes));
-                }
-                Ok(msg) => {
-                    if let Some(msg) = routes.deliver(msg) {
-                        unsolicit(Unsolicited::Message(msg));
+                    if pushes.receiver_count() > 0 {
+                        let _ = pushes.send((version, changes.clone()));
+                    }
+                    // The engine's cache follows every push of a key it holds.
+                    if let Some(driver) = driver.upgrade() {
+                        driver.deliver(ServerMessage::Push { version, changes });
                     }
                 }
+                Ok(msg) => match routes.deliver(msg) {
+                    Delivered::Answered => {}
+                    Delivered::ForEngine(msg) => {
+                        if let Some(driver) = driver.upgrade() {
+                            driver.deliver(msg);
+                        }
+                    }
+                    Delivered::Unsolicited(msg) => unsolicit(Unsolicited::Message(msg)),
+                },
                 Err(err) => {
                     tracing::warn!(%err, "unparsable frame from the server");
                     let start: String = text.as_str().chars().take(200).collect();
@@ -131,13 +154,16 @@ pub(crate) async fn read_loop(mut stream: SplitStream<Ws>, parts: ReaderParts) {
     // The close is recorded before the unsolicited channel closes, so `next_unsolicited`
     // finds it as soon as it sees the channel's end.
     routes.end(code, reason);
+    if let Some(driver) = driver.upgrade() {
+        driver.end();
+    }
     drop(unsolicited);
     finished.send_replace(true);
 }
 
 pub(crate) async fn write_loop(
     mut sink: SplitSink<Ws, Message>,
-    mut queue: mpsc::Receiver<Outgoing>,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
     mut reader_finished: watch::Receiver<bool>,
     stopped: oneshot::Sender<WriterStop>,
 ) {
@@ -155,10 +181,12 @@ pub(crate) async fn write_loop(
         let close = match next {
             None => break WriterStop::Done("every client handle was dropped".to_owned()),
             Some(Outgoing::Close) => true,
-            Some(Outgoing::Text(text)) => match write_burst(&mut sink, text, &mut queue).await {
-                Ok(close) => close,
-                Err(err) => break WriterStop::Failed(format!("write failed: {err}")),
-            },
+            Some(Outgoing::Text(text, _room)) => {
+                match write_burst(&mut sink, text, &mut queue).await {
+                    Ok(close) => close,
+                    Err(err) => break WriterStop::Failed(format!("write failed: {err}")),
+                }
+            }
         };
         if close {
             let frame = CloseFrame {
@@ -183,13 +211,13 @@ async fn reader_ended(finished: &mut watch::Receiver<bool>) {
 async fn write_burst(
     sink: &mut SplitSink<Ws, Message>,
     first: String,
-    queue: &mut mpsc::Receiver<Outgoing>,
+    queue: &mut mpsc::UnboundedReceiver<Outgoing>,
 ) -> Result<bool, tungstenite::Error> {
     sink.feed(Message::text(first)).await?;
     let mut close = false;
     for _ in 1..WRITE_BURST {
         match queue.try_recv() {
-            Ok(Outgoing::Text(text)) => sink.feed(Message::text(text)).await?,
+            Ok(Outgoing::Text(text, _room)) => sink.feed(Message::text(text)).await?,
             Ok(Outgoing::Close) => {
                 close = true;
                 break;

@@ -1,110 +1,114 @@
-//! [`Tx`] and [`Client::run`]: a closure run as an optimistic transaction, retried on
-//! conflict.
+//! [`Tx`] and [`Client::run`]: a closure run as a transaction of the client engine.
+//!
+//! The engine ([`mjolnir_core::engine::Engine`]) decides; this module runs the closure when
+//! the engine says so and reports how each attempt ended. The closure is an async job
+//! (the browser's `mjolnir.atomic(async tx => …)`): a read the cache cannot answer waits
+//! for a fetch instead of stopping the closure.
 
-use crate::connection::{Client, CommitOutcome};
+use crate::connection::Client;
+use crate::driver::{Driver, JobEvent};
 use crate::error::ClientError;
-use mjolnir_core::{Key, RetryPolicy, Transaction, Version, WriteOp};
+use mjolnir_core::attempt::Read;
+use mjolnir_core::engine::{Ended, Failure, JobId, MAX_MISS_ROUNDS};
+use mjolnir_core::{Attempt, Key, ReadSet, RetryPolicy, Version, WriteOp, WriteSet};
 use serde_json::{Map, Value};
-use std::collections::{HashMap, HashSet};
 
-/// One attempt of a transaction: reads go to the server, writes are buffered until the
-/// commit.
+/// One attempt of a transaction: it reads the connection's cache (with the writes of its
+/// commits still in flight on top), fetching what the cache lacks, and buffers its writes
+/// until the commit.
 ///
-/// The attempt remembers what it read: asking for a key again answers from that first
-/// read (plus the attempt's own writes) without a round trip, because the commit is
-/// validated against the first version read anyway. That also keeps each attempt's view
-/// of a key stable.
-///
-/// A retry that goes at once after a conflict starts from what the conflicted attempt
-/// knew: the stale keys at the values the conflict reply carried, the others as that
-/// attempt read them (the server validated them and found them current). It reads from
-/// the server only keys that no earlier attempt read, as the browser runtime does with
-/// its cache; whatever changed since is caught by the commit's validation like any other
-/// stale read. A retry that first waits out a back-off reads everything again: this client
-/// keeps no pushed cache, so what it knew would be as old as the wait.
+/// The attempt sees one state of each key: a key keeps the version it was first read at,
+/// even if a push or a fetch brings a newer one meanwhile (the commit then conflicts and
+/// the engine runs the closure again). Reads of the cache may come from different moments,
+/// which is why even a read-only attempt is validated by the server.
 #[derive(Debug)]
 pub struct Tx {
     client: Client,
-    txn: Transaction,
-    /// The committed value of each key read so far.
-    seen: HashMap<Key, Option<Value>>,
-    /// What earlier attempts of this run learned: each key's version and value.
-    known: HashMap<Key, (Version, Option<Value>)>,
+    attempt: Attempt,
 }
 
 impl Tx {
-    fn new(client: Client, known: HashMap<Key, (Version, Option<Value>)>) -> Tx {
-        Tx {
-            client,
-            txn: Transaction::new(),
-            seen: HashMap::new(),
-            known,
-        }
-    }
-
     /// What this attempt sees at `key`: the committed value, with its own writes applied.
     pub async fn get(&mut self, key: Key) -> Result<Option<Value>, ClientError> {
         let mut values = self.get_many(vec![key]).await?;
         Ok(values.pop().flatten())
     }
 
-    /// What this attempt sees at each of `keys`, in order, in at most one round trip.
+    /// What this attempt sees at each of `keys`, in order: what the cache lacks is fetched
+    /// in one round trip.
     pub async fn get_many(&mut self, keys: Vec<Key>) -> Result<Vec<Option<Value>>, ClientError> {
-        for k in &keys {
-            if !self.seen.contains_key(k)
-                && let Some((version, value)) = self.known.remove(k)
-            {
-                self.txn.reads.record(k.clone(), version);
-                self.seen.insert(k.clone(), value);
+        let mut fetched = false;
+        loop {
+            let mut values = Vec::with_capacity(keys.len());
+            let mut missed: Vec<Key> = Vec::new();
+            for key in &keys {
+                match self.attempt.read(key.clone()) {
+                    Read::Value(v) => values.push(v),
+                    Read::Miss if !missed.contains(key) => missed.push(key.clone()),
+                    Read::Miss => {}
+                }
             }
-        }
-        let mut asked = HashSet::new();
-        let missing: Vec<Key> = keys
-            .iter()
-            .filter(|k| !self.seen.contains_key(*k) && asked.insert(*k))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            let entries = self.client.read(missing.clone()).await?;
-            if entries.len() != missing.len()
-                || entries.iter().zip(&missing).any(|(e, k)| e.key != *k)
-            {
+            if missed.is_empty() {
+                return Ok(values);
+            }
+            if fetched {
+                self.forget_misses();
                 return Err(ClientError::Protocol(format!(
-                    "asked for {} keys, got {} entries or others in another order",
-                    missing.len(),
-                    entries.len()
+                    "the server's reply to a read lacked {} of its keys",
+                    missed.len()
                 )));
             }
-            for entry in entries {
-                self.txn.reads.record(entry.key.clone(), entry.version);
-                self.seen.insert(entry.key, entry.value);
+            let reply = self.client.inner.driver.fetch(missed)?.await;
+            match reply {
+                // The snapshot taken as the reply landed holds what was fetched; the keys
+                // already read keep the versions they were read at.
+                Ok(Ok(snapshot)) => self.attempt.resnapshot(snapshot),
+                Ok(Err(error)) => {
+                    self.forget_misses();
+                    return Err(ClientError::Server(error));
+                }
+                Err(_) => return Err(ClientError::Disconnected),
             }
+            fetched = true;
         }
-        Ok(keys
-            .iter()
-            .map(|k| self.txn.view(k, self.seen.get(k).and_then(Option::as_ref)))
-            .collect())
+    }
+
+    /// Forgets the keys this attempt could not read, so that a closure that fails because
+    /// of them ends the run with its error, instead of the engine fetching them again.
+    fn forget_misses(&mut self) {
+        let same = self.attempt.snapshot().clone();
+        self.attempt.resnapshot(same);
     }
 
     pub fn insert(&mut self, key: Key, row: Map<String, Value>) {
-        self.txn.write(key, WriteOp::Insert { row });
+        self.attempt.insert(key, row);
     }
 
     pub fn update(&mut self, key: Key, set: Map<String, Value>) {
-        self.txn.write(key, WriteOp::Update { set });
+        self.attempt.update(key, set);
     }
 
     pub fn put(&mut self, key: Key, value: Value) {
-        self.txn.write(key, WriteOp::Put { value });
+        self.attempt.put(key, value);
     }
 
     pub fn delete(&mut self, key: Key) {
-        self.txn.write(key, WriteOp::Delete);
+        self.attempt.delete(key);
     }
 
-    /// The reads and writes so far.
-    pub fn transaction(&self) -> &Transaction {
-        &self.txn
+    /// What this attempt has read from the server so far, at the versions it saw.
+    pub fn reads(&self) -> &ReadSet {
+        self.attempt.reads()
+    }
+
+    /// The writes this attempt has buffered.
+    pub fn writes(&self) -> &WriteSet {
+        self.attempt.writes()
+    }
+
+    /// Buffers `op`, merged with this attempt's earlier writes of `key`.
+    pub fn write(&mut self, key: Key, op: WriteOp) {
+        self.attempt.write(key, op);
     }
 }
 
@@ -125,23 +129,57 @@ pub enum TxAbort {
 pub struct Committed<T> {
     /// What the closure returned in the attempt that committed.
     pub value: T,
-    /// The commit version; `None` for a read-only transaction, which is never sent.
+    /// The commit version; `None` for a transaction that read and wrote nothing of the
+    /// server's, which is never sent.
     pub version: Option<Version>,
     /// Attempts made, the committed one included.
     pub attempts: u32,
 }
 
+/// Ends the job if its `run` future is dropped in the middle of an attempt.
+struct OpenAttempt<'a> {
+    driver: &'a Driver,
+    job: JobId,
+    open: bool,
+}
+
+impl Drop for OpenAttempt<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.driver.abandon(self.job);
+        }
+    }
+}
+
 impl Client {
-    /// Runs `f` as a transaction: each attempt gets a fresh [`Tx`], and its writes are
-    /// committed with the versions it read. A conflict starts a new attempt after the
-    /// delay `policy` says; one that goes at once sees the stale keys as the conflict reply
-    /// gave them and reads from the server only keys no earlier attempt read (see [`Tx`]).
-    /// Anything else ends the run.
+    /// Runs `f` as a transaction of the connection's client engine, retried as `policy`
+    /// says. The engine decides, exactly as for a page's `mjolnir.atomic(async tx => …)`:
     ///
-    /// `f` may run several times, so it should have no effect beyond the `Tx`. A read-only
-    /// attempt is validated like any other (sent as a commit with no writes), as the
-    /// browser runtime's are: if it read in several round trips, only the server can tell
-    /// whether what it saw was one state. One that read nothing is not sent.
+    /// - Each attempt gets a fresh [`Tx`] on the engine's cache: keys it holds are read
+    ///   without a round trip, the others are fetched (and then held, and kept current by
+    ///   pushes, until evicted; see [`crate::ClientOptions::cache_capacity`]).
+    /// - When `f` returns, the attempt's writes are committed with the versions it read. A
+    ///   read-only attempt is validated the same way (a commit with no writes); one that
+    ///   read and wrote nothing is not sent, and its `version` is `None`.
+    /// - A conflict refreshes the cache with the reply's values and runs `f` again, at once
+    ///   the first time, then after `policy`'s back-off; past `policy.max_attempts` the run
+    ///   fails with [`ClientError::TooManyConflicts`]. If `f` fails while what it read is
+    ///   already stale, that is a conflict too, not its error.
+    /// - Anything else ends the run: [`ClientError::Rejected`], the closure's own error
+    ///   ([`TxAbort::User`] as [`ClientError::Aborted`]), or [`ClientError::Disconnected`]
+    ///   when the connection ends (this client does not reconnect).
+    ///
+    /// **Concurrent runs on one `Client` are pipelined.** A run starts at once, even while
+    /// earlier runs' commits are in flight, and sees their writes as if committed; its
+    /// commit names the connection's previous one in flight (`follows`), and the server
+    /// decides them in order. So if one fails (a conflict, a rejection), every later one in
+    /// flight fails with it and runs again: `f` may run more often than its own conflicts
+    /// explain (and `attempts` counts those runs too). Which of the runs that run again
+    /// goes first is up to the tasks' scheduling; each sees the writes of those whose
+    /// attempt ended before its own began. Runs one after another on a connection (or on
+    /// connections of their own) are not chained.
+    ///
+    /// `f` may run several times, so it should have no effect beyond the `Tx`.
     ///
     /// In a spawned task, make `f` an `async move` closure that owns what it captures (clone
     /// inside it what it hands on). An async closure that borrows the task's locals makes
@@ -153,65 +191,77 @@ impl Client {
         policy: &RetryPolicy,
         mut f: impl AsyncFnMut(&mut Tx) -> Result<T, TxAbort>,
     ) -> Result<Committed<T>, ClientError> {
-        let mut attempt = 1;
-        let mut known = HashMap::new();
+        let driver = &*self.inner.driver;
+        let (job, mut events) = driver.call(*policy)?;
+        let mut open = OpenAttempt {
+            driver,
+            job,
+            open: false,
+        };
+        let mut attempts = 0;
+        let mut last = None;
         loop {
-            let mut tx = Tx::new(self.clone(), std::mem::take(&mut known));
-            let value = match f(&mut tx).await {
-                Ok(value) => value,
-                Err(TxAbort::User(why)) => return Err(ClientError::Aborted(why)),
-                Err(TxAbort::Client(err)) => return Err(err),
+            let Some(event) = events.recv().await else {
+                return Err(ClientError::Disconnected);
             };
-            if tx.txn.reads.is_empty() && tx.txn.writes.is_empty() {
-                return Ok(Committed {
-                    value,
-                    version: None,
-                    attempts: attempt,
-                });
-            }
-            let Tx {
-                txn: Transaction { reads, writes },
-                mut seen,
-                ..
-            } = tx;
-            // What this attempt read, for the next one if this one conflicts.
-            let mut learned: HashMap<Key, (Version, Option<Value>)> = reads
-                .iter()
-                .map(|(k, v)| (k.clone(), (v, seen.remove(k).flatten())))
-                .collect();
-            match self.commit_new(reads, writes).await?.1 {
-                CommitOutcome::Committed(version) => {
-                    return Ok(Committed {
-                        value,
-                        version: Some(version),
-                        attempts: attempt,
-                    });
-                }
-                CommitOutcome::Rejected(error) => return Err(ClientError::Rejected(error)),
-                CommitOutcome::Conflict(stale) => {
-                    let Some(first) = stale.first().map(|e| e.key.clone()) else {
-                        return Err(ClientError::Protocol(
-                            "a conflict that names no stale key".to_owned(),
-                        ));
+            match event {
+                JobEvent::Run => {
+                    attempts += 1;
+                    let attempt = driver.begin(job)?;
+                    open.open = true;
+                    let mut tx = Tx {
+                        client: self.clone(),
+                        attempt,
                     };
-                    // The same decision as the browser runtime's: the core's policy.
-                    let Some(delay) = policy.delay(attempt, rand::random()) else {
-                        return Err(ClientError::TooManyConflicts {
-                            attempts: attempt,
-                            key: first,
-                        });
+                    let outcome = f(&mut tx).await;
+                    let ended = match outcome {
+                        Ok(_) => Ended::Returned,
+                        Err(_) => Ended::Threw,
                     };
-                    if delay.is_zero() {
-                        for e in stale {
-                            learned.insert(e.key, (e.version, e.value));
-                        }
-                        known = learned;
-                    } else {
-                        tokio::time::sleep(delay).await;
-                    }
-                    attempt += 1;
+                    open.open = false;
+                    driver.finish(job, tx.attempt, ended);
+                    last = Some(outcome);
                 }
+                JobEvent::Settle(result) => return settled(result, last, attempts),
             }
         }
+    }
+}
+
+/// The result of a run the engine settled with `result`; `last` is what the closure gave
+/// in the last attempt.
+fn settled<T>(
+    result: Result<Option<Version>, Failure>,
+    last: Option<Result<T, TxAbort>>,
+    attempts: u32,
+) -> Result<Committed<T>, ClientError> {
+    let last = last
+        .ok_or_else(|| ClientError::Protocol("the engine settled a run that never ran".to_owned()));
+    match result {
+        Ok(version) => match last? {
+            Ok(value) => Ok(Committed {
+                value,
+                version,
+                attempts,
+            }),
+            Err(_) => Err(ClientError::Protocol(
+                "the engine committed an attempt that failed".to_owned(),
+            )),
+        },
+        Err(Failure::Threw) => match last? {
+            Err(TxAbort::User(why)) => Err(ClientError::Aborted(why)),
+            Err(TxAbort::Client(err)) => Err(err),
+            Ok(_) => Err(ClientError::Protocol(
+                "the engine failed an attempt that returned".to_owned(),
+            )),
+        },
+        Err(Failure::Rejected(error)) => Err(ClientError::Rejected(error)),
+        Err(Failure::FetchRefused(error)) => Err(ClientError::Server(error)),
+        Err(Failure::Conflicts { key, attempts }) => {
+            Err(ClientError::TooManyConflicts { attempts, key })
+        }
+        Err(Failure::TooManyMisses) => Err(ClientError::Protocol(format!(
+            "the transaction kept reading keys that were not loaded ({MAX_MISS_ROUNDS} rounds)"
+        ))),
     }
 }

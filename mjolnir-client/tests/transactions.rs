@@ -1,6 +1,7 @@
 //! `Client::run`: retried on conflict with the values the conflict reply carried (no
 //! read again), never on a rejection, never sent when aborted, and validated (sent with
-//! no writes) when read-only, as the browser runtime's transactions are.
+//! no writes) when read-only, as the browser runtime's transactions are. What a run has
+//! read stays in the engine's cache, so later runs read it without a round trip.
 
 mod support;
 
@@ -100,8 +101,8 @@ async fn run_retries_conflicts_only_and_sends_nothing_it_need_not() {
             )
             .await;
 
-            // Read-only: the read, then its validation, a commit with no writes.
-            answer_read(&mut ws, 3, 6).await;
+            // Read-only, from the cache (the commit left the counter at 6, version 3): no
+            // read, only its validation, a commit with no writes.
             match next_msg(&mut ws).await {
                 Some(ClientMessage::Commit {
                     txn, reads, writes, ..
@@ -115,24 +116,20 @@ async fn run_retries_conflicts_only_and_sends_nothing_it_need_not() {
             }
 
             // Rejected: one commit, no retry.
-            answer_read(&mut ws, 3, 6).await;
             let txn = expect_increment(&mut ws, 3, 6).await;
             let error = ErrorReply::new(ErrorKind::Forbidden, "not yours").with_key(counter());
             send(&mut ws, ServerMessage::Rejected { txn, error }).await;
 
-            // Three conflicts use up three attempts. The second goes at once and reads
-            // nothing; the third comes after a back-off, so it reads again.
-            answer_read(&mut ws, 3, 6).await;
+            // Three conflicts use up three attempts. The second goes at once, the third
+            // after a back-off; neither reads: each conflict reply refreshed the cache.
             let txn = expect_increment(&mut ws, 3, 6).await;
             conflict(&mut ws, txn, 4, 7).await;
             let txn = expect_increment(&mut ws, 4, 7).await;
             conflict(&mut ws, txn, 5, 8).await;
-            answer_read(&mut ws, 6, 9).await;
-            let txn = expect_increment(&mut ws, 6, 9).await;
+            let txn = expect_increment(&mut ws, 5, 8).await;
             conflict(&mut ws, txn, 7, 10).await;
 
-            // Aborted by the closure: just the read.
-            answer_read(&mut ws, 4, 7).await;
+            // Aborted by the closure: it read the cache, so nothing is sent.
 
             assert!(next_msg(&mut ws).await.is_none(), "nothing more is sent");
         })
@@ -204,7 +201,7 @@ async fn run_retries_conflicts_only_and_sends_nothing_it_need_not() {
             })
             .await;
         assert!(
-            matches!(&aborted, Err(ClientError::Aborted(why)) if why == "saw Some(Number(7))"),
+            matches!(&aborted, Err(ClientError::Aborted(why)) if why == "saw Some(Number(10))"),
             "{aborted:?}"
         );
 

@@ -34,7 +34,8 @@ enum Waiter {
     /// Keys read again after a reconnect (their pushes were lost meanwhile).
     Refresh,
     /// A fetch of the adapter's (the async form's reads).
-    Fetched(FetchId),
+    /// With the keys it pinned, unpinned when the reply comes, whatever it says.
+    Fetched(FetchId, Vec<Key>),
     /// A job's commit.
     Commit(JobId),
 }
@@ -67,6 +68,8 @@ struct Job {
     /// Its promise has settled: a page-only job that a cascade runs again (its result
     /// goes nowhere, and it settles no second time).
     settled: bool,
+    /// Its own retry policy ([`Engine::call_with`]); `None`: the engine's.
+    policy: Option<RetryPolicy>,
 }
 
 /// One page's client engine.
@@ -202,6 +205,7 @@ impl Engine {
             misses: 0,
             pinned: Vec::new(),
             settled: false,
+            policy: None,
         });
         self.run(id);
         id
@@ -313,7 +317,7 @@ impl Engine {
         let id = FetchId(self.next_fetch);
         self.next_fetch += 1;
         self.cache.pin(&keys);
-        let msg = self.requests.read(keys, Waiter::Fetched(id));
+        let msg = self.requests.read(keys.clone(), Waiter::Fetched(id, keys));
         self.actions.push_back(Action::Send(msg));
         id
     }
@@ -393,10 +397,8 @@ impl Engine {
                     self.changed(vec![key]);
                 }
             }
-            Waiter::Fetched(id) => {
-                if let Ok(entries) = &reply {
-                    self.cache.unpin(entries.iter().map(|e| &e.key));
-                }
+            Waiter::Fetched(id, keys) => {
+                self.cache.unpin(&keys);
                 self.actions
                     .push_back(Action::Fetched(id, reply.map(|_| ())));
             }
@@ -467,5 +469,28 @@ impl Engine {
 
     fn unpin_job(&mut self, job: JobId) {
         self.repin(job, Vec::new());
+    }
+
+    /// [`Engine::call`], with a retry policy of the job's own instead of the engine's: for
+    /// an adapter whose callers each say how often to retry (the native client's
+    /// `Client::run`).
+    pub fn call_with(&mut self, kind: Kind, policy: RetryPolicy) -> JobId {
+        let id = self.call(kind);
+        if let Some(j) = self.job_mut(id) {
+            j.policy = Some(policy);
+        }
+        id
+    }
+
+    /// Evicts past the cache's bound now, unsubscribing what it drops, instead of at the
+    /// next reply that brings keys: for an adapter with a cache too small to keep keys
+    /// between transactions (the load generator's), whose keys must stop being pushed as
+    /// soon as the transaction that read them is over.
+    pub fn evict(&mut self) {
+        let evicted = self.cache.evict();
+        if !evicted.is_empty() {
+            self.actions
+                .push_back(Action::Send(ClientMessage::Unsubscribe { keys: evicted }));
+        }
     }
 }

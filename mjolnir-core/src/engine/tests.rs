@@ -690,3 +690,86 @@ fn a_refused_read_outside_a_transaction_is_told_once_and_not_repeated() {
     assert_eq!(page.engine.peek(&key), None);
     assert_eq!(page.engine.take_sends().len(), 1);
 }
+
+fn drained(engine: &mut Engine) -> Vec<Action> {
+    std::iter::from_fn(|| engine.poll()).collect()
+}
+
+/// Runs one attempt of `job` that writes `k0` blindly, and answers its commit with a
+/// conflict; returns what the engine asks for then.
+fn commit_and_conflict(engine: &mut Engine, job: JobId) -> Vec<Action> {
+    assert!(drained(engine).contains(&Action::Run(job)));
+    let mut a = engine.begin(job);
+    a.put(key(0), json!(1));
+    engine.finish(job, a, Ended::Returned);
+    let txn = drained(engine)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Send(ClientMessage::Commit { txn, .. }) => Some(txn),
+            _ => None,
+        })
+        .expect("the commit is sent");
+    engine.message(ServerMessage::Conflict {
+        txn,
+        stale: Vec::new(),
+    });
+    drained(engine)
+}
+
+#[test]
+fn a_job_called_with_its_own_policy_retries_by_it() {
+    let mut engine = Engine::new("p".into(), 100, 7);
+    let job = engine.call(Kind::Async);
+    let after = commit_and_conflict(&mut engine, job);
+    assert!(
+        after.contains(&Action::Run(job)),
+        "the engine's policy retries"
+    );
+
+    let once = crate::RetryPolicy {
+        max_attempts: 1,
+        ..crate::RetryPolicy::default()
+    };
+    let job = engine.call_with(Kind::Async, once);
+    let after = commit_and_conflict(&mut engine, job);
+    assert!(
+        after.iter().any(|a| matches!(
+            a,
+            Action::Settle(j, Err(Failure::Conflicts { attempts: 1, .. })) if *j == job
+        )),
+        "its own policy allows one attempt: {after:?}"
+    );
+    assert_eq!(engine.policy(), crate::RetryPolicy::default());
+}
+
+#[test]
+fn evict_drops_what_no_job_pins_and_unsubscribes_it() {
+    let mut engine = Engine::new("p".into(), 0, 7);
+    let fetch = engine.fetch(vec![key(1)]);
+    let Some(Action::Send(ClientMessage::Read { id, .. })) = engine.poll() else {
+        panic!("the fetch is sent")
+    };
+    let entries = vec![Entry {
+        key: key(1),
+        version: Version(3),
+        value: Some(json!(3)),
+    }];
+    engine.message(ServerMessage::Values { id, entries });
+    let answered = drained(&mut engine);
+    assert!(answered.contains(&Action::Fetched(fetch, Ok(()))));
+    assert!(
+        !answered.iter().any(|a| matches!(a, Action::Send(_))),
+        "the fetched key was pinned while its reply landed"
+    );
+    assert!(engine.cache().contains_key(&key(1)));
+    engine.evict();
+    assert_eq!(
+        drained(&mut engine),
+        vec![Action::Send(ClientMessage::Unsubscribe {
+            keys: vec![key(1)]
+        })]
+    );
+    assert!(!engine.cache().contains_key(&key(1)));
+    engine.evict();
+    assert!(drained(&mut engine).is_empty());
+}

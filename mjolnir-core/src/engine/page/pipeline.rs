@@ -107,6 +107,7 @@ impl Engine {
                     misses: 0,
                     pinned: Vec::new(),
                     settled: true,
+                    policy: None,
                 });
             } else if let Some(j) = self.job_mut(kept.job)
                 && let Phase::Committing { written, .. } =
@@ -254,11 +255,13 @@ impl Engine {
         let Some(j) = self.job_mut(job) else { return };
         j.conflicts += 1;
         let attempts = j.conflicts;
+        let own = j.policy;
         self.actions.push_back(Action::Conflicted {
             job,
             key: key.clone(),
         });
-        match self.policy.delay(attempts, jitter) {
+        let policy = own.unwrap_or(self.policy);
+        match policy.delay(attempts, jitter) {
             // Only when the stale key was evicted from the cache meanwhile is it unknown.
             None => {
                 let key = key.unwrap_or_else(|| Key::kv(""));
