@@ -214,14 +214,7 @@ mod tests {
     use mjolnir_core::{TxnId, Version};
 
     fn commit(txn: &str) -> ClientMessage {
-        ClientMessage::Commit {
-            txn: TxnId(txn.into()),
-            reads: Default::default(),
-            writes: Default::default(),
-            first: true,
-            deps: Vec::new(),
-            follows: None,
-        }
+        ClientMessage::commit(TxnId(txn.into()), Default::default(), Default::default())
     }
 
     // How replies are matched is tested in mjolnir-core's engine::requests.

@@ -172,6 +172,19 @@ pub enum ServerMessage {
 const CLIENT_TYPES: [&str; 4] = ["hello", "read", "commit", "unsubscribe"];
 
 impl ClientMessage {
+    /// A commit sent for the first time, with no dependencies and following nothing: what
+    /// a client that does not pipeline sends.
+    pub fn commit(txn: TxnId, reads: ReadSet, writes: WriteSet) -> ClientMessage {
+        ClientMessage::Commit {
+            txn,
+            reads,
+            writes,
+            first: true,
+            deps: Vec::new(),
+            follows: None,
+        }
+    }
+
     /// Parses a frame, telling malformed JSON and unknown message types apart.
     ///
     /// The fast path is one serde pass; only a frame that fails it is parsed again to say

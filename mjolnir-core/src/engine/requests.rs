@@ -221,14 +221,7 @@ mod tests {
     }
 
     fn commit(txn: &str) -> ClientMessage {
-        ClientMessage::Commit {
-            txn: TxnId(txn.into()),
-            reads: Default::default(),
-            writes: Default::default(),
-            first: true,
-            deps: Vec::new(),
-            follows: None,
-        }
+        ClientMessage::commit(TxnId(txn.into()), Default::default(), Default::default())
     }
 
     #[test]
