@@ -12,9 +12,10 @@ use nix::unistd::Pid;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
@@ -41,76 +42,39 @@ fn live_postmaster(data: &Path) -> Option<i32> {
     kill(Pid::from_raw(pid), None).ok().map(|()| pid)
 }
 
-/// A copy of examples/bank in `parent`.
-fn bank_app(parent: &Path) -> PathBuf {
-    let app = parent.join("bank");
+/// A copy of examples/bank in a new directory of mode `mode`: 0o755 lets the `postgres`
+/// user in when root runs the tests, 0o700 (as `mktemp -d` makes) does not.
+fn bank_app(mode: u32) -> (tempfile::TempDir, PathBuf) {
+    let parent = tempfile::tempdir().unwrap();
+    fs::set_permissions(parent.path(), fs::Permissions::from_mode(mode)).unwrap();
+    let app = parent.path().join("bank");
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bank");
     copy_dir(&examples.join("migrations"), &app.join("migrations"));
     fs::copy(examples.join("index.html"), app.join("index.html")).unwrap();
-    app
+    (parent, app)
 }
 
 #[test]
 fn ctrl_c_pressed_again_and_again_still_stops_the_private_postgres() {
-    let root = tempfile::tempdir().unwrap();
-    // As root, the cluster belongs to `postgres`, which must be able to enter the directory.
-    fs::set_permissions(
-        root.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let app = bank_app(root.path());
-
-    let mut dev = Command::new(env!("CARGO_BIN_EXE_mjolnir"))
-        .args(["dev", "--listen", "127.0.0.1", "--port", "0"])
-        .arg(&app)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        // A foreground job of its own, as a shell runs it: Ctrl-C goes to this group.
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let group = Pid::from_raw(dev.id() as i32);
-    let mut stdout = BufReader::new(dev.stdout.take().unwrap());
-    let mut line = String::new();
+    let (_parent, app) = bank_app(0o755);
+    let mut dev = Dev::spawn(&app);
     // Printed once its own Ctrl-C handler is in place, before PostgreSQL starts.
-    while !line.contains("Starting PostgreSQL") {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "mjolnir dev exited before starting PostgreSQL"
-        );
-    }
+    dev.wait_for("Starting PostgreSQL");
     let data = app.join(".mjolnir/pg/data");
 
     // Ctrl-C every 20 ms until the command exits: while PostgreSQL starts, while the server
     // starts and serves, and while PostgreSQL is being stopped.
-    let deadline = Instant::now() + Duration::from_secs(120);
     let mut postmaster = None;
-    let status = loop {
-        if let Some(status) = dev.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "mjolnir dev did not exit");
+    let (status, rest) = dev.exit_while(|group| {
         postmaster = postmaster.or_else(|| live_postmaster(&data));
         let _ = killpg(group, Signal::SIGINT);
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let rest: Vec<String> = stdout.lines().map_while(Result::ok).collect();
+    });
     assert!(status.success(), "{status}; it printed {rest:?}");
     assert!(
         rest.iter().any(|l| l.contains("Stopping PostgreSQL")),
         "{rest:?}"
     );
-    // A fast shutdown has finished once pg_ctl -w returns; allow the process a moment to go.
-    let gone = Instant::now() + Duration::from_secs(10);
-    while postmaster.is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok())
-        && Instant::now() < gone
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(postmaster.is_none_or(gone), "PostgreSQL was left running");
     assert_eq!(live_postmaster(&data), None, "PostgreSQL was left running");
 }
 
@@ -134,6 +98,7 @@ impl Dev {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // A foreground job of its own, as a shell runs it: Ctrl-C goes to this group.
             .process_group(0)
             .spawn()
             .unwrap();
@@ -212,15 +177,22 @@ impl Dev {
         assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     }
 
-    /// Its exit status, within [`STEP`], and everything it printed after what was read.
-    fn exit(&mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let deadline = Instant::now() + STEP;
+    /// Its exit status, and everything it printed after what was read.
+    fn exit(&mut self) -> (ExitStatus, Vec<String>) {
+        self.exit_while(|_| {})
+    }
+
+    /// Like [`exit`](Self::exit), calling `meanwhile` with its process group every 20 ms
+    /// until it exits (within two [`STEP`]s).
+    fn exit_while(&mut self, mut meanwhile: impl FnMut(Pid)) -> (ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + 2 * STEP;
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
             assert!(Instant::now() < deadline, "mjolnir dev did not exit");
-            std::thread::sleep(Duration::from_millis(50));
+            meanwhile(self.pid());
+            std::thread::sleep(Duration::from_millis(20));
         };
         let rest: Vec<String> = self.lines.iter().collect();
         self.printed.extend(rest.iter().cloned());
@@ -233,6 +205,21 @@ impl Drop for Dev {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `mjolnir dev` on `app` and waits until it serves: the process, its cluster
+/// directory, the postmaster's pid, and a guard that stops the cluster however the test ends.
+fn dev_serving(app: &Path) -> (Dev, PathBuf, i32, StopCluster) {
+    let mut cleanup = StopCluster {
+        wanted: app.canonicalize().unwrap().join(".mjolnir/pg"),
+        dir: None,
+    };
+    let mut dev = Dev::spawn(app);
+    let dir = dev.cluster_dir();
+    cleanup.dir = Some(dir.clone());
+    dev.serving();
+    let postmaster = live_postmaster(&dir.join("data")).expect("PostgreSQL runs");
+    (dev, dir, postmaster, cleanup)
 }
 
 /// Stops a cluster however the test ends, and removes it if it was kept outside the app.
@@ -273,31 +260,21 @@ fn gone(pid: i32) -> bool {
 /// PostgreSQL (run as `postgres`) cannot reach it there.
 #[test]
 fn a_dev_killed_with_sigkill_leaves_postgres_to_the_next_one_which_stops_it_on_ctrl_c() {
-    let closed = tempfile::tempdir().unwrap();
-    fs::set_permissions(
-        closed.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
-    let app = bank_app(closed.path());
-    let wanted = app.canonicalize().unwrap().join(".mjolnir/pg");
-    let mut cleanup = StopCluster {
-        wanted: wanted.clone(),
-        dir: None,
-    };
-
-    let mut first = Dev::spawn(&app);
-    let dir = first.cluster_dir();
-    cleanup.dir = Some(dir.clone());
+    let (_parent, app) = bank_app(0o700);
+    let (mut first, dir, postmaster, _cleanup) = dev_serving(&app);
     if nix::unistd::geteuid().is_root() {
         assert!(dir.starts_with("/var/lib/mjolnir"), "{}", dir.display());
-        let note = first.wait_for("(not in ");
-        assert!(note.contains("cannot enter"), "{note}");
+        assert!(
+            first
+                .printed
+                .iter()
+                .any(|l| l.starts_with("(not in ") && l.contains("cannot enter")),
+            "{:?}",
+            first.printed
+        );
     } else {
-        assert_eq!(dir, wanted);
+        assert_eq!(dir, app.canonicalize().unwrap().join(".mjolnir/pg"));
     }
-    first.serving();
-    let postmaster = live_postmaster(&dir.join("data")).expect("PostgreSQL runs");
 
     kill(first.pid(), Signal::SIGKILL).unwrap();
     let (status, _) = first.exit();
@@ -332,22 +309,8 @@ fn a_dev_killed_with_sigkill_leaves_postgres_to_the_next_one_which_stops_it_on_c
 
 #[test]
 fn a_second_dev_on_the_same_app_is_refused_while_the_first_runs_on() {
-    let root = tempfile::tempdir().unwrap();
-    fs::set_permissions(
-        root.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let app = bank_app(root.path());
-    let mut cleanup = StopCluster {
-        wanted: app.canonicalize().unwrap().join(".mjolnir/pg"),
-        dir: None,
-    };
-    let mut first = Dev::spawn(&app);
-    let dir = first.cluster_dir();
-    cleanup.dir = Some(dir.clone());
-    first.serving();
-    let postmaster = live_postmaster(&dir.join("data")).expect("PostgreSQL runs");
+    let (_parent, app) = bank_app(0o755);
+    let (mut first, dir, postmaster, _cleanup) = dev_serving(&app);
 
     let mut second = Dev::spawn(&app);
     let (status, rest) = second.exit();

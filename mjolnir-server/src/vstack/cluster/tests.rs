@@ -64,7 +64,17 @@ fn tcp_listeners_of(pid: i32) -> Vec<u64> {
     found
 }
 
-/// A parent `postgres` can enter when root runs the tests (tempdir makes it 0700).
+/// A cluster initialised in `dir`, its server stopped.
+async fn initialise(dir: &Path) {
+    LocalCluster::start(dir, "app")
+        .await
+        .unwrap()
+        .stop()
+        .await
+        .unwrap();
+}
+
+/// A parent `postgres` can enter when root runs the tests, whatever the umask.
 fn open_tempdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -275,12 +285,7 @@ async fn a_fallback_dir_made_by_someone_else_is_refused() {
 #[tokio::test]
 async fn an_older_clusters_tcp_settings_do_not_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    LocalCluster::start(dir.path(), "app")
-        .await
-        .unwrap()
-        .stop()
-        .await
-        .unwrap();
+    initialise(dir.path()).await;
     let data = dir.path().join("data");
     let append = |file: &str, text: &str| {
         let mut content = fs::read_to_string(data.join(file)).unwrap();
@@ -390,12 +395,7 @@ async fn drop_stops_an_owned_cluster() {
 #[tokio::test]
 async fn a_stale_postmaster_pid_does_not_prevent_start() {
     let dir = tempfile::tempdir().unwrap();
-    LocalCluster::start(dir.path(), "app")
-        .await
-        .unwrap()
-        .stop()
-        .await
-        .unwrap();
+    initialise(dir.path()).await;
     let pid_file = dir.path().join("data/postmaster.pid");
     let data = dir.path().join("data");
     // A dead pid, then a live pid that is not a postmaster (a reboot reusing the number).
