@@ -41,7 +41,7 @@ pg_dir=$target_dir/test-pg
 # TERM go through exit so that it runs for them too.
 cleanup() {
     server_stop
-    "$mjolnir" pg stop "$pg_dir" || true
+    "$mjolnir" pg stop --remove-data "$pg_dir" || true # the log stays
 }
 trap cleanup EXIT
 trap 'exit 130' INT

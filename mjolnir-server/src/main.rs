@@ -10,7 +10,7 @@ use mjolnir_server::identity::{Identity, TrustedProxies, parse_proxy};
 use mjolnir_server::knobs::Knobs;
 use mjolnir_server::origin::{AllowedOrigins, Origin};
 use mjolnir_server::server::{self, Config};
-use mjolnir_server::vstack::{ClusterDir, LocalCluster};
+use mjolnir_server::vstack::{ClusterDir, LocalCluster, Log};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -80,12 +80,17 @@ enum Pg {
         /// The database whose URL to print.
         #[arg(long, default_value = "postgres")]
         database: String,
-        /// Stop the cluster and delete its data first, to start an empty one.
+        /// Stop the cluster and delete its data and log first, to start an empty one.
         #[arg(long)]
         fresh: bool,
     },
     /// Stop the cluster of DIR if it runs, unless a `mjolnir dev` is running on it.
-    Stop { dir: PathBuf },
+    Stop {
+        dir: PathBuf,
+        /// Then delete its data (its log stays), as for a throwaway cluster.
+        #[arg(long)]
+        remove_data: bool,
+    },
 }
 
 /// Who a `serve` connection acts for. Without both options every connection is anonymous
@@ -286,7 +291,7 @@ async fn pg(command: Pg) -> anyhow::Result<()> {
                 eprintln!("{note}");
             }
             if fresh {
-                LocalCluster::remove_data(&dir.path).await?;
+                LocalCluster::remove_data(&dir.path, Log::Remove).await?;
             }
             let cluster = LocalCluster::start(&dir.path, &database)
                 .await
@@ -300,12 +305,19 @@ async fn pg(command: Pg) -> anyhow::Result<()> {
             println!("{}", cluster.database_url());
             cluster.leave_running();
         }
-        Pg::Stop { dir: wanted } => {
+        Pg::Stop {
+            dir: wanted,
+            remove_data,
+        } => {
             let dir = ClusterDir::for_dir(&wanted, &label(&wanted))?;
             if LocalCluster::stop_in(&dir.path).await? {
                 eprintln!("Stopped the PostgreSQL in {}", dir.path.display());
             } else {
                 eprintln!("No PostgreSQL runs in {}", dir.path.display());
+            }
+            if remove_data {
+                LocalCluster::remove_data(&dir.path, Log::Keep).await?;
+                eprintln!("Deleted its data (the log stays)");
             }
         }
     }

@@ -31,6 +31,14 @@ pub struct LocalCluster {
     claim: Claim,
 }
 
+/// What [`LocalCluster::remove_data`] does with the server's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Log {
+    /// Keep it, to read what happened after the data is gone.
+    Keep,
+    Remove,
+}
+
 /// What a [`LocalCluster`] does with the server once it is done with it.
 #[derive(Debug)]
 enum Claim {
@@ -125,8 +133,8 @@ impl LocalCluster {
     }
 
     /// Stops the server of `dir` as [`stop_in`](Self::stop_in) does, then deletes its data
-    /// and log, so that the next start initialises an empty cluster.
-    pub async fn remove_data(dir: &Path) -> Result<(), ClusterError> {
+    /// (and its log, if `log` says so), so that the next start initialises an empty cluster.
+    pub async fn remove_data(dir: &Path, log: Log) -> Result<(), ClusterError> {
         Self::stop_in(dir).await?;
         let Ok(dir) = dir.canonicalize() else {
             return Ok(());
@@ -134,18 +142,20 @@ impl LocalCluster {
         // Held so that no holder starts the server on half-deleted data.
         let _holder = Holder::take(&dir)?;
         let data = dir.join("data");
-        match fs::remove_dir_all(&data) {
-            Err(err) if err.kind() != ErrorKind::NotFound => {
-                return Err(ClusterError::io_at("could not remove", &data)(err));
-            }
-            _ => {}
-        }
-        let log = dir.join("log");
-        match fs::remove_file(&log) {
-            Err(err) if err.kind() != ErrorKind::NotFound => {
-                Err(ClusterError::io_at("could not remove", &log)(err))
-            }
+        let removed = match fs::remove_dir_all(&data) {
+            Err(err) if err.kind() != ErrorKind::NotFound => Err(err),
             _ => Ok(()),
+        };
+        removed.map_err(ClusterError::io_at("could not remove", &data))?;
+        let log_file = dir.join("log");
+        match log {
+            Log::Keep => Ok(()),
+            Log::Remove => match fs::remove_file(&log_file) {
+                Err(err) if err.kind() != ErrorKind::NotFound => {
+                    Err(ClusterError::io_at("could not remove", &log_file)(err))
+                }
+                _ => Ok(()),
+            },
         }
     }
 

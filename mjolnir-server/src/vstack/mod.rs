@@ -23,6 +23,6 @@ mod postmaster;
 mod run_as;
 mod socket;
 
-pub use cluster::LocalCluster;
+pub use cluster::{LocalCluster, Log};
 pub use error::{ClusterError, SocketDirProblem};
 pub use place::ClusterDir;

@@ -469,7 +469,7 @@ async fn a_holder_adopts_a_running_server_and_refuses_a_second_holder() {
     assert!(matches!(err, ClusterError::Held { .. }), "{err}");
     assert!(err.to_string().contains("another `mjolnir dev`"), "{err}");
     assert!(matches!(
-        LocalCluster::remove_data(dir.path()).await,
+        LocalCluster::remove_data(dir.path(), Log::Remove).await,
         Err(ClusterError::Held { .. })
     ));
     // A guest may still attach, and leaves the server to the holder.
@@ -514,8 +514,11 @@ async fn stop_in_stops_a_server_left_running_and_remove_data_empties_the_cluster
         .await
         .unwrap()
         .leave_running();
-    LocalCluster::remove_data(dir.path()).await.unwrap();
+    LocalCluster::remove_data(dir.path(), Log::Keep)
+        .await
+        .unwrap();
     assert!(!data.exists());
+    assert!(dir.path().join("log").is_file(), "the log stays");
     let fresh = LocalCluster::start(dir.path(), "app").await.unwrap();
     let mut conn = PgConnection::connect(&fresh.database_url()).await.unwrap();
     let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE tablename = 'kept'")
