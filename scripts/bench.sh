@@ -9,8 +9,9 @@
 #   scripts/bench.sh --quick         a smoke check (about 1 minute once built)
 #   options: --seconds N  --warmup N  --rounds N  --clients "1 8 32 64"  --out FILE
 #
-# Everything it starts (PostgreSQL as `postgres`, the two servers on 127.0.0.1) is stopped
-# when it exits, and every measurement is bounded in time.
+# Everything it starts (PostgreSQL through `mjolnir pg`, on a unix socket only; the two
+# servers on 127.0.0.1, each on a port the kernel picks) is stopped when it exits, and every
+# measurement is bounded in time.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -49,75 +50,41 @@ MJOLNIR=$CARGO_TARGET_DIR/release/mjolnir
 BENCH=$CARGO_TARGET_DIR/release/mjolnir-bench
 
 WORK=$(mktemp -d /tmp/mjolnir-bench.XXXXXX)
-chmod 755 "$WORK" # the cluster below belongs to `postgres`, which must reach it
+# The cluster below belongs to `postgres` when root runs this, and stays in $WORK (to be
+# removed with it) only if `postgres` can enter it.
+chmod 755 "$WORK"
 RESULTS=$WORK/results.jsonl
 
-# shellcheck source=lib/port.sh
-source scripts/lib/port.sh
-# shellcheck source=lib/pg.sh
-source scripts/lib/pg.sh
 # shellcheck source=lib/server.sh
 source scripts/lib/server.sh
 
-ENDPOINT_PID="" ENDPOINT_PORT=""
-
-endpoint_stop() {
-    if [[ -n "$ENDPOINT_PID" ]] && kill -0 "$ENDPOINT_PID" 2>/dev/null; then
-        kill -TERM "$ENDPOINT_PID" 2>/dev/null || true
-        timeout 10 tail --pid="$ENDPOINT_PID" -f /dev/null || kill -KILL "$ENDPOINT_PID" 2>/dev/null || true
-        wait "$ENDPOINT_PID" 2>/dev/null || true
-    fi
-    ENDPOINT_PID=""
-}
-
 cleanup() {
-    endpoint_stop
     server_stop
-    pg_stop
+    "$MJOLNIR" pg stop "$WORK/pg" || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-pg_start "$WORK/pg"
-pg_create_database bench
-DB_URL="postgres://postgres@127.0.0.1:$PG_PORT/bench"
+DB_URL=$("$MJOLNIR" pg start --database bench "$WORK/pg")
 
-psql_bench() { "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d bench "$@"; }
-
-# The endpoint on a free port; waits (at most 30 s) for /healthz.
-endpoint_start() {
-    local attempt waited
-    for attempt in 1 2 3 4 5; do
-        ENDPOINT_PORT=$(random_port)
-        if (exec 3<>"/dev/tcp/127.0.0.1/$ENDPOINT_PORT") 2>/dev/null; then
-            continue
-        fi
-        "$BENCH" endpoint --database-url "$DB_URL" --port "$ENDPOINT_PORT" >"$WORK/endpoint.log" 2>&1 &
-        ENDPOINT_PID=$!
-        for ((waited = 0; waited < 120; waited++)); do
-            curl -fs "http://127.0.0.1:$ENDPOINT_PORT/healthz" >/dev/null && return 0
-            kill -0 "$ENDPOINT_PID" 2>/dev/null || break
-            sleep 0.25
-        done
-        endpoint_stop
-    done
-    say "could not start the endpoint:" >&2
-    tail -n 20 "$WORK/endpoint.log" >&2
-    return 1
-}
+psql_bench() { psql "$DB_URL" -X -q -v ON_ERROR_STOP=1 "$@"; }
+# The server's own programs (pgbench), and its data directory (postmaster.pid).
+PG_BIN=$(psql_bench -At -c "SELECT setting FROM pg_config WHERE name = 'BINDIR'")
+PG_DATA=$(psql_bench -At -c 'SHOW data_directory')
 
 # Sets synchronous_commit for every session of the cluster, then (re)starts both servers so
 # that every pooled connection is new and runs with it.
 use_sync() {
     local mode=$1
-    endpoint_stop
     server_stop
     psql_bench -c "ALTER SYSTEM SET synchronous_commit = $mode" -c "SELECT pg_reload_conf()" >/dev/null
     # Mjölnir applies the benchmark's migration (mjolnir-bench/app/migrations) at start, so
     # it starts first: the endpoint and pgbench use its accounts table.
-    RUST_LOG=warn server_start "$MJOLNIR" mjolnir-bench/app "$DB_URL" "$WORK/mjolnir-$mode.log"
-    endpoint_start
+    RUST_LOG=warn server_start mjolnir "$WORK/mjolnir-$mode.log" \
+        "$MJOLNIR" dev --database-url "$DB_URL" --listen 127.0.0.1 --port 0 mjolnir-bench/app
+    server_start endpoint "$WORK/endpoint.log" \
+        "$BENCH" endpoint --database-url "$DB_URL" --listen 127.0.0.1 --port 0
     say "synchronous_commit = $(psql_bench -At -c 'SHOW synchronous_commit')"
 }
 
@@ -125,15 +92,14 @@ run_one() {
     local system=$1 workload=$2 clients=$3 sync=$4 round=$5 server_pid=""
     # The processes whose CPU time the run accounts for (see mjolnir-bench/src/cpu.rs).
     case $system in
-        mjolnir) server_pid=$SERVER_PID ;;
-        endpoint) server_pid=$ENDPOINT_PID ;;
+        mjolnir | endpoint) server_pid=${SERVER_PID[$system]} ;;
     esac
     timeout --kill-after=5 "$RUN_TIMEOUT" \
         "$BENCH" run --system "$system" --workload "$workload" --clients "$clients" \
-        --postgres-pid "$(head -n 1 "$PG_DIR/data/postmaster.pid")" ${server_pid:+--server-pid "$server_pid"} \
+        --postgres-pid "$(head -n 1 "$PG_DATA/postmaster.pid")" ${server_pid:+--server-pid "$server_pid"} \
         --seconds "$SECONDS_PER_RUN" --warmup "$WARMUP" --sync "$sync" --round "$round" \
-        --mjolnir-url "ws://127.0.0.1:$SERVER_PORT/ws" \
-        --endpoint-url "http://127.0.0.1:$ENDPOINT_PORT" \
+        --mjolnir-url "ws://${SERVER_ADDR[mjolnir]}/ws" \
+        --endpoint-url "http://${SERVER_ADDR[endpoint]}" \
         --database-url "$DB_URL" --pgbench "$PG_BIN/pgbench" \
         --work-dir "$WORK" --out "$RESULTS"
 }
@@ -154,7 +120,7 @@ for sync in on off; do
             done
         done
     done
-    curl -fs "http://127.0.0.1:$SERVER_PORT/metrics" >"$WORK/metrics-$sync.txt" || true
+    curl -fs "http://${SERVER_ADDR[mjolnir]}/metrics" >"$WORK/metrics-$sync.txt" || true
 done
 psql_bench -c "ALTER SYSTEM RESET synchronous_commit" -c "SELECT pg_reload_conf()" >/dev/null
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -170,7 +136,7 @@ fi
 environment="Mode: **$MODE** ($ROUNDS round(s), ${SECONDS_PER_RUN} s measured after ${WARMUP} s of warm-up per run; \
 clients: ${CLIENTS// /, }). Run on $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores \
 ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)), $("$PG_BIN/postgres" --version), \
-one private cluster (default settings, max_connections 300; fsync on). \
+one private cluster (\`mjolnir pg\`: default settings, max_connections 300, fsync on; every client on its unix socket). \
 Mjölnir and the endpoint each use a pool of 16 database connections; all processes share the machine \
 (load average before: $load_before, after: $load_after)."
 "$BENCH" report --results "$RESULTS" --out "$OUT" --command "$INVOKED" --environment "$environment"
@@ -178,7 +144,7 @@ Mjölnir and the endpoint each use a pool of 16 database connections; all proces
 # The server's memory: 1,000 idle connections, then 100,000 subscribed keys between them,
 # on the Mjölnir server still running from the last setting.
 say "server memory"
-"$BENCH" memory --mjolnir-url "ws://127.0.0.1:$SERVER_PORT/ws" --pid "$SERVER_PID" --out "$OUT" |
+"$BENCH" memory --mjolnir-url "ws://${SERVER_ADDR[mjolnir]}/ws" --pid "${SERVER_PID[mjolnir]}" --out "$OUT" |
     sed 's/^/  /'
 
 # The client half: the browser runtime in headless Chromium (js/bench/client.mjs), served

@@ -33,10 +33,12 @@ ensure_debian_packages() {
 # postgresql: the server the tests and `mjolnir dev` run privately (initdb, pg_ctl, postgres).
 # build-essential: the C linker rustc needs and the C compiler mimalloc's build uses (the
 # server's allocator), only when `cc` is missing.
-# curl: scripts/test.sh asks the test server's /healthz whether it is up.
+# curl: scripts/bench.sh reads the server's /metrics.
+# iproute2 (ss): scripts/lib/wasm-test-runner.sh finds the port its runner listens on.
 packages=(postgresql postgresql-contrib)
 command -v cc >/dev/null || packages+=(build-essential)
 command -v curl >/dev/null || packages+=(curl)
+command -v ss >/dev/null || packages+=(iproute2)
 ensure_debian_packages "${packages[@]}"
 
 # --- Rust ------------------------------------------------------------------------------

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # The project's full check, as CI runs it: install what is missing, check formatting, lints
-# and the wasm build, then run every test against one shared throwaway PostgreSQL cluster.
-# Tests create their own fresh databases from $MJOLNIR_TEST_DATABASE_URL.
+# and the wasm build, then run every test against one shared throwaway PostgreSQL cluster
+# (`mjolnir pg`, the one `mjolnir dev` runs). Tests create their own fresh databases from
+# $MJOLNIR_TEST_DATABASE_URL.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-# shellcheck source=scripts/lib/pg.sh
-source scripts/lib/pg.sh
 # shellcheck source=scripts/lib/server.sh
 source scripts/lib/server.sh
 
@@ -33,26 +32,30 @@ cargo clippy -p mjolnir-wasm --target wasm32-unknown-unknown --all-targets -- -D
 step "node js/build.mjs (the npm package and the <script> drop-in)"
 node js/build.mjs
 
-step "PostgreSQL for the tests"
+step "PostgreSQL for the tests (mjolnir pg start --fresh)"
+cargo build -p mjolnir-server --bin mjolnir
+target_dir=${CARGO_TARGET_DIR:-target}
+mjolnir=$(realpath "$target_dir/debug/mjolnir")
+pg_dir=$target_dir/test-pg
 # The EXIT trap stops the test server and then the cluster however the script ends; INT and
 # TERM go through exit so that it runs for them too.
 cleanup() {
     server_stop
-    pg_stop
+    "$mjolnir" pg stop --remove-data "$pg_dir" || true # the log stays
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-target_dir=${CARGO_TARGET_DIR:-target}
 # Two runs sharing one target dir would wipe each other's cluster: refuse the second.
-mkdir -p "$target_dir"
 exec 9>"$target_dir/test-pg.lock"
 if ! flock -n 9; then
-    echo "another test run is using $target_dir/test-pg" >&2
+    echo "another test run is using $pg_dir" >&2
     exit 1
 fi
-pg_start "$target_dir/test-pg" 9>&- # the server must not inherit (and hold) the lock
-export MJOLNIR_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+# An empty cluster each run; PostgreSQL must not inherit (and hold) the lock. As root, when
+# `postgres` cannot enter the target dir (under /root), it says where the cluster went.
+MJOLNIR_TEST_DATABASE_URL=$("$mjolnir" pg start --fresh "$pg_dir" 9>&-)
+export MJOLNIR_TEST_DATABASE_URL
 echo "MJOLNIR_TEST_DATABASE_URL=$MJOLNIR_TEST_DATABASE_URL"
 
 step "cargo test --workspace"
@@ -67,12 +70,11 @@ step "Mjölnir server for the browser tests"
 # mjolnir-wasm's browser tests talk to a real server, serving mjolnir-wasm/tests/app on a
 # fresh database of the test cluster. Its address is compiled into the tests
 # (option_env!("MJOLNIR_TEST_WS_URL")), so a new port only rebuilds the test crates.
-cargo build -p mjolnir-server --bin mjolnir
-pg_create_database mjolnir_wasm_tests
-server_start "$target_dir/debug/mjolnir" mjolnir-wasm/tests/app \
-    "postgres://postgres@127.0.0.1:$PG_PORT/mjolnir_wasm_tests" \
-    "$target_dir/mjolnir-wasm-tests-server.log" 9>&- # nor may the server hold the lock
-export MJOLNIR_TEST_WS_URL="ws://127.0.0.1:$SERVER_PORT/ws"
+wasm_db=$("$mjolnir" pg start --database mjolnir_wasm_tests "$pg_dir" 9>&-)
+server_start mjolnir "$target_dir/mjolnir-wasm-tests-server.log" \
+    "$mjolnir" dev --database-url "$wasm_db" --listen 127.0.0.1 --port 0 mjolnir-wasm/tests/app \
+    9>&- # nor may the server hold the lock
+export MJOLNIR_TEST_WS_URL="ws://${SERVER_ADDR[mjolnir]}/ws"
 echo "MJOLNIR_TEST_WS_URL=$MJOLNIR_TEST_WS_URL"
 
 step "cargo test -p mjolnir-wasm --target wasm32-unknown-unknown (headless Chromium)"
@@ -86,8 +88,7 @@ CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$PWD/scripts/lib/wasm-test-runner.sh
 step "browser tests of the package and the examples (playwright-core, headless Chromium)"
 # Each test file starts its own `mjolnir dev` on a fresh database of the test cluster. One
 # file at a time: they share two cores with PostgreSQL and the servers.
-MJOLNIR_BIN=$(realpath "$target_dir/debug/mjolnir")
-export MJOLNIR_BIN
+export MJOLNIR_BIN=$mjolnir
 for file in js/test/*.test.mjs; do
     echo "--- $file"
     timeout 600 node --test "$file" 9>&-

@@ -6,17 +6,18 @@
 import { spawn, execFileSync } from 'node:child_process';
 import { cpSync, mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
 import { chromium } from 'playwright-core';
+import { mjolnirBin as bin, repo } from './mjolnir-bin.mjs';
 
-export const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export { repo };
 
 const adminUrl = process.env.MJOLNIR_TEST_DATABASE_URL;
 if (!adminUrl) {
-  throw new Error('MJOLNIR_TEST_DATABASE_URL is not set: run the browser tests with scripts/test.sh');
+  throw new Error(
+    'MJOLNIR_TEST_DATABASE_URL is not set: run the browser tests with scripts/test.sh, or set it to what `mjolnir pg start DIR` prints',
+  );
 }
-const bin = process.env.MJOLNIR_BIN ?? join(process.env.CARGO_TARGET_DIR ?? join(repo, 'target'), 'debug', 'mjolnir');
 
 const children = new Set();
 function stopAll() {

@@ -41,6 +41,7 @@ enum Command {
         database_url: String,
         #[arg(long, default_value = "127.0.0.1")]
         listen: IpAddr,
+        /// 0 for any free port: the address is printed once it listens.
         #[arg(long)]
         port: u16,
         /// Database connections; Mjölnir's default is 16, so is this.

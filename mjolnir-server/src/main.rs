@@ -1,5 +1,6 @@
 //! `mjolnir`: the one binary. `dev` runs the whole V-stack locally, `serve` runs one
-//! instance against an existing database.
+//! instance against an existing database, and `pg` starts and stops the V-stack's private
+//! PostgreSQL alone, for scripts and tests.
 
 use anyhow::Context;
 use axum::http::HeaderName;
@@ -9,9 +10,9 @@ use mjolnir_server::identity::{Identity, TrustedProxies, parse_proxy};
 use mjolnir_server::knobs::Knobs;
 use mjolnir_server::origin::{AllowedOrigins, Origin};
 use mjolnir_server::server::{self, Config};
-use mjolnir_server::vstack::LocalCluster;
+use mjolnir_server::vstack::{ClusterDir, LocalCluster, Log};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// glibc's malloc took about a tenth of the server's CPU under the bank benchmark
 /// (`perf`: many small, short-lived allocations for messages and rows, freed on other
@@ -34,6 +35,11 @@ struct Cli {
 enum Command {
     /// Run an app locally: a private PostgreSQL under APP_DIR/.mjolnir/ (unless
     /// DATABASE_URL is set), the app's migrations, its static files and the server.
+    ///
+    /// As root, when the `postgres` user (which runs PostgreSQL) cannot enter APP_DIR, the
+    /// cluster goes in a directory of /var/lib/mjolnir instead, printed at start. One
+    /// `mjolnir dev` at a time runs on an app's cluster; it adopts a cluster that an earlier
+    /// one, killed, left running, and stops it on exit.
     Dev {
         /// The app directory (HTML/CSS/JS, and migrations/*.sql).
         app_dir: PathBuf,
@@ -57,6 +63,33 @@ enum Command {
         proxy: Proxy,
         #[command(flatten)]
         common: Common,
+    },
+    /// The private PostgreSQL `mjolnir dev` runs, alone: for scripts and tests.
+    #[command(subcommand)]
+    Pg(Pg),
+}
+
+/// `mjolnir pg`: a cluster in DIR (as root, in /var/lib/mjolnir when the `postgres` user
+/// cannot enter DIR), listening only on a unix socket.
+#[derive(Subcommand, Debug)]
+enum Pg {
+    /// Start the cluster of DIR unless it runs already (initialising it on first use),
+    /// create DATABASE if missing, print its URL on stdout and leave the cluster running.
+    Start {
+        dir: PathBuf,
+        /// The database whose URL to print.
+        #[arg(long, default_value = "postgres")]
+        database: String,
+        /// Stop the cluster and delete its data and log first, to start an empty one.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Stop the cluster of DIR if it runs, unless a `mjolnir dev` is running on it.
+    Stop {
+        dir: PathBuf,
+        /// Then delete its data (its log stays), as for a throwaway cluster.
+        #[arg(long)]
+        remove_data: bool,
     },
 }
 
@@ -153,13 +186,18 @@ impl Common {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "info,sqlx=warn".into()),
+    );
+    match cli.command {
+        // Its stdout is the URL alone.
+        Command::Pg(_) => logs.with_writer(std::io::stderr).init(),
+        _ => logs.init(),
+    }
+    match cli.command {
+        Command::Pg(command) => pg(command).await,
         Command::Dev {
             app_dir,
             database_url,
@@ -202,9 +240,13 @@ async fn dev(app_dir: PathBuf, database_url: Option<String>, common: Common) -> 
     let cluster = match database_url {
         Some(_) => None,
         None => {
-            let dir = app_dir.join(".mjolnir").join("pg");
-            println!("Starting PostgreSQL in {}", dir.display());
-            let cluster = LocalCluster::start(&dir, "app")
+            let wanted = app_dir.join(".mjolnir").join("pg");
+            let dir = ClusterDir::for_dir(&wanted, &label(&app_dir))?;
+            println!("Starting PostgreSQL in {}", dir.path.display());
+            if let Some(note) = moved(&wanted, &dir) {
+                println!("{note}");
+            }
+            let cluster = LocalCluster::hold(&dir.path, "app")
                 .await
                 .context("starting the private PostgreSQL")?;
             // No TCP port: the developer's psql needs the socket's directory to connect.
@@ -234,6 +276,69 @@ async fn dev(app_dir: PathBuf, database_url: Option<String>, common: Common) -> 
         cluster.stop().await?;
     }
     result
+}
+
+/// `mjolnir pg start` and `mjolnir pg stop`. Only the URL goes to stdout.
+async fn pg(command: Pg) -> anyhow::Result<()> {
+    match command {
+        Pg::Start {
+            dir: wanted,
+            database,
+            fresh,
+        } => {
+            let dir = ClusterDir::for_dir(&wanted, &label(&wanted))?;
+            if let Some(note) = moved(&wanted, &dir) {
+                eprintln!("{note}");
+            }
+            if fresh {
+                LocalCluster::remove_data(&dir.path, Log::Remove).await?;
+            }
+            let cluster = LocalCluster::start(&dir.path, &database)
+                .await
+                .context("starting the private PostgreSQL")?;
+            eprintln!(
+                "PostgreSQL runs in {}, on a unix socket in {} (stop it with `mjolnir pg stop {}`)",
+                cluster.dir().display(),
+                cluster.socket_dir().display(),
+                wanted.display()
+            );
+            println!("{}", cluster.database_url());
+            cluster.leave_running();
+        }
+        Pg::Stop {
+            dir: wanted,
+            remove_data,
+        } => {
+            let dir = ClusterDir::for_dir(&wanted, &label(&wanted))?;
+            if LocalCluster::stop_in(&dir.path).await? {
+                eprintln!("Stopped the PostgreSQL in {}", dir.path.display());
+            } else {
+                eprintln!("No PostgreSQL runs in {}", dir.path.display());
+            }
+            if remove_data {
+                LocalCluster::remove_data(&dir.path, Log::Keep).await?;
+                eprintln!("Deleted its data (the log stays)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The name a cluster directory kept elsewhere starts with: the app's, or DIR's.
+fn label(dir: &Path) -> String {
+    dir.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Says why the cluster is not where it was asked for, if it is not.
+fn moved(wanted: &Path, dir: &ClusterDir) -> Option<String> {
+    let closed = dir.closed_parent.as_ref()?;
+    Some(format!(
+        "(not in {}: the `postgres` user, which runs PostgreSQL, cannot enter {})",
+        wanted.display(),
+        closed.display()
+    ))
 }
 
 fn config(
@@ -295,7 +400,7 @@ mod tests {
         let argv = ["mjolnir", "serve", "--database-url", "postgres://db", "app"];
         match Cli::try_parse_from(argv.iter().chain(args))?.command {
             Command::Serve { proxy, .. } => Ok(proxy.identity()),
-            Command::Dev { .. } => unreachable!("serve was asked for"),
+            Command::Dev { .. } | Command::Pg(_) => unreachable!("serve was asked for"),
         }
     }
 

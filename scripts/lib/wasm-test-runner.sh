@@ -16,29 +16,27 @@
 # A queued connection gets a thread as soon as any connection ends, and a new connection
 # gets a new thread when no thread is idle. So while the runner runs, this script opens
 # and closes an empty connection to its server every second: a new thread takes that
-# connection, sees it close, and then takes the queued one. That is why this script chooses
-# the server's address (WASM_BINDGEN_TEST_ADDRESS). Measured on tests/dom.rs on a busy
-# 2-core machine: 16 of 80 runs hung without this workaround and 0 of 80 with it. In 25
-# more runs with it, two module requests stalled and got their answers after 0.8 s and 1.0 s.
+# connection, sees it close, and then takes the queued one. The runner listens on a port the
+# kernel picks (127.0.0.1:0, its default when headless), which this script reads from `ss`.
+# Measured on tests/dom.rs on a busy 2-core machine: 16 of 80 runs hung without this
+# workaround and 0 of 80 with it. In 25 more runs with it, two module requests stalled and
+# got their answers after 0.8 s and 1.0 s.
 #
 # The bug itself is in tiny_http, outside this project. As a safety net, a run with no
 # result after WASM_TEST_LIMIT seconds is stopped (a binary takes a few seconds when its
 # page loads) and started again, up to WASM_TEST_ATTEMPTS runs in all. A failing test is
 # never retried.
 set -uo pipefail
-# shellcheck source=port.sh
-source "$(dirname "${BASH_SOURCE[0]}")/port.sh"
 
 limit=${WASM_TEST_LIMIT:-60}
 attempts=${WASM_TEST_ATTEMPTS:-3}
 
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Opens and closes a connection to 127.0.0.1:$1.
+poke() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Opens and closes a connection to 127.0.0.1:$1 every second while this script runs.
-kick() {
-    while kill -0 "$$" 2>/dev/null && sleep 1; do
-        listening "$1" || true
-    done
+# The port process $1 listens on at 127.0.0.1, once it does.
+port_of() {
+    ss -Hltnp 2>/dev/null | sed -n "s/^.* 127\.0\.0\.1:\([0-9]*\) .*pid=$1,.*$/\1/p" | head -n 1
 }
 
 # chromedriver gives Chromium a new profile (about 20 MB) under TMPDIR and deletes it only on
@@ -47,34 +45,38 @@ kick() {
 scratch=$(mktemp -d)
 export TMPDIR=$scratch
 
-kicker=""
-trap 'if [[ -n "$kicker" ]]; then kill "$kicker" 2>/dev/null; fi; rm -rf "$scratch"' EXIT
+runner=""
+trap 'if [[ -n "$runner" ]]; then kill "$runner" 2>/dev/null; fi; rm -rf "$scratch"' EXIT
 
-taken=0
 for ((attempt = 1; attempt <= attempts; attempt++)); do
-    if [[ -n "${WASM_BINDGEN_TEST_ADDRESS:-}" ]]; then
-        port=${WASM_BINDGEN_TEST_ADDRESS##*:}
-    else
-        # This port could be taken before the runner binds it; that case is tried again below.
-        port=$(random_port)
-        while listening "$port"; do port=$(random_port); done
-    fi
-    kick "$port" &
-    kicker=$!
-    WASM_BINDGEN_TEST_ADDRESS=${WASM_BINDGEN_TEST_ADDRESS:-127.0.0.1:$port} \
-        timeout --kill-after=10 "$limit" wasm-bindgen-test-runner "$@"
-    status=$?
-    kill "$kicker" 2>/dev/null
-    wait "$kicker" 2>/dev/null
-    kicker=""
-    if ((status == 124 || status == 137)); then
+    wasm-bindgen-test-runner "$@" &
+    runner=$!
+    # A WASM_BINDGEN_TEST_ADDRESS given from outside names the port.
+    port=${WASM_BINDGEN_TEST_ADDRESS:+${WASM_BINDGEN_TEST_ADDRESS##*:}}
+    for ((tick = 1; tick <= limit * 4; tick++)); do
+        sleep 0.25
+        kill -0 "$runner" 2>/dev/null || break
+        if ((tick % 4 == 0)); then # once a second
+            [[ -n "$port" ]] || port=$(port_of "$runner")
+            [[ -z "$port" ]] || poke "$port" || true
+        fi
+    done
+    if kill -0 "$runner" 2>/dev/null; then
         echo "wasm-test-runner: no result after ${limit}s (attempt $attempt of $attempts)" >&2
-    elif ((status != 0 && taken < 5)) && [[ -z "${WASM_BINDGEN_TEST_ADDRESS:-}" ]] && listening "$port"; then
-        # The runner has exited, so whatever listens on the port now took it first.
-        echo "wasm-test-runner: port $port was taken; trying another one" >&2
-        ((taken++, attempt--))
-    else
-        exit "$status"
+        kill -TERM "$runner" 2>/dev/null
+        for ((tick = 0; tick < 40; tick++)); do
+            kill -0 "$runner" 2>/dev/null || break
+            sleep 0.25
+        done
+        kill -KILL "$runner" 2>/dev/null
+        wait "$runner" 2>/dev/null
+        runner=""
+        status=124
+        continue
     fi
+    wait "$runner"
+    status=$?
+    runner=""
+    exit "$status"
 done
 exit "$status"

@@ -57,7 +57,8 @@ pub async fn serve(database_url: &str, addr: SocketAddr, pool_size: u32) -> anyh
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
-    println!("endpoint listening on http://{addr}");
+    // The bound address, not the asked one: with port 0 the kernel picked the port.
+    println!("endpoint listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(stop_signal())
         .await?;

@@ -51,6 +51,15 @@ pub enum ClusterError {
     #[error("another process kept {} locked for {secs} s while starting its cluster", path.display())]
     Locked { path: PathBuf, secs: u64 },
 
+    /// Only one process may be the one that stops the server (see `LocalCluster::hold`).
+    #[error(
+        "another `mjolnir dev`{} is running with the PostgreSQL in {}: stop it first (Ctrl-C where it \
+         runs), or use the server it started",
+        pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+        dir.display()
+    )]
+    Held { dir: PathBuf, pid: Option<u32> },
+
     #[error("{action}: {source}")]
     Io {
         action: String,

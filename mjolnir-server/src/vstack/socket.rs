@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::Uid;
 
-use super::cluster::RunAs;
+use super::run_as::RunAs;
 use super::{ClusterError, SocketDirProblem};
 
 /// Without TCP the port only names the socket file (`.s.PGSQL.5432`); each cluster has a
@@ -97,7 +97,7 @@ pub(crate) fn fallback_dir(cluster_dir: &Path) -> PathBuf {
 
 /// FNV-1a, because it is stable across Rust releases (std's hasher is not promised to be):
 /// every build of mjolnir finds the same directory for a cluster.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     })

@@ -1,8 +1,9 @@
 //! What every end-to-end test needs: a fresh database and running instances.
 //!
 //! The database server comes from `MJOLNIR_TEST_DATABASE_URL` (an admin URL; `scripts/test.sh`
-//! starts a private PostgreSQL and sets it). Each test creates its own database there, so
-//! tests run in parallel without seeing each other.
+//! starts a private PostgreSQL with `mjolnir pg start --fresh` and sets it to the URL that
+//! prints). Each test creates its own database there, so tests run in parallel without
+//! seeing each other.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -24,7 +25,8 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 impl TestDb {
     pub async fn new(label: &str) -> TestDb {
         let admin = std::env::var("MJOLNIR_TEST_DATABASE_URL").expect(
-            "MJOLNIR_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh, which starts PostgreSQL",
+            "MJOLNIR_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh, which starts PostgreSQL, \
+             or set it to what `mjolnir pg start DIR` prints",
         );
         let name = format!(
             "t_{label}_{}_{}",
