@@ -393,6 +393,16 @@ async fn malformed_dependencies_are_rejected_by_txn() {
     page.send(odd).await;
     let reply = page.reply("bad:x").await;
     assert_eq!(reply["type"], "rejected", "{reply}");
+    // So is a `follows` that is empty or longer than a txn id may be, answered by txn.
+    for (i, follows) in ["", &"x".repeat(129)].into_iter().enumerate() {
+        let txn = format!("bad:f{i}");
+        let mut msg = commit(&txn, json!([]), set_n(9), json!([]), true);
+        msg["follows"] = json!(follows);
+        page.send(msg).await;
+        let reply = page.reply(&txn).await;
+        assert_eq!(reply["type"], "rejected", "{reply}");
+        assert_eq!(reply["error"]["code"], "malformed", "{reply}");
+    }
     assert_eq!(counter_n(&pool).await, 0);
 }
 
