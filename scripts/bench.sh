@@ -162,6 +162,8 @@ MJOLNIR_BIN=$MJOLNIR timeout 1500 node js/bench/client.mjs "${client_args[@]}" |
 say "latency benchmark (headless Chromium, 100 ms round trip)"
 MJOLNIR_BIN=$MJOLNIR timeout 900 node js/bench/latency.mjs "${client_args[@]}" | sed 's/^/  /'
 { echo && cat js/bench/latency-results.md; } >>"$OUT"
+# Figures behind code decisions, measured once and kept as written.
+{ echo && cat mjolnir-bench/measurements.md; } >>"$OUT"
 elapsed=$(($(date +%s) - COMMAND_STARTED))
 printf '\nThe whole command, building included, took %d min %02d s.\n' $((elapsed / 60)) $((elapsed % 60)) >>"$OUT"
 say "wrote $OUT in $((elapsed / 60)) min $((elapsed % 60)) s"
