@@ -106,8 +106,8 @@ case ":$PATH:" in
 *) say "note: add $cargo_bin to PATH (scripts/test.sh does)" ;;
 esac
 
-# Node runs the JavaScript package's build (esbuild) and its browser tests (playwright-core
-# driving the Chromium above: nothing downloads a browser). Debian's nodejs is enough.
+# Node runs the JavaScript package's build (esbuild) and the end-to-end tests in tests/
+# (playwright-core driving the Chromium above: nothing downloads a browser).
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     ensure_debian_packages nodejs npm
 fi
@@ -118,12 +118,20 @@ if ((node_major < 20)); then
     say "Node $(node --version) is too old: the browser tests' playwright-core needs Node 20 or later" >&2
     exit 1
 fi
-# The package's dev tools, exactly as js/package-lock.json pins them.
-if [[ -f js/node_modules/.package-lock.json ]] && cmp -s js/package-lock.json js/node_modules/.mjolnir-lock; then
-    say "js/node_modules present"
-else
-    say "installing js/node_modules (npm ci)"
-    (cd js && npm ci --no-audit --no-fund && cp package-lock.json node_modules/.mjolnir-lock)
-fi
+# Installs DIR/node_modules exactly as DIR/package-lock.json pins it, unless the copy of the
+# lock left there by the last install says it already is.
+ensure_node_modules() {
+    local dir=$1
+    if [[ -f $dir/node_modules/.package-lock.json ]] && cmp -s "$dir/package-lock.json" "$dir/node_modules/.mjolnir-lock"; then
+        say "$dir/node_modules present"
+    else
+        say "installing $dir/node_modules (npm ci)"
+        (cd "$dir" && npm ci --no-audit --no-fund && cp package-lock.json node_modules/.mjolnir-lock)
+    fi
+}
+# The package's dev tools (esbuild, binaryen's wasm-opt, TypeScript; Immer for its benchmark).
+ensure_node_modules js
+# playwright-core, for the end-to-end tests (and the browser benchmarks through their harness).
+ensure_node_modules tests
 
 say "done"

@@ -85,11 +85,12 @@ CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$PWD/scripts/lib/wasm-test-runner.sh
     CHROMEDRIVER="${CHROMEDRIVER:-$(command -v chromedriver || echo /usr/bin/chromedriver)}" \
     cargo test -p mjolnir-wasm --target wasm32-unknown-unknown
 
-step "browser tests of the package and the examples (playwright-core, headless Chromium)"
-# Each test file starts its own `mjolnir dev` on a fresh database of the test cluster. One
-# file at a time: they share two cores with PostgreSQL and the servers.
+step "end-to-end tests: the server, the runtime, the package and the examples (tests/, headless Chromium)"
+# Each test file starts its own `mjolnir dev` on a fresh database of the test cluster and
+# drives Chromium through playwright-core. One file at a time: they share two cores with
+# PostgreSQL and the servers.
 export MJOLNIR_BIN=$mjolnir
-for file in js/test/*.test.mjs; do
+for file in tests/*.test.mjs; do
     echo "--- $file"
     timeout 600 node --test "$file" 9>&-
 done

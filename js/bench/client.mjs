@@ -20,7 +20,6 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import * as esbuild from 'esbuild';
-import { chromium } from 'playwright-core';
 import { startPostgres } from './postgres.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -51,7 +50,7 @@ if (!process.env.MJOLNIR_TEST_DATABASE_URL) {
   process.env.MJOLNIR_TEST_DATABASE_URL = await startPostgres(say);
 }
 // Imported only now: the harness reads the database URL when it loads.
-const { freshDatabase, makeApp, startServer, openPage } = await import('../test/harness.mjs');
+const { freshDatabase, launchBrowser, makeApp, startServer, openPage } = await import('../../tests/support/harness.mjs');
 
 // ---- 3. shipped size (no browser needed) -------------------------------------------------
 
@@ -89,12 +88,8 @@ const server = await startServer(app, freshDatabase('mjolnir_client_bench'));
 // dev server does not send the headers for it, so they are added on the way to the page.
 // A page answered that way has no server address, so Chromium counts it as public and
 // would block its WebSocket to 127.0.0.1 (local network access checks): turned off here.
-// Otherwise the harness's launchBrowser, whose flags it repeats.
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--disable-features=LocalNetworkAccessChecks',
+const browser = await launchBrowser({
+  args: ['--disable-features=LocalNetworkAccessChecks',
     '--js-flags=--expose-gc'], // page.js collects garbage between timed batches
 });
 const context = await browser.newContext();

@@ -1,8 +1,8 @@
 // What a user feels over a real network: the README's counter in headless Chromium, served
-// by `mjolnir dev` through the delay proxy (js/test/delay-proxy.mjs) at a 100 ms round trip
-// (50 ms each way), measured inside the page (js/test/latency-page.mjs: clicks dispatched
-// with element.click(), from each event's timeStamp to the animation frame that first
-// shows the new value).
+// by `mjolnir dev` through the delay proxy (tests/support/delay-proxy.mjs) at a 100 ms
+// round trip (50 ms each way), measured inside the page (tests/support/latency-page.mjs:
+// clicks dispatched with element.click(), from each event's timeStamp to the animation
+// frame that first shows the new value).
 //
 //   node js/bench/latency.mjs [--quick] [--rtt MS]   (build js/dist first: node js/build.mjs)
 //
@@ -23,8 +23,8 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startDelayProxy } from '../test/delay-proxy.mjs';
-import { burst, clickTimes, counterAppFiles, percentile, ready, sustain } from '../test/latency-page.mjs';
+import { startDelayProxy } from '../../tests/support/delay-proxy.mjs';
+import { burst, clickTimes, counterAppFiles, percentile, ready, sustain } from '../../tests/support/latency-page.mjs';
 import { startPostgres } from './postgres.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -55,7 +55,7 @@ if (!process.env.MJOLNIR_TEST_DATABASE_URL) {
   process.env.MJOLNIR_TEST_DATABASE_URL = await startPostgres(say);
 }
 // Imported only now: the harness reads the database URL when it loads.
-const { freshDatabase, launchBrowser, makeApp, openPage, sql, startServer } = await import('../test/harness.mjs');
+const { freshDatabase, launchBrowser, makeApp, openPage, sql, startServer } = await import('../../tests/support/harness.mjs');
 
 const DB = 'mjolnir_latency_bench';
 const app = makeApp(counterAppFiles(), null);
@@ -177,10 +177,10 @@ md.push(`Measured by \`${command}\` (run by \`scripts/bench.sh\`) on ${results.d
   `the server's ${machine.server.includes('/release/') ? 'release' : 'debug'} build. ` +
   `The README's counter (\`<button onclick="mjolnir.table('counters').find('clicks').n += 1">\` and a \`{{ }}\` template showing it) ` +
   `is served by \`mjolnir dev\` through a TCP proxy in the benchmark's process that holds every chunk ${rttMs / 2} ms each way ` +
-  '(`js/test/delay-proxy.mjs`; the page and its WebSocket both go through it). Clicks are dispatched inside the page with ' +
+  '(`tests/support/delay-proxy.mjs`; the page and its WebSocket both go through it). Clicks are dispatched inside the page with ' +
   '`element.click()`; a click\'s time to visible runs from its event\'s `timeStamp` to the start of the animation frame whose ' +
   'rendering first shows the new count, and is also given in frames (1: the first frame after the click; ' +
-  '`js/test/latency-page.mjs` says how the frame is found). After each part the count in the database and on the page ' +
+  '`tests/support/latency-page.mjs` says how the frame is found). After each part the count in the database and on the page ' +
   `must equal the clicks made (${total.toLocaleString('en')} in all; ${aborts} aborts).` +
   (baseline ? ` The baseline is \`js/bench/latency-baseline.json\`: the same command on ${baseline.date.slice(0, 16).replace('T', ' ')} UTC ` +
     `(load average ${baseline.machine.loadAverage.map((l) => l.toFixed(1)).join(' before, ')} after), ${baseline.label}.` : ''), '');

@@ -3,7 +3,7 @@
 // on a unix socket only) in a directory of /tmp, stopped and removed when the process exits.
 import { execFileSync } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
-import { mjolnirBin } from '../test/mjolnir-bin.mjs';
+import { mjolnirBin } from '../../tests/support/mjolnir-bin.mjs';
 
 /** Starts the cluster and resolves its admin URL. `say` reports where it runs. */
 export async function startPostgres(say = console.log) {

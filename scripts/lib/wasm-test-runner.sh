@@ -2,25 +2,24 @@
 # Cargo's runner for the wasm browser tests: wasm-bindgen-test-runner, with a workaround for
 # a hang in its test server, and bounded in time.
 #
-# The hang (about 1 run in 4 on a busy 2-core machine): Chromium commits the test page but
-# one of the module scripts it imports never arrives, so the page never finishes loading.
-# The cause is in the runner's HTTP server, tiny_http 0.12: each accepted connection
-# occupies one pool thread for as long as the connection stays open. TaskPool::spawn queues
-# a new connection when it counts an idle thread, but it also counts a thread that was
-# already woken for an earlier connection and has not yet taken it. When Chromium opens
-# several connections at once for the page's imports, one connection can be left in the
-# queue while every thread waits on another of Chromium's keep-alive connections, which
-# stay open for the whole run. In a hung run, one socket's request sat unread in the kernel
-# and every pool thread was blocked reading another idle connection.
+# The hang: Chromium commits the test page but one of the module scripts it imports never
+# arrives, so the page never finishes loading. The cause is in the runner's HTTP server,
+# tiny_http 0.12: each accepted connection occupies one pool thread for as long as the
+# connection stays open. TaskPool::spawn queues a new connection when it counts an idle
+# thread, but it also counts a thread that was already woken for an earlier connection and
+# has not yet taken it. When Chromium opens several connections at once for the page's
+# imports, one connection can be left in the queue while every thread waits on another of
+# Chromium's keep-alive connections, which stay open for the whole run. In a hung run, one
+# socket's request sat unread in the kernel and every pool thread was blocked reading
+# another idle connection.
 #
 # A queued connection gets a thread as soon as any connection ends, and a new connection
 # gets a new thread when no thread is idle. So while the runner runs, this script opens
 # and closes an empty connection to its server every second: a new thread takes that
 # connection, sees it close, and then takes the queued one. The runner listens on a port the
 # kernel picks (127.0.0.1:0, its default when headless), which this script reads from `ss`.
-# Measured on tests/dom.rs on a busy 2-core machine: 16 of 80 runs hung without this
-# workaround and 0 of 80 with it. In 25 more runs with it, two module requests stalled and
-# got their answers after 0.8 s and 1.0 s.
+# How often runs hung without this and with it is measured in docs/benchmarks.md,
+# "Measurements behind the code".
 #
 # The bug itself is in tiny_http, outside this project. As a safety net, a run with no
 # result after WASM_TEST_LIMIT seconds is stopped (a binary takes a few seconds when its

@@ -115,13 +115,13 @@ export function startServer(appDir, database, { port = 0, limitMs = 600_000, arg
   });
 }
 
-/** Debian's Chromium, headless, with the flags it needs as root. */
-export function launchBrowser() {
+/** Debian's Chromium, headless, with the flags it needs as root and then `args`. */
+export function launchBrowser({ args = [] } = {}) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
     args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync'],
+      '--disable-component-update', '--disable-sync', ...args],
   });
 }
 

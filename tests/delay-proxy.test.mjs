@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { startDelayProxy } from './delay-proxy.mjs';
+import { startDelayProxy } from './support/delay-proxy.mjs';
 
 const UP_MS = 40;
 const DOWN_MS = 60;

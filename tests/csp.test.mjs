@@ -3,7 +3,7 @@
 // and evaluated in Rust, and nothing in the runtime uses eval or new Function.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { freshDatabase, launchBrowser, makeApp, sql, startServer, until } from './harness.mjs';
+import { freshDatabase, launchBrowser, makeApp, sql, startServer, until } from './support/harness.mjs';
 
 const DB = 'js_csp_test';
 const CSP = "script-src 'self' 'wasm-unsafe-eval'";

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { freshDatabase, launchBrowser, makeApp, openPage, repo, sql, startServer, until } from './harness.mjs';
+import { freshDatabase, launchBrowser, makeApp, openPage, repo, sql, startServer, until } from './support/harness.mjs';
 
 const DB = 'js_packaging_test';
 const pkg = join(repo, 'js');

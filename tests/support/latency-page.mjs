@@ -1,5 +1,5 @@
 // What a user feels: a counter page that measures, inside the page, how long each click
-// takes to show. Shared by js/test/latency.test.mjs (what must stay true) and
+// takes to show. Shared by tests/latency.test.mjs (what must stay true) and
 // js/bench/latency.mjs (the figures), usually through the delay proxy (delay-proxy.mjs).
 //
 // The page loads `latency.js` (INSTRUMENT below) before the Mjölnir drop-in, so that what it

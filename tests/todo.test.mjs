@@ -3,7 +3,7 @@
 // entry kept in step with them, row-level security and mjolnir.state.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { freshDatabase, launchBrowser, openPage, repo, sql, startServer, until } from './harness.mjs';
+import { freshDatabase, launchBrowser, openPage, repo, sql, startServer, until } from './support/harness.mjs';
 import { join } from 'node:path';
 
 const DB = 'js_todo_test';

@@ -10,9 +10,9 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { startDelayProxy } from './delay-proxy.mjs';
-import { freshDatabase, launchBrowser, makeApp, openPage, repo, sql, startServer, until } from './harness.mjs';
-import { burst, clickTimes, counterAppFiles, percentile, ready, shownCount } from './latency-page.mjs';
+import { startDelayProxy } from './support/delay-proxy.mjs';
+import { freshDatabase, launchBrowser, makeApp, openPage, repo, sql, startServer, until } from './support/harness.mjs';
+import { burst, clickTimes, counterAppFiles, percentile, ready, shownCount } from './support/latency-page.mjs';
 
 const ONE_WAY_MS = 50;
 const RTT_MS = 2 * ONE_WAY_MS;

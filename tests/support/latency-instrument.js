@@ -3,7 +3,7 @@
 // See latency-page.mjs for what it measures and how "visible" is decided.
 (function () {
   'use strict';
-  if (typeof window === 'undefined') return; // `node --test test/` picks up every file here
+  if (typeof window === 'undefined') return; // outside a page (loaded by node by mistake): nothing
   // Saved before the drop-in patches them: these never become transactions.
   var setTimeout_ = window.setTimeout.bind(window);
   var raf = window.requestAnimationFrame.bind(window);

@@ -2,7 +2,7 @@
 // pages in headless Chromium against `mjolnir dev` and a real PostgreSQL.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { freshDatabase, launchBrowser, openPage, repo, sql, startServer, until } from './harness.mjs';
+import { freshDatabase, launchBrowser, openPage, repo, sql, startServer, until } from './support/harness.mjs';
 import { join } from 'node:path';
 
 const DB = 'js_bank_test';

@@ -4,7 +4,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { freshDatabase, launchBrowser, makeApp, openPage, repo, sql, startServer, until } from './harness.mjs';
+import { freshDatabase, launchBrowser, makeApp, openPage, repo, sql, startServer, until } from './support/harness.mjs';
 
 const DB = 'js_quickstart_test';
 const readme = readFileSync(join(repo, 'README.md'), 'utf8');

@@ -10,7 +10,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { freshDatabase, launchBrowser, makeApp, openPage, sql, startServer, until } from './harness.mjs';
+import { freshDatabase, launchBrowser, makeApp, openPage, sql, startServer, until } from './support/harness.mjs';
 
 const DB = 'js_resend_test';
 let server;
