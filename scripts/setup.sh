@@ -71,8 +71,8 @@ fi
 # Chromium driven through chromedriver.
 ensure_debian_packages chromium chromium-driver
 
-# wasm-bindgen-cli (wasm-bindgen, and wasm-bindgen-test-runner for `cargo test --target
-# wasm32-unknown-unknown`) must be exactly the wasm-bindgen crate version in Cargo.lock.
+# wasm-bindgen-cli (wasm-bindgen, and wasm-bindgen-test-runner, which runs the browser tests
+# under `wasm-pack test`) must be exactly the wasm-bindgen crate version in Cargo.lock.
 # It goes into the default cargo root (~/.cargo/bin), which outlives fresh CI clones.
 wasm_bindgen_version=$(awk '
     $0 == "name = \"wasm-bindgen\"" { found = 1; next }
@@ -100,6 +100,16 @@ else
         say "cargo install --locked failed; trying again without --locked"
         cargo install wasm-bindgen-cli --version "$wasm_bindgen_version"
     fi
+fi
+# wasm-pack runs the browser runtime's tests (`wasm-pack test --headless --chrome`). It takes
+# wasm-bindgen and chromedriver from PATH (the pinned CLI above, Debian's driver) instead of
+# downloading them; scripts/test.sh also passes --mode no-install so that it never does.
+wasm_pack_version=0.15.1
+if [[ "$(installed_version wasm-pack)" == "$wasm_pack_version" ]]; then
+    say "wasm-pack $wasm_pack_version present"
+else
+    say "installing wasm-pack $wasm_pack_version (several minutes)"
+    cargo install wasm-pack --version "$wasm_pack_version" --locked
 fi
 case ":$PATH:" in
 *":$cargo_bin:"*) ;;

@@ -9,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib/server.sh
 source scripts/lib/server.sh
 
-# setup.sh installs wasm-bindgen-cli into the default cargo root.
+# setup.sh installs wasm-bindgen-cli and wasm-pack into the default cargo root.
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -77,13 +77,17 @@ server_start mjolnir "$target_dir/mjolnir-wasm-tests-server.log" \
 export MJOLNIR_TEST_WS_URL="ws://${SERVER_ADDR[mjolnir]}/ws"
 echo "MJOLNIR_TEST_WS_URL=$MJOLNIR_TEST_WS_URL"
 
-step "cargo test -p mjolnir-wasm --target wasm32-unknown-unknown (headless Chromium)"
-# wasm-bindgen-test-runner starts chromedriver, which starts Chromium headless with the
-# flags in mjolnir-wasm/webdriver.json; scripts/lib/wasm-test-runner.sh works around a hang in
-# the runner's own HTTP server and bounds each run in time.
-CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$PWD/scripts/lib/wasm-test-runner.sh" \
-    CHROMEDRIVER="${CHROMEDRIVER:-$(command -v chromedriver || echo /usr/bin/chromedriver)}" \
-    cargo test -p mjolnir-wasm --target wasm32-unknown-unknown
+step "wasm-pack test --headless --chrome mjolnir-wasm (the browser runtime's tests)"
+# wasm-pack builds the tests and runs `cargo test --target wasm32-unknown-unknown` with, as
+# cargo's runner, the wasm-bindgen-test-runner beside the wasm-bindgen it finds on PATH (of
+# Cargo.lock's version); the runner starts chromedriver, which starts Chromium headless with
+# the flags in mjolnir-wasm/webdriver.json. scripts/lib/wasm-bin/, first on PATH, makes that
+# runner scripts/lib/wasm-test-runner.sh, which works around a hang in the real runner's
+# HTTP server and bounds each run in time. With --mode no-install and --chromedriver,
+# wasm-pack fails rather than download anything. (Options go before the crate's path:
+# wasm-pack hands whatever follows it to cargo.)
+PATH="$PWD/scripts/lib/wasm-bin:$PATH" wasm-pack test --headless --chrome --mode no-install \
+    --chromedriver "${CHROMEDRIVER:-$(command -v chromedriver || echo /usr/bin/chromedriver)}" mjolnir-wasm
 
 step "end-to-end tests: the server, the runtime, the package and the examples (tests/, headless Chromium)"
 # Each test file starts its own `mjolnir dev` on a fresh database of the test cluster and

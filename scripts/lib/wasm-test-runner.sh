@@ -2,6 +2,14 @@
 # Cargo's runner for the wasm browser tests: wasm-bindgen-test-runner, with a workaround for
 # a hang in its test server, and bounded in time.
 #
+# `wasm-pack test` makes cargo run the `wasm-bindgen-test-runner` beside the `wasm-bindgen`
+# it finds on PATH. scripts/lib/wasm-bin/ holds this script under that name, beside a
+# `wasm-bindgen` that runs the real one, so with that directory first on PATH wasm-pack runs
+# this script:
+#   PATH="$PWD/scripts/lib/wasm-bin:$PATH" wasm-pack test --headless --chrome mjolnir-wasm
+# It runs the real runner: the first `wasm-bindgen-test-runner` on PATH that is not itself.
+# It also works as cargo's runner on its own (CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER).
+#
 # The hang: Chromium commits the test page but one of the module scripts it imports never
 # arrives, so the page never finishes loading. The cause is in the runner's HTTP server,
 # tiny_http 0.12: each accepted connection occupies one pool thread for as long as the
@@ -30,6 +38,13 @@ set -uo pipefail
 limit=${WASM_TEST_LIMIT:-60}
 attempts=${WASM_TEST_ATTEMPTS:-3}
 
+# shellcheck source=scripts/lib/path.sh
+source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/path.sh"
+if ! real_runner=$(next_on_path wasm-bindgen-test-runner "${BASH_SOURCE[0]}"); then
+    echo "wasm-test-runner: no wasm-bindgen-test-runner on PATH besides $0 (scripts/setup.sh installs it)" >&2
+    exit 127
+fi
+
 # Opens and closes a connection to 127.0.0.1:$1.
 poke() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -48,7 +63,7 @@ runner=""
 trap 'if [[ -n "$runner" ]]; then kill "$runner" 2>/dev/null; fi; rm -rf "$scratch"' EXIT
 
 for ((attempt = 1; attempt <= attempts; attempt++)); do
-    wasm-bindgen-test-runner "$@" &
+    "$real_runner" "$@" &
     runner=$!
     # A WASM_BINDGEN_TEST_ADDRESS given from outside names the port.
     port=${WASM_BINDGEN_TEST_ADDRESS:+${WASM_BINDGEN_TEST_ADDRESS##*:}}
