@@ -227,6 +227,7 @@ impl Client {
             first,
             deps: Vec::new(),
             follows: None,
+            queries: Vec::new(),
         };
         let (msg, outcome) = self.inner.routes.expect_outcome(msg)?;
         self.send(msg.to_json()).await?;

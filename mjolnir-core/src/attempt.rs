@@ -9,7 +9,10 @@
 
 use crate::cache::{Cache, Snapshot};
 use crate::speculation::Speculation;
-use crate::{ClientMessage, Dependency, Key, ReadSet, Transaction, TxnId, WriteOp, WriteSet};
+use crate::{
+    ClientMessage, Dependency, Key, Pk, Query, QueryRead, ReadSet, Transaction, TxnId, Version,
+    WriteOp, WriteSet,
+};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 
@@ -53,6 +56,9 @@ pub struct Attempt {
     /// effects, and each ordered collection costs the browser module its own B-tree code.)
     deps: Vec<Dependency>,
     misses: BTreeSet<Key>,
+    /// The queries it read: each with its key, the version of the result it saw, and what
+    /// the commit sends of it.
+    queries: Vec<(Key, Version, QueryRead)>,
     /// What it changed on the page (DOM nodes, state entries), as ids its adapter gives
     /// them: a page-only handler whose effects overlap a failed transaction's is undone
     /// with it (see [`crate::engine::Engine`]).
@@ -74,6 +80,7 @@ impl Attempt {
             txn: Transaction::new(),
             deps: Vec::new(),
             misses: BTreeSet::new(),
+            queries: Vec::new(),
             touched: Vec::new(),
         }
     }
@@ -123,6 +130,65 @@ impl Attempt {
                 Read::Miss
             }
         }
+    }
+
+    /// Reads a query: for a rows query, the rows it returns as this attempt sees them (a
+    /// JSON array), for a count, the number.
+    ///
+    /// The result is the cache's, the committed one: the keys of the rows, in order, as the
+    /// server last gave them. Each row is then read like any key, so it shows this
+    /// attempt's writes, and a row this attempt deleted is left out. Rows this attempt (or
+    /// an in-flight transaction of the page) inserted, or changed into or out of the
+    /// filter, do not move in or out: the client does not evaluate filters.
+    ///
+    /// The commit carries the result seen; the server refuses it if the query gives
+    /// another at the commit point. A query whose result or any of whose rows the snapshot
+    /// lacks is a miss, like a key.
+    pub fn query(&mut self, query: &Query) -> Read {
+        let key = Key::query(query.clone());
+        let seen = match self.queries.iter().find(|(k, _, _)| *k == key) {
+            Some((_, _, read)) => read.seen.clone(),
+            None => match self.snapshot.get(&key) {
+                Some(cached) => {
+                    let seen = cached.value.clone().unwrap_or(Value::Null);
+                    self.queries.push((
+                        key,
+                        cached.version,
+                        QueryRead {
+                            query: query.clone(),
+                            seen: seen.clone(),
+                        },
+                    ));
+                    seen
+                }
+                None => {
+                    self.misses.insert(key);
+                    return Read::Miss;
+                }
+            },
+        };
+        if query.count {
+            return Read::Value(Some(seen));
+        }
+        let pks = seen.as_array().map(Vec::as_slice).unwrap_or_default();
+        let mut rows = Vec::with_capacity(pks.len());
+        let mut missed = false;
+        for pk in pks {
+            let pk = match pk {
+                Value::String(s) => Pk::Text(s.clone()),
+                Value::Number(n) if n.is_i64() => Pk::Int(n.as_i64().unwrap_or_default()),
+                _ => continue,
+            };
+            match self.read(Key::row(query.table.clone(), pk)) {
+                Read::Value(Some(row)) => rows.push(row),
+                Read::Value(None) => {}
+                Read::Miss => missed = true,
+            }
+        }
+        if missed {
+            return Read::Miss;
+        }
+        Read::Value(Some(Value::Array(rows)))
     }
 
     pub fn insert(&mut self, key: Key, row: Map<String, Value>) {
@@ -176,7 +242,8 @@ impl Attempt {
     /// they were read at, so the attempt never sees two versions of one key, and a key that
     /// changed meanwhile makes the commit conflict. The misses are resolved.
     pub fn resnapshot(&mut self, mut snapshot: Snapshot) {
-        snapshot.keep_from(&self.snapshot, self.txn.reads.keys());
+        let queries = self.queries.iter().map(|(k, _, _)| k);
+        snapshot.keep_from(&self.snapshot, self.txn.reads.keys().chain(queries));
         self.snapshot = snapshot;
         self.misses.clear();
     }
@@ -192,7 +259,10 @@ impl Attempt {
     /// Whether the attempt read and wrote nothing of the server's (not even a pending
     /// write of the page): it needs no commit, and no txn id.
     pub fn is_local(&self) -> bool {
-        self.txn.reads.is_empty() && self.txn.writes.is_empty() && self.deps.is_empty()
+        self.txn.reads.is_empty()
+            && self.txn.writes.is_empty()
+            && self.deps.is_empty()
+            && self.queries.is_empty()
     }
 
     pub fn has_misses(&self) -> bool {
@@ -211,6 +281,7 @@ impl Attempt {
             .reads
             .keys()
             .chain(self.deps.iter().map(|d| &d.key))
+            .chain(self.queries.iter().map(|(k, _, _)| k))
             .chain(&self.misses)
     }
 
@@ -223,7 +294,8 @@ impl Attempt {
     /// retry is cheap while blaming the app for a torn view is wrong. Misses do not count:
     /// the caller fetches them and runs again anyway.
     pub fn is_stale(&self, cache: &Cache) -> bool {
-        self.txn.reads.iter().any(|(key, read)| {
+        let queries = self.queries.iter().map(|(k, v, _)| (k, *v));
+        self.txn.reads.iter().chain(queries).any(|(key, read)| {
             cache
                 .version(key)
                 .is_none_or(|now| crate::conflict::is_stale(read, now))
@@ -247,6 +319,7 @@ impl Attempt {
             first: true,
             deps: self.deps,
             follows: None,
+            queries: self.queries.into_iter().map(|(_, _, q)| q).collect(),
         })
     }
 }
@@ -477,6 +550,7 @@ mod tests {
                 writes: WriteSet::new(),
                 first: true,
                 deps: Vec::new(),
+                queries: Vec::new(),
                 follows: None,
             }
         );

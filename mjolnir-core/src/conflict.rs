@@ -96,7 +96,7 @@ mod tests {
                 // Every write here changes its key's value, so a key's version is the
                 // version at which its value last changed.
                 let stale = reads.iter().any(|(k, read)| {
-                    let id: u8 = match k { Key::Kv { key } => key.parse().unwrap(), Key::Row { .. } => unreachable!() };
+                    let id: u8 = match k { Key::Kv { key } => key.parse().unwrap(), _ => unreachable!() };
                     is_stale(read, get(&store, id).0)
                 });
                 // The brute-force definition of staleness: some read key changed since.

@@ -38,6 +38,10 @@ pub enum ErrorKind {
     /// A value does not fit its column (or a key does not fit the table's primary key).
     #[error("wrong type")]
     WrongType,
+    /// A query asks for something no query may: a limit over the maximum, an operand that
+    /// does not fit its operator, too many conditions, or more rows than it may return.
+    #[error("invalid query")]
+    InvalidQuery,
     /// An update tried to change a primary-key column.
     #[error("primary key change")]
     PrimaryKeyChange,

@@ -1,5 +1,6 @@
 //! Keys: what a transaction reads and writes.
 
+use crate::query::Query;
 use serde::Serialize;
 use std::fmt;
 
@@ -58,6 +59,9 @@ pub enum Key {
     Row { table: String, pk: Pk },
     /// An entry of the app's key/value store.
     Kv { key: String },
+    /// The result of a query: the primary keys of the rows it matches, in order, or their
+    /// count (see [`crate::query`]). Read like a key, never written.
+    Query(Box<Query>),
 }
 
 impl Key {
@@ -71,6 +75,19 @@ impl Key {
     pub fn kv(key: impl Into<String>) -> Key {
         Key::Kv { key: key.into() }
     }
+
+    pub fn query(query: Query) -> Key {
+        Key::Query(Box::new(query))
+    }
+
+    /// The table this key is in, if it is a row or a query.
+    pub fn table(&self) -> Option<&str> {
+        match self {
+            Key::Row { table, .. } => Some(table),
+            Key::Query(q) => Some(&q.table),
+            Key::Kv { .. } => None,
+        }
+    }
 }
 
 impl fmt::Display for Key {
@@ -78,6 +95,7 @@ impl fmt::Display for Key {
         match self {
             Key::Row { table, pk } => write!(f, "{table}[{pk}]"),
             Key::Kv { key } => write!(f, "kv[{}]", quoted(key)),
+            Key::Query(q) => write!(f, "{q}"),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Defined once, here, and used by the server, the native client and the browser runtime.
 //! Every message is an object tagged by `type`. See `docs/protocol.md` for the exchange.
 
-use crate::{Dependency, ErrorKind, Key, ReadSet, TxnId, Version, WriteSet};
+use crate::{Dependency, ErrorKind, Key, QueryRead, ReadSet, TxnId, Version, WriteSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -122,6 +122,11 @@ pub enum ClientMessage {
         /// all and run them again without applying any twice.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         follows: Option<TxnId>,
+        /// The queries the attempt read, each with the result it saw: valid only if the
+        /// query gives the same result at the commit point (see [`crate::query`]). The
+        /// rows it returned are in `reads` (or `deps`) like any other read.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        queries: Vec<QueryRead>,
     },
     /// Stop pushing changes of these keys (the client evicted them from its cache).
     Unsubscribe { keys: Vec<Key> },
@@ -182,6 +187,7 @@ impl ClientMessage {
             first: true,
             deps: Vec::new(),
             follows: None,
+            queries: Vec::new(),
         }
     }
 
@@ -426,6 +432,7 @@ mod tests {
                         first,
                         deps,
                         follows: None,
+                        queries: Vec::new(),
                     }
                 }),
             prop::collection::vec(arb_key(), 0..5)
@@ -576,6 +583,7 @@ mod tests {
             first: true,
             deps: Vec::new(),
             follows: None,
+            queries: Vec::new(),
         };
         assert!(first.to_json().contains(r#""first":true"#));
         let again = first.resent();

@@ -11,7 +11,7 @@
 //! still derived, so the wire format is unchanged; `protocol.rs` tests the round trips.
 
 use crate::protocol::{Entry, ErrorReply, ServerMessage, TableInfo};
-use crate::{Key, Pk, TxnId, Version};
+use crate::{Key, Pk, Query, TxnId, Version};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, Error as _, MapAccess, Visitor};
 use std::collections::BTreeMap;
@@ -129,13 +129,16 @@ impl Visitor<'_> for PkVisitor {
     }
 }
 
-const KEY_FIELDS: &[&str] = &["kind", "table", "pk", "key"];
+const KEY_FIELDS: &[&str] = &[
+    "kind", "table", "pk", "key", "where", "order", "limit", "count",
+];
 
 #[derive(Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum KeyKind {
     Row,
     Kv,
+    Query,
 }
 
 impl<'de> Deserialize<'de> for Key {
@@ -150,18 +153,23 @@ impl<'de> Visitor<'de> for KeyVisitor {
     type Value = Key;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a key: an object with `kind` \"row\" or \"kv\"")
+        f.write_str("a key: an object with `kind` \"row\", \"kv\" or \"query\"")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Key, A::Error> {
         let mut seen = Seen::new(KEY_FIELDS);
         let (mut kind, mut table, mut pk, mut key) = (None, None, None, None);
+        let mut query = Query::table("");
         while let Some(i) = seen.next(&mut map)? {
             match i {
                 0 => kind = Some(map.next_value::<KeyKind>()?),
                 1 => table = Some(map.next_value::<String>()?),
                 2 => pk = Some(map.next_value::<Pk>()?),
-                _ => key = Some(map.next_value::<String>()?),
+                3 => key = Some(map.next_value::<String>()?),
+                4 => query.filter = map.next_value()?,
+                5 => query.order = map.next_value()?,
+                6 => query.limit = map.next_value()?,
+                _ => query.count = map.next_value()?,
             }
         }
         match required(kind, "kind")? {
@@ -177,6 +185,11 @@ impl<'de> Visitor<'de> for KeyVisitor {
                 Ok(Key::Kv {
                     key: required(key, "key")?,
                 })
+            }
+            KeyKind::Query => {
+                seen.only(&["table", "where", "order", "limit", "count"])?;
+                query.table = required(table, "table")?;
+                Ok(Key::query(query))
             }
         }
     }

@@ -244,6 +244,7 @@ async fn serve<I>(
                 first,
                 deps,
                 follows,
+                queries: _,
             } => {
                 let (state, outbox, user) = (state.clone(), outbox.clone(), user.clone());
                 let span = tracing::info_span!("commit", %txn);
@@ -339,10 +340,7 @@ async fn commit(
         }
         Ok(Outcome::Conflict { stale }) => {
             for e in &stale {
-                state.metrics.conflict(match &e.key {
-                    Key::Row { table, .. } => table,
-                    Key::Kv { .. } => "kv",
-                });
+                state.metrics.conflict(e.key.table().unwrap_or("kv"));
             }
             tracing::debug!(stale = stale.len(), "conflict");
             ServerMessage::Conflict { txn, stale }

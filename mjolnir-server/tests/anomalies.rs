@@ -139,6 +139,7 @@ async fn a_commit_resent_after_a_dropped_connection_is_applied_once() {
         first: true,
         deps: Vec::new(),
         follows: None,
+        queries: Vec::new(),
     };
     first.send_raw(commit.to_json()).await.unwrap();
     first.close().await;

@@ -355,7 +355,7 @@ async fn writes_that_change_nothing_make_nobody_conflict(group_commit: usize) {
         let reads: ReadSet = [(entry.key.clone(), entry.version)].into_iter().collect();
         let write = match &entry.key {
             Key::Row { .. } => update(&entry.key, json!({"balance": 9})),
-            Key::Kv { .. } => put(Key::kv("log"), json!(i)),
+            _ => put(Key::kv("log"), json!(i)),
         };
         let (_, outcome) = victim.commit_new(reads, write).await.unwrap();
         if entry.key == account(7) {

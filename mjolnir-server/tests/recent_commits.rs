@@ -139,6 +139,7 @@ async fn a_resent_commit_is_answered_committed_by_the_instance_that_committed_it
         first: true,
         deps: Vec::new(),
         follows: None,
+        queries: Vec::new(),
     };
     client.send_raw(raw.to_json()).await.unwrap();
     let reply = client.next_unsolicited().await;

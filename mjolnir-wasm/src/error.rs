@@ -134,6 +134,7 @@ fn class_of(kind: ErrorKind) -> Class {
         | ErrorKind::WrongType
         | ErrorKind::PrimaryKeyChange
         | ErrorKind::InvalidWrite
+        | ErrorKind::InvalidQuery
         | ErrorKind::NotFound => Class::Schema,
         ErrorKind::Malformed
         | ErrorKind::UnknownMessage

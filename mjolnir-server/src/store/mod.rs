@@ -23,10 +23,10 @@ pub use outcome::Outcome;
 pub use turn::{Sequence, Stage, Turn};
 
 use crate::catalog::{Catalog, KV_SPACE, Table};
-use crate::error::Result;
+use crate::error::{Result, ServerError};
 use crate::knobs::Knobs;
 use crate::metrics::Metrics;
-use mjolnir_core::{Key, Version};
+use mjolnir_core::{ErrorKind, Key, Version};
 use sqlx::PgPool;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -170,5 +170,9 @@ fn resolve_one(catalog: &Catalog, key: &Key) -> Result<Resolved> {
             pk: name.clone(),
             table: None,
         }),
+        Key::Query(_) => Err(ServerError::reply(
+            ErrorKind::InvalidQuery,
+            "queries are not supported yet",
+        )),
     }
 }

@@ -1,0 +1,392 @@
+//! Queries: a read of the rows of one table that match a filter, in an order, up to a
+//! limit, or of how many there are.
+//!
+//! A query is read like a key (it is one, [`crate::Key::Query`]): the client caches its
+//! result, a handler that misses it fetches it and runs again, and a commit carries what
+//! each query read gave ([`QueryRead`]). The server validates that by running the query
+//! again under locks that keep writers of its table out, and comparing: a query read is
+//! stale if its result is not the one the attempt saw, so a row inserted, deleted, or
+//! changed into or out of the filter by someone else makes the commit conflict
+//! (docs/architecture.md, "Queries").
+//!
+//! A rows query's result is the JSON array of the primary keys of its rows, in order; the
+//! rows themselves travel as entries of their own keys, and an attempt that reads the
+//! query records a read of each row too, so a change of a row's value is a conflict like
+//! any other read. A count query's result is a JSON number.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+/// The most rows a query returns, and the largest `limit` it may ask for. A query without
+/// a limit whose filter matches more rows is refused, rather than cut short silently.
+pub const MAX_ROWS: u32 = 1000;
+/// The most conditions in one filter.
+pub const MAX_CONDITIONS: usize = 16;
+/// The most values in one `in` list.
+pub const MAX_IN: usize = 100;
+/// The most columns a query may order by.
+pub const MAX_ORDER: usize = 4;
+
+/// One query of one table.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Query {
+    pub table: String,
+    /// Conditions that must all hold.
+    #[serde(rename = "where", default, skip_serializing_if = "Vec::is_empty")]
+    pub filter: Vec<Condition>,
+    /// Columns to order by, most significant first. The primary key always breaks ties, so
+    /// a result has one order and two runs of one query on one state agree.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub order: Vec<Order>,
+    /// At most this many rows ([`MAX_ROWS`] at most).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Count the matching rows instead of returning them; `order` and `limit` must then be
+    /// left out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub count: bool,
+}
+
+/// `column op value`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Condition {
+    pub column: String,
+    pub op: Op,
+    /// The operand: a scalar, an array for `in`, left out for `is_null` and `not_null`.
+    #[serde(default, skip_serializing_if = "Literal::is_null")]
+    pub value: Literal,
+}
+
+/// The comparisons a filter may use. They are SQL's: a comparison with a NULL column is
+/// not true, so `ne` does not match rows whose column is NULL (use `is_null` for those).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+    In,
+    IsNull,
+    NotNull,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Eq => "eq",
+            Op::Ne => "ne",
+            Op::Lt => "lt",
+            Op::Lte => "lte",
+            Op::Gt => "gt",
+            Op::Gte => "gte",
+            Op::In => "in",
+            Op::IsNull => "is_null",
+            Op::NotNull => "not_null",
+        }
+    }
+
+    /// Whether the condition takes no operand.
+    pub fn is_unary(self) -> bool {
+        matches!(self, Op::IsNull | Op::NotNull)
+    }
+}
+
+/// One column to order by.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Order {
+    pub column: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub desc: bool,
+}
+
+/// A JSON value that can be part of a key: ordered and hashed by its JSON text, so two
+/// queries that differ only in a value are two keys, and equal queries one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(type = "unknown"))]
+pub struct Literal(pub Value);
+
+impl Literal {
+    pub fn is_null(&self) -> bool {
+        self.0.is_null()
+    }
+}
+
+impl Ord for Literal {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.to_string().cmp(&other.0.to_string())
+    }
+}
+
+impl PartialOrd for Literal {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Hash for Literal {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.to_string().hash(state)
+    }
+}
+
+/// What one query read of an attempt saw, sent with its commit: the query's result as the
+/// client held it (the array of primary keys, or the count).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct QueryRead {
+    pub query: Query,
+    #[cfg_attr(feature = "ts", ts(type = "unknown"))]
+    pub seen: Value,
+}
+
+impl Query {
+    /// A query of every row of `table`.
+    pub fn table(table: impl Into<String>) -> Query {
+        Query {
+            table: table.into(),
+            filter: Vec::new(),
+            order: Vec::new(),
+            limit: None,
+            count: false,
+        }
+    }
+
+    /// Adds `column op value`.
+    pub fn filter(mut self, column: impl Into<String>, op: Op, value: Value) -> Query {
+        self.filter.push(Condition {
+            column: column.into(),
+            op,
+            value: Literal(value),
+        });
+        self
+    }
+
+    pub fn order_by(mut self, column: impl Into<String>, desc: bool) -> Query {
+        self.order.push(Order {
+            column: column.into(),
+            desc,
+        });
+        self
+    }
+
+    pub fn limit(mut self, limit: u32) -> Query {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// The count of the rows this query's filter matches.
+    pub fn counted(mut self) -> Query {
+        self.count = true;
+        self.order.clear();
+        self.limit = None;
+        self
+    }
+
+    /// Why this query cannot be run, whatever the table: the message of an
+    /// `invalid_query` refusal, or `None` if its shape is sound. Columns and the types of
+    /// values are checked against the table by the server.
+    pub fn misshapen(&self) -> Option<String> {
+        if self.filter.len() > MAX_CONDITIONS {
+            return Some(format!(
+                "a query has at most {MAX_CONDITIONS} conditions, this one {}",
+                self.filter.len()
+            ));
+        }
+        if self.order.len() > MAX_ORDER {
+            return Some(format!(
+                "a query orders by at most {MAX_ORDER} columns, this one by {}",
+                self.order.len()
+            ));
+        }
+        if let Some(limit) = self.limit
+            && !(1..=MAX_ROWS).contains(&limit)
+        {
+            return Some(format!(
+                "a query's limit is 1 to {MAX_ROWS}, this one asks for {limit}"
+            ));
+        }
+        if self.count && (self.limit.is_some() || !self.order.is_empty()) {
+            return Some("a count has no order and no limit".to_owned());
+        }
+        for c in &self.filter {
+            let value = &c.value.0;
+            let fits = match c.op {
+                Op::IsNull | Op::NotNull => value.is_null(),
+                Op::In => value
+                    .as_array()
+                    .is_some_and(|vs| vs.len() <= MAX_IN && vs.iter().all(is_scalar)),
+                _ => is_scalar(value) && !value.is_null(),
+            };
+            if !fits {
+                let wanted = match c.op {
+                    Op::IsNull | Op::NotNull => "no value".to_owned(),
+                    Op::In => format!("an array of at most {MAX_IN} strings, numbers or booleans"),
+                    _ => "a string, number or boolean (use is_null for null)".to_owned(),
+                };
+                return Some(format!(
+                    "{} {} takes {wanted}, not {value}",
+                    c.column,
+                    c.op.as_str()
+                ));
+            }
+        }
+        None
+    }
+
+    /// The most rows this query may return.
+    pub fn max_rows(&self) -> u32 {
+        self.limit.unwrap_or(MAX_ROWS)
+    }
+}
+
+fn is_scalar(v: &Value) -> bool {
+    matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
+}
+
+impl fmt::Display for Query {
+    /// The query as JavaScript would build it, for messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "table({})", crate::key::quoted(&self.table))?;
+        for c in &self.filter {
+            if c.op.is_unary() {
+                write!(
+                    f,
+                    ".where({}, {:?})",
+                    crate::key::quoted(&c.column),
+                    c.op.as_str()
+                )?;
+            } else {
+                write!(
+                    f,
+                    ".where({}, {:?}, {})",
+                    crate::key::quoted(&c.column),
+                    c.op.as_str(),
+                    c.value.0
+                )?;
+            }
+        }
+        for o in &self.order {
+            let dir = if o.desc { "desc" } else { "asc" };
+            write!(f, ".orderBy({}, {dir:?})", crate::key::quoted(&o.column))?;
+        }
+        if let Some(limit) = self.limit {
+            write!(f, ".limit({limit})")?;
+        }
+        if self.count {
+            f.write_str(".count()")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn wire_form_is_small_and_reads_back() {
+        let q = Query::table("todos")
+            .filter("done", Op::Eq, json!(false))
+            .filter("owner", Op::IsNull, Value::Null)
+            .order_by("created", true)
+            .limit(50);
+        let wire = serde_json::to_value(&q).unwrap();
+        assert_eq!(
+            wire,
+            json!({
+                "table": "todos",
+                "where": [{"column": "done", "op": "eq", "value": false},
+                          {"column": "owner", "op": "is_null"}],
+                "order": [{"column": "created", "desc": true}],
+                "limit": 50
+            })
+        );
+        assert_eq!(serde_json::from_value::<Query>(wire).unwrap(), q);
+        assert_eq!(
+            q.to_string(),
+            r#"table("todos").where("done", "eq", false).where("owner", "is_null").orderBy("created", "desc").limit(50)"#
+        );
+    }
+
+    #[test]
+    fn an_unknown_operator_is_named() {
+        let err = serde_json::from_value::<Query>(json!({
+            "table": "t", "where": [{"column": "a", "op": "like", "value": "x%"}]
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown variant `like`"), "{err}");
+    }
+
+    #[test]
+    fn misshapen_queries_are_explained() {
+        let ok = Query::table("t").filter("a", Op::In, json!([1, 2]));
+        assert_eq!(ok.misshapen(), None);
+        let cases = [
+            (Query::table("t").limit(0), "limit is 1 to 1000"),
+            (Query::table("t").limit(1001), "limit is 1 to 1000"),
+            (
+                Query::table("t").filter("a", Op::Eq, Value::Null),
+                "use is_null",
+            ),
+            (
+                Query::table("t").filter("a", Op::Eq, json!({"x": 1})),
+                "a eq takes",
+            ),
+            (
+                Query::table("t").filter("a", Op::In, json!(3)),
+                "a in takes an array",
+            ),
+            (
+                Query::table("t").filter("a", Op::In, json!(vec![1; 101])),
+                "at most 100",
+            ),
+            (
+                Query::table("t").filter("a", Op::IsNull, json!(1)),
+                "takes no value",
+            ),
+            (
+                Query {
+                    count: true,
+                    ..Query::table("t").limit(3)
+                },
+                "a count has no order",
+            ),
+        ];
+        for (q, wanted) in cases {
+            let got = q.misshapen().unwrap_or_default();
+            assert!(got.contains(wanted), "{q}: {got:?} lacks {wanted:?}");
+        }
+        let many = (0..17).fold(Query::table("t"), |q, i| {
+            q.filter(format!("c{i}"), Op::Eq, json!(i))
+        });
+        assert!(many.misshapen().unwrap().contains("at most 16 conditions"));
+    }
+
+    #[test]
+    fn equal_queries_are_one_key() {
+        let a = Query::table("t").filter("n", Op::Eq, json!(1));
+        let b = Query::table("t").filter("n", Op::Eq, json!(1));
+        let c = Query::table("t").filter("n", Op::Eq, json!("1"));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a.cmp(&c), Ordering::Equal);
+    }
+}
