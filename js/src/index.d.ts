@@ -1,11 +1,15 @@
 // wasm-bindgen's classes are disposable (`using m = …`): Symbol.dispose.
 /// <reference lib="esnext.disposable" />
 // Types of the npm entry. The runtime's classes (Mjolnir, Table, Kv, …) are declared by
-// wasm-bindgen from the Rust source (wasm.d.ts); the wire types by mjolnir-core
-// (protocol.d.ts). Only the two loader functions below are declared here.
+// wasm-bindgen from the Rust source (wasm.d.ts; the query builders' types are written in
+// mjolnir-wasm/src/query.rs); the wire types by mjolnir-core (protocol.d.ts). Only the two
+// loader functions below are declared here.
 import type { Mjolnir } from './wasm.js';
 
 export { Mjolnir, Table, Kv } from './wasm.js';
+export type {
+  Tx, TxTable, TxKv, QueryBuilder, TxQueryBuilder, QuerySteps, QueryValue, QueryOp, RowObject,
+} from './wasm.js';
 export type * from './protocol.js';
 
 /** Where the wasm module comes from: a URL, or the module itself. */

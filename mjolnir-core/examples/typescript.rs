@@ -4,10 +4,11 @@
 //! `cargo run -p mjolnir-core --features ts --example typescript -- OUT.d.ts`
 
 use mjolnir_core::protocol::{Entry, ErrorReply, PkKind, TableInfo};
+use mjolnir_core::query::{Condition, Literal, Op, Order, QueryRead};
 use mjolnir_core::sets::{ReadEntry, Write};
 use mjolnir_core::{
-    ClientMessage, Dependency, ErrorKind, Key, Pk, ReadSet, ServerMessage, TxnId, Version, WriteOp,
-    WriteSet,
+    ClientMessage, Dependency, ErrorKind, Key, Pk, Query, ReadSet, ServerMessage, TxnId, Version,
+    WriteOp, WriteSet,
 };
 use ts_rs::{Config, TS};
 
@@ -32,6 +33,12 @@ fn main() -> std::io::Result<()> {
     decl::<serde_json::Value>(&cfg, &mut out);
     decl::<Pk>(&cfg, &mut out);
     decl::<Key>(&cfg, &mut out);
+    decl::<Query>(&cfg, &mut out);
+    decl::<Condition>(&cfg, &mut out);
+    decl::<Literal>(&cfg, &mut out);
+    decl::<Op>(&cfg, &mut out);
+    decl::<Order>(&cfg, &mut out);
+    decl::<QueryRead>(&cfg, &mut out);
     decl::<Version>(&cfg, &mut out);
     decl::<TxnId>(&cfg, &mut out);
     decl::<ErrorKind>(&cfg, &mut out);

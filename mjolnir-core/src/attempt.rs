@@ -10,7 +10,7 @@
 use crate::cache::{Cache, Snapshot};
 use crate::speculation::Speculation;
 use crate::{
-    ClientMessage, Dependency, Key, Pk, Query, QueryRead, ReadSet, Transaction, TxnId, Version,
+    ClientMessage, Dependency, Key, Query, QueryRead, ReadSet, Transaction, TxnId, Version,
     WriteOp, WriteSet,
 };
 use serde_json::{Map, Value};
@@ -145,50 +145,55 @@ impl Attempt {
     /// another at the commit point. A query whose result or any of whose rows the snapshot
     /// lacks is a miss, like a key.
     pub fn query(&mut self, query: &Query) -> Read {
-        let key = Key::query(query.clone());
-        let seen = match self.queries.iter().find(|(k, _, _)| *k == key) {
-            Some((_, _, read)) => read.seen.clone(),
-            None => match self.snapshot.get(&key) {
-                Some(cached) => {
-                    let seen = cached.value.clone().unwrap_or(Value::Null);
-                    self.queries.push((
-                        key,
-                        cached.version,
-                        QueryRead {
-                            query: query.clone(),
-                            seen: seen.clone(),
-                        },
-                    ));
-                    seen
-                }
-                None => {
-                    self.misses.insert(key);
-                    return Read::Miss;
-                }
-            },
-        };
         if query.count {
-            return Read::Value(Some(seen));
-        }
-        let pks = seen.as_array().map(Vec::as_slice).unwrap_or_default();
-        let mut rows = Vec::with_capacity(pks.len());
-        let mut missed = false;
-        for pk in pks {
-            let pk = match pk {
-                Value::String(s) => Pk::Text(s.clone()),
-                Value::Number(n) if n.is_i64() => Pk::Int(n.as_i64().unwrap_or_default()),
-                _ => continue,
+            return match self.query_result(query) {
+                Some(count) => Read::Value(Some(count)),
+                None => Read::Miss,
             };
-            match self.read(Key::row(query.table.clone(), pk)) {
-                Read::Value(Some(row)) => rows.push(row),
+        }
+        match self.query_rows(query) {
+            Some(rows) => Read::Value(Some(rows.into_iter().map(|(_, row)| row).collect())),
+            None => Read::Miss,
+        }
+    }
+
+    /// The rows a rows query returns, each with its key, as [`Attempt::query`] reads them:
+    /// for adapters that hand out live row objects, which need the key of each. `None` on
+    /// a miss (of the result or of any row).
+    pub fn query_rows(&mut self, query: &Query) -> Option<Vec<(Key, Value)>> {
+        let seen = self.query_result(query)?;
+        let keys = query.row_keys(&seen);
+        let mut rows = Vec::with_capacity(keys.len());
+        let mut missed = false;
+        for key in keys {
+            match self.read(key.clone()) {
+                Read::Value(Some(row)) => rows.push((key, row)),
                 Read::Value(None) => {}
+                // Read on: every row missed is fetched in the same round.
                 Read::Miss => missed = true,
             }
         }
-        if missed {
-            return Read::Miss;
+        (!missed).then_some(rows)
+    }
+
+    /// The query's result as this attempt saw it first (recording the read), or `None`
+    /// on a miss.
+    fn query_result(&mut self, query: &Query) -> Option<Value> {
+        let key = Key::query(query.clone());
+        if let Some((_, _, read)) = self.queries.iter().find(|(k, _, _)| *k == key) {
+            return Some(read.seen.clone());
         }
-        Read::Value(Some(Value::Array(rows)))
+        let Some(cached) = self.snapshot.get(&key) else {
+            self.misses.insert(key);
+            return None;
+        };
+        let seen = cached.value.clone().unwrap_or(Value::Null);
+        let read = QueryRead {
+            query: query.clone(),
+            seen: seen.clone(),
+        };
+        self.queries.push((key, cached.version, read));
+        Some(seen)
     }
 
     pub fn insert(&mut self, key: Key, row: Map<String, Value>) {
@@ -464,6 +469,81 @@ mod tests {
         };
         assert_eq!(reads.get(&bob()), Some(Version::ABSENT));
         assert!(writes.is_empty());
+    }
+
+    #[test]
+    fn a_query_reads_its_cached_result_then_each_row_as_the_attempt_sees_it() {
+        let richest = Query::table("users").order_by("balance", true);
+        let counted = Query::table("users").counted();
+        let unknown = Query::table("users").filter("balance", crate::Op::Gt, json!(1000));
+        let with_carol = Query::table("users").filter("name", crate::Op::Ne, json!("bob"));
+        let mut cache = bank();
+        cache.apply(&[
+            Entry {
+                key: Key::query(richest.clone()),
+                version: Version(7),
+                value: Some(json!(["alice", "bob"])),
+            },
+            Entry {
+                key: Key::query(counted.clone()),
+                version: Version(7),
+                value: Some(json!(2)),
+            },
+            // carol's row itself is not cached.
+            Entry {
+                key: Key::query(with_carol.clone()),
+                version: Version(7),
+                value: Some(json!(["alice", "carol"])),
+            },
+        ]);
+
+        // A hit: the rows in the result's order, each read like a key.
+        let mut a = Attempt::new(cache.snapshot());
+        let rows = a.query_rows(&richest).expect("cached");
+        let keys: Vec<Key> = rows.into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, [alice(), bob()]);
+        assert_eq!(a.reads().get(&bob()), Some(Version(6)));
+
+        // The attempt's own update shows; its own delete leaves the row out.
+        a.update(bob(), obj(json!({"balance": 50})));
+        a.delete(alice());
+        assert_eq!(
+            a.query(&richest),
+            Read::Value(Some(json!([{"name": "bob", "balance": 50}])))
+        );
+        assert_eq!(a.query(&counted), Read::Value(Some(json!(2))));
+        assert!(!a.has_misses());
+
+        // The commit carries what each query read saw, as the server last gave it.
+        let Finish::Commit(ClientMessage::Commit { reads, queries, .. }) = a.finish(txn()) else {
+            panic!("a query is a read of the server's")
+        };
+        assert_eq!(
+            queries,
+            [
+                QueryRead {
+                    query: richest,
+                    seen: json!(["alice", "bob"])
+                },
+                QueryRead {
+                    query: counted,
+                    seen: json!(2)
+                },
+            ]
+        );
+        assert_eq!(reads.get(&alice()), Some(Version(4)), "read before deleted");
+
+        // A result not cached is a miss of the query's key, like a key's.
+        let mut b = Attempt::new(cache.snapshot());
+        assert_eq!(b.query(&unknown), Read::Miss);
+        assert_eq!(b.missed_keys(), [Key::query(unknown)]);
+
+        // A row of a cached result not cached is a miss of that row: all are fetched in
+        // one round, and the result is not fetched again.
+        let mut c = Attempt::new(cache.snapshot());
+        assert_eq!(c.query_rows(&with_carol), None);
+        assert_eq!(c.missed_keys(), [Key::row("users", "carol")]);
+        assert!(matches!(c.finish(txn()), Finish::Missed(_)));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! query records a read of each row too, so a change of a row's value is a conflict like
 //! any other read. A count query's result is a JSON number.
 
+use crate::{Key, Pk};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::cmp::Ordering;
@@ -93,6 +94,20 @@ impl Op {
             Op::In => "in",
             Op::IsNull => "is_null",
             Op::NotNull => "not_null",
+        }
+    }
+
+    /// The operator as the browser's `where(column, op, value)` spells it (`is_null` and
+    /// `not_null` are `==` and `!=` with `null` there).
+    pub fn js(self) -> &'static str {
+        match self {
+            Op::Eq | Op::IsNull => "==",
+            Op::Ne | Op::NotNull => "!=",
+            Op::Lt => "<",
+            Op::Lte => "<=",
+            Op::Gt => ">",
+            Op::Gte => ">=",
+            Op::In => "in",
         }
     }
 
@@ -249,6 +264,20 @@ impl Query {
         None
     }
 
+    /// The keys of the rows in `result`, a rows query's result (the array of their primary
+    /// keys, in order). Anything else in it is skipped.
+    pub fn row_keys(&self, result: &Value) -> Vec<Key> {
+        let pks = result.as_array().map(Vec::as_slice).unwrap_or_default();
+        pks.iter()
+            .filter_map(|pk| match pk {
+                Value::String(s) => Some(Pk::Text(s.clone())),
+                Value::Number(n) => n.as_i64().map(Pk::Int),
+                _ => None,
+            })
+            .map(|pk| Key::row(self.table.clone(), pk))
+            .collect()
+    }
+
     /// The most rows this query may return.
     pub fn max_rows(&self) -> u32 {
         self.limit.unwrap_or(MAX_ROWS)
@@ -264,22 +293,17 @@ impl fmt::Display for Query {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "table({})", crate::key::quoted(&self.table))?;
         for c in &self.filter {
-            if c.op.is_unary() {
-                write!(
-                    f,
-                    ".where({}, {:?})",
-                    crate::key::quoted(&c.column),
-                    c.op.as_str()
-                )?;
-            } else {
-                write!(
-                    f,
-                    ".where({}, {:?}, {})",
-                    crate::key::quoted(&c.column),
-                    c.op.as_str(),
-                    c.value.0
-                )?;
-            }
+            // The browser's spelling: `is_null` is `== null`, `not_null` `!= null`.
+            let (op, value) = match c.op {
+                Op::IsNull => ("==", &Value::Null),
+                Op::NotNull => ("!=", &Value::Null),
+                op => (op.js(), &c.value.0),
+            };
+            write!(
+                f,
+                ".where({}, {op:?}, {value})",
+                crate::key::quoted(&c.column)
+            )?;
         }
         for o in &self.order {
             let dir = if o.desc { "desc" } else { "asc" };
@@ -321,7 +345,7 @@ mod tests {
         assert_eq!(serde_json::from_value::<Query>(wire).unwrap(), q);
         assert_eq!(
             q.to_string(),
-            r#"table("todos").where("done", "eq", false).where("owner", "is_null").orderBy("created", "desc").limit(50)"#
+            r#"table("todos").where("done", "==", false).where("owner", "==", null).orderBy("created", "desc").limit(50)"#
         );
     }
 

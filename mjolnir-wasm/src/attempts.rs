@@ -192,6 +192,28 @@ impl Runtime {
             .and_then(|c| c.value.clone()))
     }
 
+    /// Runs `f` on the attempt `attempt` while it runs (sync or async; for `None`, the
+    /// synchronous one running now, if any), with that attempt's id: `None` when there is
+    /// no such attempt. `f` must not call JavaScript (the attempt is borrowed).
+    pub(crate) fn with_attempt<T>(
+        &self,
+        attempt: Option<u64>,
+        f: impl FnOnce(&mut Attempt) -> T,
+    ) -> Option<(u64, T)> {
+        if let Some(c) = self
+            .current
+            .borrow_mut()
+            .as_mut()
+            .filter(|c| attempt.is_none_or(|id| id == c.id))
+        {
+            return Some((c.id, f(&mut c.attempt)));
+        }
+        let id = attempt?;
+        let mut attempts = self.async_attempts.borrow_mut();
+        let (_, a) = attempts.get_mut(&id)?;
+        Some((id, f(a)))
+    }
+
     pub fn cache_lacks(&self, key: &Key) -> bool {
         self.engine.borrow().cache().version(key).is_none()
     }

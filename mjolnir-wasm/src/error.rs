@@ -10,7 +10,7 @@
 //!     ├── ForbiddenError    the app's policies refused a read or a write
 //!     ├── ConstraintError   a CHECK, NOT NULL, UNIQUE or FOREIGN KEY constraint refused a write
 //!     ├── SchemaError       unknown table or column, wrong type, primary-key change,
-//!     │                     invalid write, missing row
+//!     │                     invalid write, invalid query, missing row
 //!     ├── ConnectionError   the connection to the server was lost
 //!     └── ProtocolError     the server said something this client does not understand
 //! ```

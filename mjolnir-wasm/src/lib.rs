@@ -4,9 +4,9 @@
 //! when, the cache, requests, resends and retries) and the wire protocol are the core's,
 //! tested natively; this crate adds only what needs a browser: the WebSocket
 //! ([`connection`]), running handlers ([`attempts`], [`job`]), rows as JavaScript proxies
-//! ([`rows`]), the page state ([`state`]), DOM rollback ([`dom`]), listeners ([`events`])
-//! and JavaScript errors ([`error`]). [`runtime`] carries out the engine's actions; [`api`]
-//! is what pages see.
+//! ([`rows`]) and queries of them ([`query`]), the page state ([`state`]), DOM rollback
+//! ([`dom`]), listeners ([`events`]) and JavaScript errors ([`error`]). [`runtime`] carries
+//! out the engine's actions; [`api`] is what pages see.
 //! See `docs/client.md`.
 
 pub mod api;
@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod forms;
 pub mod job;
+pub mod query;
 pub mod rows;
 pub mod runtime;
 pub mod state;

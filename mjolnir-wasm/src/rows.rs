@@ -5,6 +5,7 @@
 //! attempt's own writes; `row.balance -= 10` buffers an update of that column.
 
 use crate::convert::{data_descriptor, from_js, row_key, to_js};
+use crate::query::QueryBuilder;
 use crate::runtime::Runtime;
 use js_sys::Reflect;
 use mjolnir_core::key::quoted;
@@ -52,6 +53,47 @@ impl Table {
         let key = row_key(&self.name, &pk)?;
         self.rt
             .write(self.rt.current_attempt_id(), key, WriteOp::Delete)
+    }
+}
+
+/// Queries of the table: `where`, `orderBy` and `limit` start a [`QueryBuilder`], `all` and
+/// `count` run the query of every row (`query.rs`; typed there).
+#[wasm_bindgen]
+impl Table {
+    #[wasm_bindgen(js_name = "where", skip_typescript)]
+    pub fn where_(
+        &self,
+        column: JsValue,
+        op: JsValue,
+        value: JsValue,
+    ) -> Result<QueryBuilder, JsValue> {
+        self.query().where_(column, op, value)
+    }
+
+    #[wasm_bindgen(js_name = orderBy, skip_typescript)]
+    pub fn order_by(&self, column: JsValue, dir: JsValue) -> Result<QueryBuilder, JsValue> {
+        self.query().order_by(column, dir)
+    }
+
+    #[wasm_bindgen(skip_typescript)]
+    pub fn limit(&self, n: JsValue) -> Result<QueryBuilder, JsValue> {
+        self.query().limit(n)
+    }
+
+    #[wasm_bindgen(skip_typescript)]
+    pub fn all(&self) -> Result<JsValue, JsValue> {
+        self.query().all()
+    }
+
+    #[wasm_bindgen(skip_typescript)]
+    pub fn count(&self) -> Result<JsValue, JsValue> {
+        self.query().count()
+    }
+}
+
+impl Table {
+    fn query(&self) -> QueryBuilder {
+        QueryBuilder::new(self.rt.clone(), None, self.name.clone())
     }
 }
 

@@ -7,6 +7,7 @@
 
 use crate::convert::{from_js, row_key, to_js};
 use crate::error::RuntimeError;
+use crate::query::QueryBuilder;
 use crate::rows::row_proxy;
 use crate::runtime::Runtime;
 use js_sys::Promise;
@@ -101,6 +102,47 @@ impl TxTable {
     pub fn delete(&self, pk: JsValue) -> Result<(), JsValue> {
         self.rt
             .write(Some(self.id), row_key(&self.name, &pk)?, WriteOp::Delete)
+    }
+}
+
+/// Queries of the table in this transaction (`query.rs`): their `all` and `count` return
+/// promises.
+#[wasm_bindgen]
+impl TxTable {
+    #[wasm_bindgen(js_name = "where", skip_typescript)]
+    pub fn where_(
+        &self,
+        column: JsValue,
+        op: JsValue,
+        value: JsValue,
+    ) -> Result<QueryBuilder, JsValue> {
+        self.query().where_(column, op, value)
+    }
+
+    #[wasm_bindgen(js_name = orderBy, skip_typescript)]
+    pub fn order_by(&self, column: JsValue, dir: JsValue) -> Result<QueryBuilder, JsValue> {
+        self.query().order_by(column, dir)
+    }
+
+    #[wasm_bindgen(skip_typescript)]
+    pub fn limit(&self, n: JsValue) -> Result<QueryBuilder, JsValue> {
+        self.query().limit(n)
+    }
+
+    #[wasm_bindgen(skip_typescript)]
+    pub fn all(&self) -> Result<JsValue, JsValue> {
+        self.query().all()
+    }
+
+    #[wasm_bindgen(skip_typescript)]
+    pub fn count(&self) -> Result<JsValue, JsValue> {
+        self.query().count()
+    }
+}
+
+impl TxTable {
+    fn query(&self) -> QueryBuilder {
+        QueryBuilder::new(self.rt.clone(), Some(self.id), self.name.clone())
     }
 }
 
