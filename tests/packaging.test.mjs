@@ -37,7 +37,10 @@ const SCRIPT_PAGE = `<!doctype html>
 <button onclick="var me = mjolnir.table('users').find(mjolnir.user); me.balance -= 2; mjolnir.table('users').find('bob').balance += 2;">pay bob 2</button>
 </body></html>`;
 
-const TYPES_CHECK = `import { connect, load, Mjolnir, type ConnectOptions, type ErrorKind, type Key, type ServerMessage } from 'mjolnir-web';
+const TYPES_CHECK = `import {
+  connect, load, Mjolnir, type ConnectOptions, type ErrorKind, type Key, type QueryBuilder, type RowObject, type ServerMessage,
+  type Tx,
+} from 'mjolnir-web';
 
 const options: ConnectOptions = { user: 'alice' };
 const m: Mjolnir = await connect(options);
@@ -49,11 +52,25 @@ m.table('users').find('alice');
 const user: string | undefined = m.user;
 // @ts-expect-error: not an error kind of the protocol
 const wrong: ErrorKind = 'no_such_kind';
-export { key, kind, message, user, wrong };
+// Queries: an immutable builder whose steps and terminals are typed, in both forms.
+const rich: QueryBuilder = m.table('users').where({ name: 'alice', nick: null }).where('balance', '>=', 10)
+  .where('name', 'in', ['alice', 'bob']).orderBy('balance', 'desc').limit(50);
+const rows: RowObject[] = rich.all();
+const count: number = m.table('users').where('nick', '!=', null).count();
+const later = m.atomic(async (tx: Tx) => (await tx.table('users').orderBy('name').all()).length + (await tx.table('users').count()));
+const refused: ErrorKind = 'invalid_query';
+// @ts-expect-error: not an operator
+m.table('users').where('name', 'like', 'a%');
+// @ts-expect-error: an ordering comparison with null matches nothing
+m.table('users').where('balance', '<', null);
+// @ts-expect-error: the direction is 'asc' or 'desc'
+m.table('users').orderBy('balance', 'down');
+export { key, kind, message, user, wrong, rows, count, later, refused };
 `;
 
 const GLOBAL_CHECK = `/// <reference types="mjolnir-web/global" />
 export const ready: Promise<string | undefined> = mjolnir.ready.then((m) => m.user);
+export const open: mjolnir.RowObject[] = mjolnir.table('todos').where({ done: false }).orderBy('created').all();
 `;
 
 before(async () => {

@@ -170,6 +170,7 @@ fn schema_refusals_are_schema_errors() {
         (ErrorKind::WrongType, "wrong_type"),
         (ErrorKind::PrimaryKeyChange, "primary_key_change"),
         (ErrorKind::InvalidWrite, "invalid_write"),
+        (ErrorKind::InvalidQuery, "invalid_query"),
         (ErrorKind::NotFound, "not_found"),
     ];
     for (kind, code) in kinds {
