@@ -80,7 +80,8 @@ impl Reader {
         user: Option<&str>,
         keys: Vec<Resolved>,
     ) -> Result<Vec<Entry>> {
-        let (queries, plain): (Vec<(usize, Resolved)>, Vec<(usize, Resolved)>) = keys
+        type Placed = Vec<(usize, Resolved)>;
+        let (queries, plain): (Placed, Placed) = keys
             .into_iter()
             .enumerate()
             .partition(|(_, k)| k.query.is_some());
