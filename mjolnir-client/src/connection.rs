@@ -12,7 +12,8 @@ use futures_util::{SinkExt, StreamExt};
 use mjolnir_core::engine::Engine;
 use mjolnir_core::protocol::Entry;
 use mjolnir_core::{
-    ClientMessage, Key, PROTOCOL_VERSION, ReadSet, ServerMessage, TxnId, Version, WriteSet,
+    ClientMessage, Key, PROTOCOL_VERSION, QueryRead, ReadSet, ServerMessage, TxnId, Version,
+    WriteSet,
 };
 use std::fmt;
 use std::sync::Arc;
@@ -198,7 +199,23 @@ impl Client {
         reads: ReadSet,
         writes: WriteSet,
     ) -> Result<CommitOutcome, ClientError> {
-        self.send_commit(txn, reads, writes, false).await
+        self.send_commit(txn, reads, writes, false, Vec::new())
+            .await
+    }
+
+    /// Like [`Client::commit_new`], with query reads: each query with the result it gave
+    /// (the value of its entry from [`Client::read`]).
+    pub async fn commit_queries(
+        &self,
+        reads: ReadSet,
+        writes: WriteSet,
+        queries: Vec<QueryRead>,
+    ) -> Result<(TxnId, CommitOutcome), ClientError> {
+        let txn = self.next_txn_id();
+        let outcome = self
+            .send_commit(txn.clone(), reads, writes, true, queries)
+            .await?;
+        Ok((txn, outcome))
     }
 
     /// Commits under a fresh txn id, its first send. The id is returned with the outcome:
@@ -209,7 +226,9 @@ impl Client {
         writes: WriteSet,
     ) -> Result<(TxnId, CommitOutcome), ClientError> {
         let txn = self.next_txn_id();
-        let outcome = self.send_commit(txn.clone(), reads, writes, true).await?;
+        let outcome = self
+            .send_commit(txn.clone(), reads, writes, true, Vec::new())
+            .await?;
         Ok((txn, outcome))
     }
 
@@ -219,6 +238,7 @@ impl Client {
         reads: ReadSet,
         writes: WriteSet,
         first: bool,
+        queries: Vec<QueryRead>,
     ) -> Result<CommitOutcome, ClientError> {
         let msg = ClientMessage::Commit {
             txn,
@@ -227,7 +247,7 @@ impl Client {
             first,
             deps: Vec::new(),
             follows: None,
-            queries: Vec::new(),
+            queries,
         };
         let (msg, outcome) = self.inner.routes.expect_outcome(msg)?;
         self.send(msg.to_json()).await?;

@@ -65,7 +65,7 @@ impl ColumnType {
 
     /// Whether `value` can be stored in a column of this type. NULL is left to the
     /// database: it knows NOT NULL and defaults.
-    fn accepts(self, value: &Value) -> bool {
+    pub fn accepts(self, value: &Value) -> bool {
         let numeric_string =
             |v: &Value| v.as_str().is_some_and(|s| s.trim().parse::<f64>().is_ok());
         match (self, value) {

@@ -244,7 +244,7 @@ async fn serve<I>(
                 first,
                 deps,
                 follows,
-                queries: _,
+                queries,
             } => {
                 let (state, outbox, user) = (state.clone(), outbox.clone(), user.clone());
                 let span = tracing::info_span!("commit", %txn);
@@ -260,6 +260,7 @@ async fn serve<I>(
                             deps: &deps,
                             follows: follows.as_ref(),
                             first,
+                            queries: &queries,
                         };
                         let reply = commit(&state, user.as_deref(), request, &turn).await;
                         turn.after(Stage::Answered).await;
@@ -301,6 +302,14 @@ async fn read(
     state.feed.subscribe(conn, &keys);
     match state.store.read(user, &keys).await {
         Ok(entries) => {
+            // The rows of the queries read, which follow the keys asked.
+            if entries.len() > keys.len() {
+                let rows: Vec<Key> = entries[keys.len()..]
+                    .iter()
+                    .map(|e| e.key.clone())
+                    .collect();
+                state.feed.subscribe(conn, &rows);
+            }
             let _ = outbox
                 .queue
                 .send(Outgoing::Message(ServerMessage::Values { id, entries }))

@@ -6,7 +6,7 @@ use super::plan::{Plan, dep_query, statement};
 use super::{Resolved, locks};
 use mjolnir_core::TxnId;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// One transaction of a call of `mjolnir.commit_batch`.
 pub(super) struct Member<'a> {
@@ -42,6 +42,13 @@ pub(super) struct Arrays<'a> {
     pub(super) write_sqls: Vec<i32>,
     pub(super) write_sets: Vec<Option<i32>>,
     pub(super) write_checks: Vec<Option<i32>>,
+    pub(super) query_owners: Vec<i32>,
+    pub(super) query_sqls: Vec<i32>,
+    pub(super) query_args: Vec<Value>,
+    pub(super) query_seen: Vec<Value>,
+    /// The table locks, in the order to take them (by qualified name), and their modes.
+    pub(super) lock_tables: Vec<&'a str>,
+    pub(super) lock_modes: Vec<&'static str>,
 }
 
 impl Arrays<'_> {
@@ -114,9 +121,55 @@ impl<'a> Arrays<'a> {
                 let check = s.check.map(|q| a.statement(q));
                 a.write_checks.push(check);
             }
+            for (r, seen) in &m.plan.queries {
+                let q = r.query.as_ref().expect("a query read is a query");
+                a.query_owners.push(owner);
+                let sql = a.statement(q.check_sql());
+                a.query_sqls.push(sql);
+                a.query_args.push(q.args.clone());
+                a.query_seen.push(seen.clone());
+            }
             a.read_ends.push(a.read_pks.len() as i32);
             a.write_ends.push(a.write_pks.len() as i32);
         }
+        (a.lock_tables, a.lock_modes) = table_locks(batch);
         (hashes, exclusive, a)
     }
+}
+
+/// The table locks a batch takes (see migration 0008): SHARE on each table its queries
+/// read, ROW EXCLUSIVE on each it writes, SHARE ROW EXCLUSIVE on one it does both to, in
+/// the order of their qualified names, which every instance shares. None for a batch
+/// without queries that writes at most one table: it waits for one table lock at most,
+/// holding none, so it closes no cycle, and it is spared a statement.
+fn table_locks<'a>(batch: &[Member<'a>]) -> (Vec<&'a str>, Vec<&'static str>) {
+    // (read by a query, written), by qualified name.
+    let mut tables: BTreeMap<&'a str, (bool, bool)> = BTreeMap::new();
+    for m in batch {
+        for (r, _) in &m.plan.queries {
+            if let Some(t) = &r.table {
+                tables.entry(t.qualified.as_str()).or_default().0 = true;
+            }
+        }
+        for (r, _) in &m.plan.writes {
+            if let Some(t) = &r.table {
+                tables.entry(t.qualified.as_str()).or_default().1 = true;
+            }
+        }
+    }
+    let queried = tables.values().any(|(read, _)| *read);
+    if !queried && tables.len() <= 1 {
+        return (Vec::new(), Vec::new());
+    }
+    tables
+        .into_iter()
+        .map(|(name, mode)| {
+            let mode = match mode {
+                (true, true) => "SHARE ROW EXCLUSIVE",
+                (true, false) => "SHARE",
+                _ => "ROW EXCLUSIVE",
+            };
+            (name, mode)
+        })
+        .unzip()
 }

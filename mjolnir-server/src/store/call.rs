@@ -134,7 +134,7 @@ impl Caller {
     pub(super) async fn call(&self, batch: &[Member<'_>], via: Via) -> Result<Vec<Decided>> {
         let (hashes, exclusive, a) = Arrays::pack(batch);
         let query = sqlx::query_as(
-            "SELECT * FROM mjolnir.commit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
+            "SELECT * FROM mjolnir.commit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)",
         )
         .bind(&self.schema)
         .bind(&hashes)
@@ -158,7 +158,13 @@ impl Caller {
         .bind(&a.statements)
         .bind(&a.write_sqls)
         .bind(&a.write_sets)
-        .bind(&a.write_checks);
+        .bind(&a.write_checks)
+        .bind(&a.query_owners)
+        .bind(&a.query_sqls)
+        .bind(&a.query_args)
+        .bind(&a.query_seen)
+        .bind(&a.lock_tables)
+        .bind(&a.lock_modes);
         let rows: Vec<Row> = match via {
             Via::Pool => query.fetch_all(&self.pool).await?,
             Via::Lane => {

@@ -32,7 +32,7 @@ use super::plan::{Dep, Plan, check_write};
 use super::turn::{Stage, Turn};
 use crate::error::{Result, ServerError};
 use mjolnir_core::protocol::ErrorReply;
-use mjolnir_core::{Dependency, ErrorKind, ReadSet, TxnId, WriteSet};
+use mjolnir_core::{Dependency, ErrorKind, Key, QueryRead, ReadSet, TxnId, WriteSet};
 
 /// One commit as its client sent it.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +47,8 @@ pub struct Request<'a> {
     pub follows: Option<&'a TxnId>,
     /// The first send of `txn` (see `recent.rs`).
     pub first: bool,
+    /// The queries the transaction read, with the results it saw.
+    pub queries: &'a [QueryRead],
 }
 
 impl Store {
@@ -78,6 +80,7 @@ impl Store {
             deps,
             follows,
             first,
+            queries,
         } = request;
         let bad_id = |t: &TxnId| t.0.is_empty() || t.0.len() > TxnId::MAX_LEN;
         if bad_id(txn) || follows.is_some_and(bad_id) {
@@ -92,7 +95,8 @@ impl Store {
                 message,
             )));
         }
-        if reads.len() + writes.len() + deps.len() > self.knobs.max_keys_per_request {
+        if reads.len() + writes.len() + deps.len() + queries.len() > self.knobs.max_keys_per_request
+        {
             return Ok(Outcome::Rejected(ErrorReply::new(
                 ErrorKind::TooLarge,
                 format!(
@@ -101,7 +105,7 @@ impl Store {
                 ),
             )));
         }
-        let plan = match self.plan(reads, writes, deps).await {
+        let plan = match self.plan(reads, writes, deps, queries).await {
             Ok(plan) => plan,
             Err(ServerError::Reply(r)) => return Ok(Outcome::Rejected(r)),
             Err(e) => return Err(e),
@@ -155,10 +159,31 @@ impl Store {
 
     /// Resolves and checks everything that can be checked without the database, so a bad
     /// commit is refused before it takes a lock.
-    async fn plan(&self, reads: &ReadSet, writes: &WriteSet, deps: &[Dependency]) -> Result<Plan> {
+    async fn plan(
+        &self,
+        reads: &ReadSet,
+        writes: &WriteSet,
+        deps: &[Dependency],
+        queries: &[QueryRead],
+    ) -> Result<Plan> {
         let read_keys = self.resolve(reads.keys()).await?;
         let write_keys = self.resolve(writes.keys()).await?;
         let dep_keys = self.resolve(deps.iter().map(|d| &d.key)).await?;
+        let query_keys: Vec<Key> = queries
+            .iter()
+            .map(|q| Key::query(q.query.clone()))
+            .collect();
+        let query_keys = self.resolve(&query_keys).await?;
+        for r in read_keys.iter().chain(&write_keys).chain(&dep_keys) {
+            if r.query.is_some() {
+                return Err(ErrorReply::new(
+                    ErrorKind::InvalidWrite,
+                    format!("{} is a query: a commit names it in `queries` only", r.key),
+                )
+                .with_key(r.key.clone())
+                .into());
+            }
+        }
         for (r, (_, op)) in write_keys.iter().zip(writes.iter()) {
             check_write(r, op)?;
         }
@@ -179,6 +204,10 @@ impl Store {
                     after: d.after.clone(),
                     value: d.value.clone(),
                 })
+                .collect(),
+            queries: query_keys
+                .into_iter()
+                .zip(queries.iter().map(|q| q.seen.clone()))
                 .collect(),
         })
     }

@@ -13,6 +13,7 @@ mod lanes;
 mod locks;
 mod outcome;
 mod plan;
+mod query;
 mod read;
 mod recent;
 mod sqlstate;
@@ -23,10 +24,10 @@ pub use outcome::Outcome;
 pub use turn::{Sequence, Stage, Turn};
 
 use crate::catalog::{Catalog, KV_SPACE, Table};
-use crate::error::{Result, ServerError};
+use crate::error::Result;
 use crate::knobs::Knobs;
 use crate::metrics::Metrics;
-use mjolnir_core::{ErrorKind, Key, Version};
+use mjolnir_core::{Key, Version};
 use sqlx::PgPool;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -39,8 +40,10 @@ pub struct Resolved {
     pub space: String,
     /// `mjolnir.versions.pk`: the canonical text of the primary key (or the kv key).
     pub pk: String,
-    /// The table, for rows; `None` for kv entries.
+    /// The table, for rows and queries; `None` for kv entries.
     pub table: Option<Arc<Table>>,
+    /// For a query, the query checked against its table (its `pk` is then empty).
+    pub query: Option<Arc<query::QueryPlan>>,
 }
 
 impl Resolved {
@@ -48,7 +51,7 @@ impl Resolved {
     /// a row of a table every user may read in full ([`Table::open_read`]). A read checks
     /// it again in the database (`Reader::read_now`).
     pub fn open_read(&self) -> bool {
-        self.table.as_ref().is_none_or(|t| t.open_read)
+        self.query.is_none() && self.table.as_ref().is_none_or(|t| t.open_read)
     }
 }
 
@@ -138,7 +141,7 @@ impl Store {
         let mut catalog = self.catalog();
         let unknown = keys
             .iter()
-            .any(|k| matches!(k, Key::Row { table, .. } if !catalog.knows(table)));
+            .any(|k| k.table().is_some_and(|table| !catalog.knows(table)));
         if unknown {
             let stale =
                 self.catalog.read().expect("catalog lock").1.elapsed() > CATALOG_RELOAD_INTERVAL;
@@ -162,6 +165,7 @@ fn resolve_one(catalog: &Catalog, key: &Key) -> Result<Resolved> {
                 space: table.name.clone(),
                 pk,
                 table: Some(table),
+                query: None,
             })
         }
         Key::Kv { key: name } => Ok(Resolved {
@@ -169,10 +173,18 @@ fn resolve_one(catalog: &Catalog, key: &Key) -> Result<Resolved> {
             space: KV_SPACE.to_owned(),
             pk: name.clone(),
             table: None,
+            query: None,
         }),
-        Key::Query(_) => Err(ServerError::reply(
-            ErrorKind::InvalidQuery,
-            "queries are not supported yet",
-        )),
+        Key::Query(q) => {
+            let table = catalog.table(key, &q.table)?;
+            let plan = query::QueryPlan::new(key, q, table.clone())?;
+            Ok(Resolved {
+                key: key.clone(),
+                space: table.name.clone(),
+                pk: String::new(),
+                table: Some(table),
+                query: Some(Arc::new(plan)),
+            })
+        }
     }
 }

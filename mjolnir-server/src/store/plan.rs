@@ -14,15 +14,22 @@ pub(super) struct Plan {
     pub(super) reads: Vec<(Resolved, Version)>,
     pub(super) writes: Vec<(Resolved, WriteOp)>,
     pub(super) deps: Vec<Dep>,
+    /// The queries read, each with the result the transaction saw.
+    pub(super) queries: Vec<(Resolved, Value)>,
 }
 
 impl Plan {
     /// The key of the `i`th read of the commit (0-based), counting its dependencies after
-    /// its plain reads, as `mjolnir.commit_batch` numbers its stale reads.
+    /// its plain reads and its query reads after those, as `mjolnir.commit_batch` numbers
+    /// its stale reads.
     pub(super) fn read_key(&self, i: usize) -> Option<&Resolved> {
-        match self.reads.get(i) {
-            Some((r, _)) => Some(r),
-            None => self.deps.get(i - self.reads.len()).map(|d| &d.key),
+        let i = match self.reads.get(i) {
+            Some((r, _)) => return Some(r),
+            None => i - self.reads.len(),
+        };
+        match self.deps.get(i) {
+            Some(d) => Some(&d.key),
+            None => self.queries.get(i - self.deps.len()).map(|(r, _)| r),
         }
     }
 }

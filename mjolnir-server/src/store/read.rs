@@ -6,8 +6,8 @@ use crate::catalog::quote_ident;
 use crate::error::{Result, ServerError};
 use crate::knobs::Knobs;
 use crate::metrics::Metrics;
-use mjolnir_core::protocol::Entry;
-use mjolnir_core::{ErrorKind, Version};
+use mjolnir_core::protocol::{Entry, ErrorReply};
+use mjolnir_core::{ErrorKind, Key, Pk, Version};
 use serde_json::Value;
 use sqlx::postgres::types::Oid;
 use sqlx::{AssertSqlSafe, PgPool};
@@ -61,8 +61,122 @@ impl Reader {
         }
     }
 
-    /// Reads `keys` as `user` sees them, in the next batch of reads.
+    /// Reads `keys` as `user` sees them, in the next batch of reads: an entry per key, in
+    /// the order given, then, for the queries among them, an entry per row they return.
     pub(super) async fn read(
+        self: &Arc<Self>,
+        user: Option<&str>,
+        keys: Vec<Resolved>,
+    ) -> Result<Vec<Entry>> {
+        if keys.iter().any(|k| k.query.is_some()) {
+            return self.read_with_queries(user, keys).await;
+        }
+        self.read_keys(user, keys).await
+    }
+
+    /// Reads keys among which are queries: the keys together, each query on its own.
+    async fn read_with_queries(
+        self: &Arc<Self>,
+        user: Option<&str>,
+        keys: Vec<Resolved>,
+    ) -> Result<Vec<Entry>> {
+        type Placed = Vec<(usize, Resolved)>;
+        let (queries, plain): (Placed, Placed) = keys
+            .into_iter()
+            .enumerate()
+            .partition(|(_, k)| k.query.is_some());
+        let mut answers: Vec<Option<Entry>> = vec![None; queries.len() + plain.len()];
+        let (at, plain): (Vec<usize>, Vec<Resolved>) = plain.into_iter().unzip();
+        for (i, entry) in at.into_iter().zip(self.read_keys(user, plain).await?) {
+            answers[i] = Some(entry);
+        }
+        let mut rows = Vec::new();
+        for (i, key) in queries {
+            let (entry, found) = self.read_query(user, &key).await?;
+            answers[i] = Some(entry);
+            rows.extend(found);
+        }
+        Ok(answers.into_iter().flatten().chain(rows).collect())
+    }
+
+    /// Reads one query as `user` sees it (`mjolnir.read_as`): its entry, whose value is the
+    /// JSON array of its rows' primary keys (or the count) and whose version is the newest
+    /// commit version drawn, so a later read of it is never older; and an entry per row.
+    async fn read_query(&self, user: Option<&str>, key: &Resolved) -> Result<(Entry, Vec<Entry>)> {
+        let (Some(q), Some(table)) = (&key.query, &key.table) else {
+            unreachable!("read_query reads queries")
+        };
+        let sql = format!(
+            "SELECT 0, (SELECT last_value FROM mjolnir.commit_version), NULL::jsonb
+             UNION ALL ({})",
+            q.read_sql("($1[1])::jsonb")
+        );
+        let args = [q.args.to_string()];
+        let mut found: Vec<(i32, i64, Option<Value>)> =
+            sqlx::query_as("SELECT * FROM mjolnir.read_as($1, $2, $3, $4)")
+                .bind(user.unwrap_or(""))
+                .bind(&sql)
+                .bind(&args[..])
+                .bind(&[] as &[&str])
+                .fetch_all(&self.pool)
+                .await?;
+        found.sort_by_key(|(ord, _, _)| *ord);
+        let version = found
+            .first()
+            .filter(|(ord, _, _)| *ord == 0)
+            .map_or(0, |(_, v, _)| *v as u64);
+        let rows = &found[1.min(found.len())..];
+        if q.query.count {
+            let count = rows.first().and_then(|(_, _, v)| v.clone());
+            let entry = Entry {
+                key: key.key.clone(),
+                version: Version(version),
+                value: Some(count.unwrap_or(Value::from(0))),
+            };
+            return Ok((entry, Vec::new()));
+        }
+        if rows.len() > q.max_rows() {
+            return Err(ServerError::from(
+                ErrorReply::new(
+                    ErrorKind::InvalidQuery,
+                    format!(
+                        "{} matches more than {} rows: give it a limit",
+                        q.query,
+                        q.max_rows()
+                    ),
+                )
+                .with_key(key.key.clone()),
+            ));
+        }
+        let pk_column = &table.pk_column().name;
+        let mut pks = Vec::with_capacity(rows.len());
+        let mut entries = Vec::with_capacity(rows.len());
+        for (_, row_version, value) in rows {
+            let Some(pk) = value.as_ref().and_then(|v| v.get(pk_column)) else {
+                continue;
+            };
+            let pk_key = match pk {
+                Value::String(s) => Pk::Text(s.clone()),
+                Value::Number(n) if n.is_i64() => Pk::Int(n.as_i64().unwrap_or_default()),
+                _ => continue,
+            };
+            pks.push(pk.clone());
+            entries.push(Entry {
+                key: Key::row(table.name.clone(), pk_key),
+                version: Version(*row_version as u64),
+                value: value.clone(),
+            });
+        }
+        let entry = Entry {
+            key: key.key.clone(),
+            version: Version(version),
+            value: Some(Value::Array(pks)),
+        };
+        Ok((entry, entries))
+    }
+
+    /// Reads keys (no queries), in the next batch of reads.
+    async fn read_keys(
         self: &Arc<Self>,
         user: Option<&str>,
         keys: Vec<Resolved>,

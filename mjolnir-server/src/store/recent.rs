@@ -128,6 +128,7 @@ mod tests {
             space: crate::catalog::KV_SPACE.to_owned(),
             pk: name.to_owned(),
             table: None,
+            query: None,
         }
     }
 
