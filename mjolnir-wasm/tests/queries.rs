@@ -134,6 +134,28 @@ export function async_read(m) {
   })();
 }
 
+// Counts the list, then (on its first run only) waits for the test to open the gate, then
+// adds a row numbered after the count: a commit that must fail if the count changed.
+export function count_then_add(m, gate, runs) {
+  return m.atomic(async function (tx) {
+    runs.n += 1;
+    var n = await tx.table('tasks').where({ list: 'conflict' }).count();
+    if (runs.n === 1) { runs.waiting = true; await gate; }
+    tx.table('tasks').insert({ id: 100 + n, list: 'conflict', title: 'after ' + n, rank: n });
+    return n;
+  })();
+}
+
+export function add(m, row) {
+  return m.atomic(function () { m.table('tasks').insert(row); })();
+}
+
+export function gate() {
+  var open;
+  var promise = new Promise(function (resolve) { open = resolve; });
+  return [promise, open];
+}
+
 export function outside(m) {
   var rows = m.table('tasks').where({ list: 'outside' }).all();
   return [rows.length, m.table('tasks').where({ list: 'outside' }).count(),
@@ -149,6 +171,9 @@ extern "C" {
     fn counts(m: &JsValue) -> Promise;
     fn own_writes(m: &JsValue) -> Promise;
     fn async_read(m: &JsValue) -> Promise;
+    fn count_then_add(m: &JsValue, gate: &Promise, runs: &JsValue) -> Promise;
+    fn add(m: &JsValue, row: &JsValue) -> Promise;
+    fn gate() -> Array;
     fn outside(m: &JsValue) -> Array;
 }
 
@@ -159,7 +184,9 @@ fn json(value: &JsValue) -> String {
 #[wasm_bindgen_test]
 async fn a_bad_operator_operand_or_limit_throws_an_invalid_query_schema_error() {
     let m = connected("alice").await;
-    for case in refusals(&m).iter() {
+    let cases = refusals(&m);
+    assert_eq!(cases.length(), 20);
+    for case in cases.iter() {
         let case: Array = case.unchecked_into();
         let (what, verdict) = (case.get(0).as_string(), case.get(1).as_string());
         assert_eq!(verdict.as_deref(), Some("ok"), "{what:?}");
@@ -245,6 +272,34 @@ async fn the_async_form_awaits_a_query_and_its_count() {
     assert_eq!(json(&out), "[[32,31],2]");
     let after = JsFuture::from(titles(&m, "async")).await.expect("reads");
     assert_eq!(json(&after), r#"["x","first"]"#);
+}
+
+#[wasm_bindgen_test]
+async fn a_commit_whose_query_result_changed_conflicts_and_reruns_on_the_fresh_result() {
+    let (a, b) = (connected("alice").await, connected("bob").await);
+    let runs = js_sys::Object::new();
+    js_sys::Reflect::set(&runs, &"n".into(), &0.into()).unwrap();
+    let gate = gate();
+    let (wait, open): (Promise, js_sys::Function) = (gate.get(0).into(), gate.get(1).into());
+    // The handler runs meanwhile: the future only waits for its promise.
+    let counted = JsFuture::from(count_then_add(&a, &wait, &runs));
+    for _ in 0..400 {
+        if get(&runs, "waiting").is_truthy() {
+            break;
+        }
+        pause(10).await;
+    }
+    assert!(get(&runs, "waiting").is_truthy(), "the first run counted");
+    // Another client adds a row to the list between the count and the commit.
+    let row = js_sys::JSON::parse(r#"{"id": 52, "list": "conflict", "title": "y", "rank": 1}"#)
+        .unwrap();
+    JsFuture::from(add(&b, &row)).await.expect("bob's insert commits");
+    open.call0(&JsValue::NULL).unwrap();
+    let n = counted.await.expect("commits on its second run");
+    assert_eq!(n.as_f64(), Some(2.0), "the re-run counted bob's row");
+    assert_eq!(get(&runs, "n").as_f64(), Some(2.0));
+    let seen = JsFuture::from(titles(&b, "conflict")).await.expect("reads");
+    assert_eq!(json(&seen), r#"["x","y","after 2"]"#);
 }
 
 #[wasm_bindgen_test]
