@@ -20,5 +20,4 @@ INSERT INTO tasks (id, list, title, done, rank, owner) VALUES
     (23, 'count', 'z', false, 1, NULL),
     (31, 'async', 'x', false, 1, NULL),
     (32, 'async', 'y', false, 2, NULL),
-    (41, 'outside', 'x', false, 1, NULL),
-    (51, 'conflict', 'x', false, 1, NULL);
+    (41, 'outside', 'x', false, 1, NULL);
