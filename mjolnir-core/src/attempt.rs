@@ -151,34 +151,40 @@ impl Attempt {
                 None => Read::Miss,
             };
         }
-        match self.query_rows(query) {
-            Some(rows) => Read::Value(Some(rows.into_iter().map(|(_, row)| row).collect())),
-            None => Read::Miss,
-        }
+        let Some(keys) = self.query_keys(query) else {
+            return Read::Miss;
+        };
+        // Read again, as the handler would: each row is recorded once, and was read above.
+        let rows = keys.into_iter().filter_map(|key| match self.read(key) {
+            Read::Value(row) => row,
+            Read::Miss => None,
+        });
+        Read::Value(Some(rows.collect()))
     }
 
-    /// The rows a rows query returns, each with its key, as [`Attempt::query`] reads them:
-    /// for adapters that hand out live row objects, which need the key of each. `None` on
-    /// a miss (of the result or of any row).
-    pub fn query_rows(&mut self, query: &Query) -> Option<Vec<(Key, Value)>> {
+    /// The keys of the rows a rows query returns, in order, as [`Attempt::query`] reads
+    /// them (each row is read, and those this attempt deleted are left out): for adapters
+    /// that hand out live row objects, which need the key of each. `None` on a miss (of
+    /// the result or of any row).
+    pub fn query_keys(&mut self, query: &Query) -> Option<Vec<Key>> {
         let seen = self.query_result(query)?;
-        let keys = query.row_keys(&seen);
-        let mut rows = Vec::with_capacity(keys.len());
+        let mut keys = Vec::new();
         let mut missed = false;
-        for key in keys {
+        for key in query.row_keys(&seen) {
             match self.read(key.clone()) {
-                Read::Value(Some(row)) => rows.push((key, row)),
+                Read::Value(Some(_)) => keys.push(key),
                 Read::Value(None) => {}
                 // Read on: every row missed is fetched in the same round.
                 Read::Miss => missed = true,
             }
         }
-        (!missed).then_some(rows)
+        (!missed).then_some(keys)
     }
 
-    /// The query's result as this attempt saw it first (recording the read), or `None`
-    /// on a miss.
-    fn query_result(&mut self, query: &Query) -> Option<Value> {
+    /// The query's result as this attempt saw it first, recording the read: the count of
+    /// a count query, the array of primary keys of a rows query (their rows not read).
+    /// `None` on a miss.
+    pub fn query_result(&mut self, query: &Query) -> Option<Value> {
         let key = Key::query(query.clone());
         if let Some((_, _, read)) = self.queries.iter().find(|(k, _, _)| *k == key) {
             return Some(read.seen.clone());
@@ -499,9 +505,7 @@ mod tests {
 
         // A hit: the rows in the result's order, each read like a key.
         let mut a = Attempt::new(cache.snapshot());
-        let rows = a.query_rows(&richest).expect("cached");
-        let keys: Vec<Key> = rows.into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, [alice(), bob()]);
+        assert_eq!(a.query_keys(&richest), Some(vec![alice(), bob()]));
         assert_eq!(a.reads().get(&bob()), Some(Version(6)));
 
         // The attempt's own update shows; its own delete leaves the row out.
@@ -541,7 +545,7 @@ mod tests {
         // A row of a cached result not cached is a miss of that row: all are fetched in
         // one round, and the result is not fetched again.
         let mut c = Attempt::new(cache.snapshot());
-        assert_eq!(c.query_rows(&with_carol), None);
+        assert_eq!(c.query_keys(&with_carol), None);
         assert_eq!(c.missed_keys(), [Key::row("users", "carol")]);
         assert!(matches!(c.finish(txn()), Finish::Missed(_)));
     }

@@ -268,14 +268,16 @@ impl Query {
     /// keys, in order). Anything else in it is skipped.
     pub fn row_keys(&self, result: &Value) -> Vec<Key> {
         let pks = result.as_array().map(Vec::as_slice).unwrap_or_default();
-        pks.iter()
-            .filter_map(|pk| match pk {
-                Value::String(s) => Some(Pk::Text(s.clone())),
-                Value::Number(n) => n.as_i64().map(Pk::Int),
-                _ => None,
-            })
-            .map(|pk| Key::row(self.table.clone(), pk))
-            .collect()
+        let mut keys = Vec::with_capacity(pks.len());
+        for pk in pks {
+            let pk = match pk {
+                Value::String(s) => Pk::Text(s.clone()),
+                Value::Number(n) if n.is_i64() => Pk::Int(n.as_i64().unwrap_or_default()),
+                _ => continue,
+            };
+            keys.push(Key::row(self.table.clone(), pk));
+        }
+        keys
     }
 
     /// The most rows this query may return.

@@ -87,7 +87,7 @@ impl Mjolnir {
     }
 
     pub fn table(&self, name: String) -> Table {
-        Table::new(self.rt.clone(), name)
+        Table::new(self.rt.clone(), None, name)
     }
 
     /// `fn` as a transaction: returns a function that runs it atomically and returns a

@@ -5,27 +5,53 @@
 //! attempt's own writes; `row.balance -= 10` buffers an update of that column.
 
 use crate::convert::{data_descriptor, from_js, row_key, to_js};
-use crate::query::QueryBuilder;
 use crate::runtime::Runtime;
+use crate::tx::Tx;
 use js_sys::Reflect;
 use mjolnir_core::key::quoted;
 use mjolnir_core::protocol::PkKind;
-use mjolnir_core::{Key, Pk, WriteOp};
+use mjolnir_core::{Key, Pk, Query, WriteOp};
 use serde_json::{Map, Value};
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 
-/// `mjolnir.table(name)`.
-#[wasm_bindgen]
-#[derive(Debug)]
+/// `mjolnir.table(name)`, `tx.table(name)` (with `tx` set), and the queries built from
+/// them with `where`, `orderBy` and `limit` (`query.rs`, which declares the TypeScript
+/// types of all three): a table is the query of all its rows. One class rather than three,
+/// since each method a class exports costs the module its own glue.
+#[wasm_bindgen(skip_typescript)]
+#[derive(Clone, Debug)]
 pub struct Table {
-    rt: Rc<Runtime>,
-    name: String,
+    pub(crate) rt: Rc<Runtime>,
+    /// The async attempt of a `tx.table(name)`: its reads return promises. `None` for
+    /// `mjolnir.table(name)`, which reads and writes in the synchronous attempt running
+    /// when it is used.
+    pub(crate) tx: Option<u64>,
+    /// The table's name, and what `where`, `orderBy` and `limit` added to it.
+    pub(crate) query: Query,
 }
 
 impl Table {
-    pub fn new(rt: Rc<Runtime>, name: String) -> Table {
-        Table { rt, name }
+    pub fn new(rt: Rc<Runtime>, tx: Option<u64>, name: String) -> Table {
+        Table {
+            rt,
+            tx,
+            query: Query::table(name),
+        }
+    }
+
+    /// The table's name, for `find`, `insert` and `delete`, which a query does not have.
+    fn name(&self) -> Result<&str, JsValue> {
+        let q = &self.query;
+        if q.filter.is_empty() && q.order.is_empty() && q.limit.is_none() {
+            return Ok(&q.table);
+        }
+        Err(js_sys::TypeError::new("find, insert and delete are a table's, not a query's").into())
+    }
+
+    /// The attempt this table's writes go to.
+    fn attempt(&self) -> Option<u64> {
+        self.tx.or_else(|| self.rt.current_attempt_id())
     }
 }
 
@@ -33,67 +59,33 @@ impl Table {
 impl Table {
     /// The row with primary key `pk` as an object (a live view inside a transaction), or
     /// `null` if there is none. Inside a transaction, a row not yet loaded stops the
-    /// handler; it runs again once the row is here.
+    /// handler; it runs again once the row is here. `tx.table(name).find(pk)` returns a
+    /// promise instead, which waits for the row.
     pub fn find(&self, pk: JsValue) -> Result<JsValue, JsValue> {
-        let key = row_key(&self.name, &pk)?;
-        match self.rt.read(&key)? {
-            None => Ok(JsValue::NULL),
-            Some(_) => Ok(row_proxy(&self.rt, key, self.rt.current_attempt_id())),
-        }
+        let key = row_key(self.name()?, &pk)?;
+        let Some(id) = self.tx else {
+            return match self.rt.read(&key)? {
+                None => Ok(JsValue::NULL),
+                Some(_) => Ok(row_proxy(&self.rt, key, self.rt.current_attempt_id())),
+            };
+        };
+        let promise = Tx::read(self.rt.clone(), id, key, |rt, id, key, row| match row {
+            None => JsValue::NULL,
+            Some(_) => row_proxy(rt, key, Some(id)),
+        });
+        Ok(promise.into())
     }
 
     /// Inserts a row. Its primary key comes from the row (a uuid key left out is
     /// generated). Returns the new row.
     pub fn insert(&self, row: JsValue) -> Result<JsValue, JsValue> {
-        self.insert_in(self.rt.current_attempt_id(), row)
+        self.insert_in(self.attempt(), row)
     }
 
     /// Deletes the row with primary key `pk`.
     pub fn delete(&self, pk: JsValue) -> Result<(), JsValue> {
-        let key = row_key(&self.name, &pk)?;
-        self.rt
-            .write(self.rt.current_attempt_id(), key, WriteOp::Delete)
-    }
-}
-
-/// Queries of the table: `where`, `orderBy` and `limit` start a [`QueryBuilder`], `all` and
-/// `count` run the query of every row (`query.rs`; typed there).
-#[wasm_bindgen]
-impl Table {
-    #[wasm_bindgen(js_name = "where", skip_typescript)]
-    pub fn where_(
-        &self,
-        column: JsValue,
-        op: JsValue,
-        value: JsValue,
-    ) -> Result<QueryBuilder, JsValue> {
-        self.query().where_(column, op, value)
-    }
-
-    #[wasm_bindgen(js_name = orderBy, skip_typescript)]
-    pub fn order_by(&self, column: JsValue, dir: JsValue) -> Result<QueryBuilder, JsValue> {
-        self.query().order_by(column, dir)
-    }
-
-    #[wasm_bindgen(skip_typescript)]
-    pub fn limit(&self, n: JsValue) -> Result<QueryBuilder, JsValue> {
-        self.query().limit(n)
-    }
-
-    #[wasm_bindgen(skip_typescript)]
-    pub fn all(&self) -> Result<JsValue, JsValue> {
-        self.query().all()
-    }
-
-    #[wasm_bindgen(skip_typescript)]
-    pub fn count(&self) -> Result<JsValue, JsValue> {
-        self.query().count()
-    }
-}
-
-impl Table {
-    fn query(&self) -> QueryBuilder {
-        QueryBuilder::new(self.rt.clone(), None, self.name.clone())
+        let key = row_key(self.name()?, &pk)?;
+        self.rt.write(self.attempt(), key, WriteOp::Delete)
     }
 }
 
@@ -220,22 +212,17 @@ impl Row {
 impl Table {
     /// Inserts `row` in `attempt` (the running one for `mjolnir.table`, a `tx`'s for the
     /// async form).
-    pub(crate) fn insert_in(&self, attempt: Option<u64>, row: JsValue) -> Result<JsValue, JsValue> {
+    fn insert_in(&self, attempt: Option<u64>, row: JsValue) -> Result<JsValue, JsValue> {
+        let name = self.name()?;
         let Value::Object(mut row) = from_js(row)? else {
             return Err(js_sys::TypeError::new("insert takes an object").into());
         };
-        let info = self
-            .rt
-            .tables
-            .borrow()
-            .get(&self.name)
-            .cloned()
-            .ok_or_else(|| {
-                JsValue::from(js_sys::TypeError::new(&format!(
-                    "no table {} (or not connected yet)",
-                    quoted(&self.name)
-                )))
-            })?;
+        let info = self.rt.tables.borrow().get(name).cloned().ok_or_else(|| {
+            JsValue::from(js_sys::TypeError::new(&format!(
+                "no table {} (or not connected yet)",
+                quoted(name)
+            )))
+        })?;
         let pk = match (row.get(&info.pk), info.pk_kind) {
             (Some(Value::String(s)), PkKind::Text | PkKind::Uuid) => Pk::Text(s.clone()),
             (Some(Value::Number(n)), PkKind::Integer) if n.is_i64() => {
@@ -249,7 +236,7 @@ impl Table {
             _ => {
                 return Err(js_sys::TypeError::new(&format!(
                     "{}.insert needs {} for {}",
-                    self.name,
+                    name,
                     match info.pk_kind {
                         PkKind::Text => "a string",
                         PkKind::Integer => "an integer",
@@ -260,7 +247,7 @@ impl Table {
                 .into());
             }
         };
-        let key = Key::row(self.name.clone(), pk);
+        let key = Key::row(name, pk);
         self.rt
             .write(attempt, key.clone(), WriteOp::Insert { row })?;
         Ok(row_proxy(&self.rt, key, attempt))

@@ -5,10 +5,9 @@
 //! instead of stopping the handler. Rows found through `tx` read and write like those of
 //! the synchronous form.
 
-use crate::convert::{from_js, row_key, to_js};
+use crate::convert::{from_js, to_js};
 use crate::error::RuntimeError;
-use crate::query::QueryBuilder;
-use crate::rows::row_proxy;
+use crate::rows::Table;
 use crate::runtime::Runtime;
 use js_sys::Promise;
 use mjolnir_core::{Key, WriteOp};
@@ -30,32 +29,53 @@ impl Tx {
         Tx { rt, id }
     }
 
-    /// Reads `key` in this attempt, fetching it first if the cache lacks it.
-    async fn read(rt: Rc<Runtime>, id: u64, key: Key) -> Result<Option<Value>, JsValue> {
-        loop {
-            match rt.read_for(Some(id), &key) {
-                Ok(v) => return Ok(v),
-                Err(_) if rt.cache_lacks(&key) => {
-                    rt.fetch(vec![key.clone()])
-                        .await
-                        .map_err(|e| JsValue::from(RuntimeError::Rejected(e)))?;
-                    rt.resnapshot(id);
+    /// A promise of `key` read in the async attempt `id` (fetched first if the cache lacks
+    /// it), as `show` turns it into JavaScript.
+    pub(crate) fn read(
+        rt: Rc<Runtime>,
+        id: u64,
+        key: Key,
+        show: fn(&Rc<Runtime>, u64, Key, Option<Value>) -> JsValue,
+    ) -> Promise {
+        let read = move |rt: &Rc<Runtime>| match rt.read_for(Some(id), &key) {
+            Ok(v) => Ok(Ok(show(rt, id, key.clone(), v))),
+            Err(_) if rt.cache_lacks(&key) => Ok(Err(vec![key.clone()])),
+            Err(e) => Err(e),
+        };
+        Tx::wait(rt, id, Box::new(read))
+    }
+
+    /// A promise of what `read` gives in the async attempt `id`: `Ok(Err(keys))` says it
+    /// missed those keys, which are fetched before it runs again on the refreshed cache.
+    /// Every read of the async form goes through this one loop, since each `async` block
+    /// costs the module its own copy of the promise machinery.
+    pub(crate) fn wait(rt: Rc<Runtime>, id: u64, read: Box<Reader>) -> Promise {
+        future_to_promise(async move {
+            loop {
+                match read(&rt)? {
+                    Ok(value) => return Ok(value),
+                    Err(missed) => {
+                        rt.fetch(missed)
+                            .await
+                            .map_err(|e| JsValue::from(RuntimeError::Rejected(e)))?;
+                        rt.resnapshot(id);
+                    }
                 }
-                Err(e) => return Err(e),
             }
-        }
+        })
     }
 }
 
+/// One try of a read in an async attempt: the value, or the keys it missed.
+pub(crate) type Reader = dyn Fn(&Rc<Runtime>) -> Result<Result<JsValue, Vec<Key>>, JsValue>;
+
 #[wasm_bindgen]
 impl Tx {
-    /// `tx.table(name)`: `find(pk)` returns a promise of the row (or `null`).
-    pub fn table(&self, name: String) -> TxTable {
-        TxTable {
-            rt: self.rt.clone(),
-            id: self.id,
-            name,
-        }
+    /// `tx.table(name)`: `find(pk)` and its queries' `all()` and `count()` return
+    /// promises (see `rows.rs`).
+    #[wasm_bindgen(unchecked_return_type = "TxTable")]
+    pub fn table(&self, name: String) -> Table {
+        Table::new(self.rt.clone(), Some(self.id), name)
     }
 
     /// `tx.afterCommit(fn)`: runs `fn` once this transaction has committed.
@@ -76,78 +96,6 @@ impl Tx {
 
 #[wasm_bindgen]
 #[derive(Debug)]
-pub struct TxTable {
-    rt: Rc<Runtime>,
-    id: u64,
-    name: String,
-}
-
-#[wasm_bindgen]
-impl TxTable {
-    pub fn find(&self, pk: JsValue) -> Result<Promise, JsValue> {
-        let key = row_key(&self.name, &pk)?;
-        let (rt, id) = (self.rt.clone(), self.id);
-        Ok(future_to_promise(async move {
-            Ok(match Tx::read(rt.clone(), id, key.clone()).await? {
-                None => JsValue::NULL,
-                Some(_) => row_proxy(&rt, key, Some(id)),
-            })
-        }))
-    }
-
-    pub fn insert(&self, row: JsValue) -> Result<JsValue, JsValue> {
-        crate::rows::Table::new(self.rt.clone(), self.name.clone()).insert_in(Some(self.id), row)
-    }
-
-    pub fn delete(&self, pk: JsValue) -> Result<(), JsValue> {
-        self.rt
-            .write(Some(self.id), row_key(&self.name, &pk)?, WriteOp::Delete)
-    }
-}
-
-/// Queries of the table in this transaction (`query.rs`): their `all` and `count` return
-/// promises.
-#[wasm_bindgen]
-impl TxTable {
-    #[wasm_bindgen(js_name = "where", skip_typescript)]
-    pub fn where_(
-        &self,
-        column: JsValue,
-        op: JsValue,
-        value: JsValue,
-    ) -> Result<QueryBuilder, JsValue> {
-        self.query().where_(column, op, value)
-    }
-
-    #[wasm_bindgen(js_name = orderBy, skip_typescript)]
-    pub fn order_by(&self, column: JsValue, dir: JsValue) -> Result<QueryBuilder, JsValue> {
-        self.query().order_by(column, dir)
-    }
-
-    #[wasm_bindgen(skip_typescript)]
-    pub fn limit(&self, n: JsValue) -> Result<QueryBuilder, JsValue> {
-        self.query().limit(n)
-    }
-
-    #[wasm_bindgen(skip_typescript)]
-    pub fn all(&self) -> Result<JsValue, JsValue> {
-        self.query().all()
-    }
-
-    #[wasm_bindgen(skip_typescript)]
-    pub fn count(&self) -> Result<JsValue, JsValue> {
-        self.query().count()
-    }
-}
-
-impl TxTable {
-    fn query(&self) -> QueryBuilder {
-        QueryBuilder::new(self.rt.clone(), Some(self.id), self.name.clone())
-    }
-}
-
-#[wasm_bindgen]
-#[derive(Debug)]
 pub struct TxKv {
     rt: Rc<Runtime>,
     id: u64,
@@ -156,11 +104,8 @@ pub struct TxKv {
 #[wasm_bindgen]
 impl TxKv {
     pub fn get(&self, key: String) -> Promise {
-        let (rt, id) = (self.rt.clone(), self.id);
-        future_to_promise(async move {
-            Ok(Tx::read(rt, id, Key::kv(key))
-                .await?
-                .map_or(JsValue::UNDEFINED, |v| to_js(&v)))
+        Tx::read(self.rt.clone(), self.id, Key::kv(key), |_, _, _, v| {
+            v.map_or(JsValue::UNDEFINED, |v| to_js(&v))
         })
     }
 

@@ -25,15 +25,15 @@ export function refusals(m) {
   var cases = {
     'unknown operator': [function () { return tasks.where('done', 'like', 'x'); }, '"like"'],
     'strict equality': [function () { return tasks.where('done', '===', true); }, '"==="'],
-    'no operator': [function () { return tasks.where('done'); }, 'needs an operator'],
-    'no value': [function () { return tasks.where('done', '=='); }, 'needs a value'],
+    'no operator': [function () { return tasks.where('done'); }, 'the operators are'],
+    'no value': [function () { return tasks.where('done', '=='); }, 'a value is needed'],
     '< null': [function () { return tasks.where('rank', '<', null); }, '== null or != null'],
     'in without an array': [function () { return tasks.where('rank', 'in', 3); }, 'in takes an array'],
     '101 values': [function () { return tasks.where('rank', 'in', new Array(101).fill(1)); }, 'at most 100'],
     'an object operand': [function () { return tasks.where('rank', '==', { n: 1 }); }, 'a string, number or boolean'],
     'a function operand': [function () { return tasks.where('rank', '==', function () {}); }, 'a string, number or boolean'],
-    'undefined in fields': [function () { return tasks.where({ owner: undefined }); }, 'null matches NULL'],
-    'an array of fields': [function () { return tasks.where(['list', 'read']); }, 'where takes'],
+    'undefined in fields': [function () { return tasks.where({ owner: undefined }); }, 'or null for NULL'],
+    'an array of fields': [function () { return tasks.where(['list', 'read']); }, 'it takes {column: value'],
     'limit 0': [function () { return base.limit(0); }, 'limit is 1 to 1000'],
     'limit 1001': [function () { return tasks.limit(1001); }, 'limit is 1 to 1000'],
     'limit 1.5': [function () { return base.limit(1.5); }, 'an integer from 1 to 1000'],
@@ -48,7 +48,7 @@ export function refusals(m) {
     '5 order columns': [function () {
       return tasks.orderBy('a').orderBy('b').orderBy('c').orderBy('d').orderBy('e');
     }, 'at most 4 columns'],
-    'count with a limit': [function () { return base.limit(5).count(); }, 'leave out limit(5)'],
+    'count with a limit': [function () { return base.limit(5).count(); }, 'with limit(5)'],
   };
   var out = [];
   for (var what in cases) {
@@ -72,6 +72,14 @@ export function steps_leave_their_query_alone(m) {
   base.orderBy('rank', 'desc');
   try { base.where('rank', 'like', 1); } catch (e) { return JSON.stringify(e.key); }
   return 'did not throw';
+}
+
+// find, insert and delete are a table's: a query refuses them.
+export function table_methods_on_a_query(m) {
+  var query = m.table('tasks').where({ list: 'read' });
+  return ['find', 'insert', 'delete'].map(function (name) {
+    try { query[name](name === 'insert' ? { id: 9 } : 1); return 'did not throw'; } catch (e) { return e.name; }
+  });
 }
 
 // A refusal inside a handler rejects the transaction with it; nothing is sent.
@@ -165,6 +173,7 @@ export function outside(m) {
 extern "C" {
     fn refusals(m: &JsValue) -> Array;
     fn steps_leave_their_query_alone(m: &JsValue) -> String;
+    fn table_methods_on_a_query(m: &JsValue) -> Array;
     fn refused_in_a_handler(m: &JsValue) -> Promise;
     fn read_and_write(m: &JsValue, runs: &JsValue) -> Promise;
     fn titles(m: &JsValue, list: &str) -> Promise;
@@ -205,6 +214,15 @@ async fn a_step_returns_a_new_query_and_leaves_its_own_alone() {
     assert_eq!(
         steps_leave_their_query_alone(&m),
         r#"{"kind":"query","table":"tasks","where":[{"column":"list","op":"eq","value":"read"},{"column":"owner","op":"is_null"}]}"#
+    );
+}
+
+#[wasm_bindgen_test]
+async fn find_insert_and_delete_are_a_tables_not_a_querys() {
+    let m = connected("alice").await;
+    assert_eq!(
+        json(&table_methods_on_a_query(&m)),
+        r#"["TypeError","TypeError","TypeError"]"#
     );
 }
 
