@@ -253,6 +253,80 @@ impl Query {
     pub fn max_rows(&self) -> u32 {
         self.limit.unwrap_or(MAX_ROWS)
     }
+
+    /// Whether a row with this value matches the filter: `Some(false)` only when it
+    /// certainly does not, `None` when only PostgreSQL can tell. The server uses it to
+    /// skip re-running a subscribed query for a change it cannot affect, so it must never
+    /// say `false` where PostgreSQL would say true.
+    ///
+    /// Only what JSON shows exactly is decided here: numbers against numbers, booleans,
+    /// the equality of strings (a `citext` column or a nondeterministic collation could
+    /// differ, so strings that differ only in case, or otherwise compare equal under a
+    /// collation, are undecided), nulls. Order between strings depends on the collation,
+    /// and numbers spelled as strings (`numeric`, large `bigint`s) on the column's type:
+    /// both are undecided.
+    pub fn matches(&self, row: Option<&Value>) -> Option<bool> {
+        let Some(row) = row else {
+            return Some(false);
+        };
+        let mut known = true;
+        for c in &self.filter {
+            let v = row.get(&c.column).unwrap_or(&Value::Null);
+            let holds = match c.op {
+                Op::IsNull => Some(v.is_null()),
+                Op::NotNull => Some(!v.is_null()),
+                Op::In => c.value.0.as_array().and_then(|options| {
+                    let each: Vec<Option<bool>> =
+                        options.iter().map(|o| compare(v, o, Op::Eq)).collect();
+                    if each.contains(&Some(true)) {
+                        Some(true)
+                    } else if each.iter().all(|e| *e == Some(false)) {
+                        Some(false)
+                    } else {
+                        None
+                    }
+                }),
+                op => compare(v, &c.value.0, op),
+            };
+            match holds {
+                Some(false) => return Some(false),
+                Some(true) => {}
+                None => known = false,
+            }
+        }
+        known.then_some(true)
+    }
+}
+
+/// `v op operand` as PostgreSQL would decide it, where JSON shows it exactly.
+fn compare(v: &Value, operand: &Value, op: Op) -> Option<bool> {
+    use std::cmp::Ordering::*;
+    let order = match (v, operand) {
+        // A comparison with NULL is never true.
+        (Value::Null, _) | (_, Value::Null) => return Some(false),
+        (Value::Number(a), Value::Number(b)) => a.as_f64()?.partial_cmp(&b.as_f64()?)?,
+        (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+        (Value::String(a), Value::String(b)) => {
+            return match op {
+                // Equal bytes are equal under every collation; unequal ones may not be
+                // unequal (citext, nondeterministic collations) unless they differ in
+                // more than case.
+                Op::Eq | Op::Ne if a == b => Some(op == Op::Eq),
+                Op::Eq | Op::Ne if a.to_lowercase() != b.to_lowercase() => Some(op == Op::Ne),
+                _ => None,
+            };
+        }
+        _ => return None,
+    };
+    Some(match op {
+        Op::Eq => order == Equal,
+        Op::Ne => order != Equal,
+        Op::Lt => order == Less,
+        Op::Lte => order != Greater,
+        Op::Gt => order == Greater,
+        Op::Gte => order != Less,
+        _ => return None,
+    })
 }
 
 fn is_scalar(v: &Value) -> bool {
@@ -378,6 +452,37 @@ mod tests {
             q.filter(format!("c{i}"), Op::Eq, json!(i))
         });
         assert!(many.misshapen().unwrap().contains("at most 16 conditions"));
+    }
+
+    #[test]
+    fn matching_decides_only_what_json_shows_exactly() {
+        let row = json!({"room": "a", "n": 5, "done": false, "note": null, "big": "12.50"});
+        let q = |f: &str, op: Op, v: Value| Query::table("t").filter(f, op, v);
+        let cases = [
+            (q("room", Op::Eq, json!("a")), Some(true)),
+            (q("room", Op::Eq, json!("b")), Some(false)),
+            // Only case differs: citext would say equal.
+            (q("room", Op::Eq, json!("A")), None),
+            (q("room", Op::Ne, json!("b")), Some(true)),
+            (q("room", Op::Lt, json!("b")), None),
+            (q("n", Op::Gt, json!(4)), Some(true)),
+            (q("n", Op::Gte, json!(6)), Some(false)),
+            (q("n", Op::In, json!([1, 5])), Some(true)),
+            (q("n", Op::In, json!([1, 2])), Some(false)),
+            (q("done", Op::Eq, json!(false)), Some(true)),
+            (q("note", Op::IsNull, Value::Null), Some(true)),
+            (q("missing", Op::IsNull, Value::Null), Some(true)),
+            (q("note", Op::Eq, json!("x")), Some(false)),
+            (q("note", Op::Ne, json!("x")), Some(false)),
+            (q("big", Op::Gt, json!(3)), None),
+        ];
+        for (query, want) in cases {
+            assert_eq!(query.matches(Some(&row)), want, "{query}");
+        }
+        // One certain false decides, whatever else is unknown.
+        let both = q("room", Op::Lt, json!("b")).filter("n", Op::Eq, json!(6));
+        assert_eq!(both.matches(Some(&row)), Some(false));
+        assert_eq!(q("n", Op::Eq, json!(5)).matches(None), Some(false));
     }
 
     #[test]

@@ -302,6 +302,11 @@ async fn read(
     state.feed.subscribe(conn, &keys);
     match state.store.read(user, &keys).await {
         Ok(entries) => {
+            for e in entries.iter().take(keys.len()) {
+                if let (Key::Query(_), Some(result)) = (&e.key, &e.value) {
+                    state.feed.remember_result(conn, &e.key, result);
+                }
+            }
             // The rows of the queries read, which follow the keys asked.
             if entries.len() > keys.len() {
                 let rows: Vec<Key> = entries[keys.len()..]

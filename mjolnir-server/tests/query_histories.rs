@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use support::{TestDb, app_with_schema, obj, writes};
 
-const SCHEMA: &str = "CREATE TABLE items (id integer PRIMARY KEY, room integer NOT NULL, n integer NOT NULL);
+const SCHEMA: &str =
+    "CREATE TABLE items (id integer PRIMARY KEY, room integer NOT NULL, n integer NOT NULL);
 INSERT INTO items SELECT i, i % 3, i * 7 % 10 FROM generate_series(1, 12) AS i;";
 
 /// A row of the replay: (room, n).
@@ -65,7 +66,9 @@ fn random_query(rng: &mut StdRng) -> Query {
     }
     match rng.random_range(0..3) {
         0 => q.counted(),
-        1 => q.order_by("n", rng.random_bool(0.5)).limit(rng.random_range(1..4)),
+        1 => q
+            .order_by("n", rng.random_bool(0.5))
+            .limit(rng.random_range(1..4)),
         _ => q,
     }
 }
@@ -80,7 +83,9 @@ struct Accepted {
 /// One client's part of a history: `steps` transactions, each reading one or two queries
 /// (and the rows they return) and writing from what it saw.
 async fn run_client(url: String, who: i64, seed: u64, steps: usize) -> (Vec<Accepted>, usize) {
-    let client = Client::connect(&url, Some(&format!("c{who}"))).await.unwrap();
+    let client = Client::connect(&url, Some(&format!("c{who}")))
+        .await
+        .unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut accepted = Vec::new();
     let mut conflicts = 0;
@@ -118,7 +123,11 @@ async fn run_client(url: String, who: i64, seed: u64, steps: usize) -> (Vec<Acce
             0 if !existing.is_empty() => {
                 let id = existing[rng.random_range(0..existing.len())];
                 let (room, _) = rows[&id];
-                let moved = if rng.random_bool(0.5) { (room + 1) % 3 } else { room };
+                let moved = if rng.random_bool(0.5) {
+                    (room + 1) % 3
+                } else {
+                    room
+                };
                 ops.push((id, Some((moved, (seen_total + id) % 10))));
             }
             1 if !existing.is_empty() => {
