@@ -29,6 +29,9 @@ pub const MAX_CONDITIONS: usize = 16;
 pub const MAX_IN: usize = 100;
 /// The most columns a query may order by.
 pub const MAX_ORDER: usize = 4;
+/// The most words in a search, and its longest text in bytes.
+pub const MAX_SEARCH_TERMS: usize = 16;
+pub const MAX_SEARCH_BYTES: usize = 256;
 
 /// One query of one table.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -50,6 +53,21 @@ pub struct Query {
     /// left out.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub count: bool,
+    /// Full-text search: only rows whose column matches the text, most relevant first
+    /// unless `order` says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<Search>,
+}
+
+/// A full-text search of one column, in PostgreSQL's web search syntax (words, `"quoted
+/// phrases"`, `or`, `-excluded`), as `websearch_to_tsquery` reads it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Search {
+    /// A text column, or a `tsvector` column the app's migration declares.
+    pub column: String,
+    pub text: String,
 }
 
 /// `column op value`.
@@ -164,7 +182,17 @@ impl Query {
             order: Vec::new(),
             limit: None,
             count: false,
+            search: None,
         }
+    }
+
+    /// Keeps only the rows whose `column` matches `text` (see [`Search`]).
+    pub fn search(mut self, column: impl Into<String>, text: impl Into<String>) -> Query {
+        self.search = Some(Search {
+            column: column.into(),
+            text: text.into(),
+        });
+        self
     }
 
     /// Adds `column op value`.
@@ -224,6 +252,17 @@ impl Query {
         if self.count && (self.limit.is_some() || !self.order.is_empty()) {
             return Some("a count has no order and no limit".to_owned());
         }
+        if let Some(search) = &self.search {
+            let terms = search.text.split_whitespace().count();
+            if terms == 0 {
+                return Some("a search needs at least one word".to_owned());
+            }
+            if terms > MAX_SEARCH_TERMS || search.text.len() > MAX_SEARCH_BYTES {
+                return Some(format!(
+                    "a search has at most {MAX_SEARCH_TERMS} words and {MAX_SEARCH_BYTES} bytes"
+                ));
+            }
+        }
         for c in &self.filter {
             let value = &c.value.0;
             let fits = match c.op {
@@ -269,7 +308,8 @@ impl Query {
         let Some(row) = row else {
             return Some(false);
         };
-        let mut known = true;
+        // Only PostgreSQL's text search can say whether a row matches a search.
+        let mut known = self.search.is_none();
         for c in &self.filter {
             let v = row.get(&c.column).unwrap_or(&Value::Null);
             let holds = match c.op {
@@ -354,6 +394,14 @@ impl fmt::Display for Query {
                     c.value.0
                 )?;
             }
+        }
+        if let Some(s) = &self.search {
+            write!(
+                f,
+                ".search({}, {})",
+                crate::key::quoted(&s.column),
+                crate::key::quoted(&s.text)
+            )?;
         }
         for o in &self.order {
             let dir = if o.desc { "desc" } else { "asc" };
@@ -483,6 +531,35 @@ mod tests {
         let both = q("room", Op::Lt, json!("b")).filter("n", Op::Eq, json!(6));
         assert_eq!(both.matches(Some(&row)), Some(false));
         assert_eq!(q("n", Op::Eq, json!(5)).matches(None), Some(false));
+    }
+
+    #[test]
+    fn searches_are_bounded_and_never_matched_here() {
+        let q = Query::table("notes").search("body", "quick brown fox");
+        assert_eq!(q.misshapen(), None);
+        let row = json!({"body": "the quick brown fox"});
+        assert_eq!(q.matches(Some(&row)), None);
+        let q = q.filter("room", Op::Eq, json!(1));
+        assert_eq!(q.matches(Some(&json!({"room": 2}))), Some(false));
+        assert!(
+            Query::table("n")
+                .search("b", "  ")
+                .misshapen()
+                .unwrap()
+                .contains("at least one word")
+        );
+        let long = vec!["w"; 17].join(" ");
+        assert!(
+            Query::table("n")
+                .search("b", long)
+                .misshapen()
+                .unwrap()
+                .contains("at most 16")
+        );
+        assert_eq!(
+            Query::table("n").search("b", "a \"c\"").to_string(),
+            r#"table("n").search("b", "a \"c\"")"#
+        );
     }
 
     #[test]
