@@ -29,6 +29,9 @@ pub const MAX_CONDITIONS: usize = 16;
 pub const MAX_IN: usize = 100;
 /// The most columns a query may order by.
 pub const MAX_ORDER: usize = 4;
+/// The most queries one read or one commit may hold: each may return [`MAX_ROWS`] rows,
+/// and each of a commit's is run again under its table's lock.
+pub const MAX_PER_REQUEST: usize = 32;
 /// The most words in a search, and its longest text in bytes.
 pub const MAX_SEARCH_TERMS: usize = 16;
 pub const MAX_SEARCH_BYTES: usize = 256;

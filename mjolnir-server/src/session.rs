@@ -299,6 +299,17 @@ async fn read(
         );
         return send_error(outbox, state, Some(id), reply).await;
     }
+    let queries = keys.iter().filter(|k| matches!(k, Key::Query(_))).count();
+    if queries > mjolnir_core::query::MAX_PER_REQUEST {
+        let reply = ErrorReply::new(
+            ErrorKind::TooLarge,
+            format!(
+                "a read may ask for at most {} queries",
+                mjolnir_core::query::MAX_PER_REQUEST
+            ),
+        );
+        return send_error(outbox, state, Some(id), reply).await;
+    }
     state.feed.subscribe(conn, &keys);
     match state.store.read(user, &keys).await {
         Ok(entries) => {
