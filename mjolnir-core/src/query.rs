@@ -117,6 +117,25 @@ impl Op {
         }
     }
 
+    /// The operator a JavaScript `where(column, op, value)` names (`==`, `!=`, `<`, `<=`,
+    /// `>`, `>=`, `in`), with its operand: `==` and `!=` with `null` are `is_null` and
+    /// `not_null`, as SQL would need them.
+    pub fn from_js(op: &str, value: Value) -> Option<(Op, Value)> {
+        let op = match (op, value.is_null()) {
+            ("==" | "===", true) => return Some((Op::IsNull, Value::Null)),
+            ("!=" | "!==", true) => return Some((Op::NotNull, Value::Null)),
+            ("==" | "===", false) => Op::Eq,
+            ("!=" | "!==", false) => Op::Ne,
+            ("<", _) => Op::Lt,
+            ("<=", _) => Op::Lte,
+            (">", _) => Op::Gt,
+            (">=", _) => Op::Gte,
+            ("in", _) => Op::In,
+            _ => return None,
+        };
+        Some((op, value))
+    }
+
     /// Whether the condition takes no operand.
     pub fn is_unary(self) -> bool {
         matches!(self, Op::IsNull | Op::NotNull)
