@@ -171,7 +171,7 @@ mod tests {
             .iter()
             .map(|r| match r.pk {
                 Pk::Int(n) => n,
-                _ => unreachable!(),
+                Pk::Text(_) => unreachable!(),
             })
             .collect()
     }
@@ -296,7 +296,7 @@ mod tests {
             rows.iter()
                 .map(|r| match r.pk {
                     Pk::Int(n) => n,
-                    _ => unreachable!(),
+                    Pk::Text(_) => unreachable!(),
                 })
                 .collect()
         }
