@@ -4,7 +4,7 @@
 //! `cargo run -p mjolnir-core --features ts --example typescript -- OUT.d.ts`
 
 use mjolnir_core::protocol::{Entry, ErrorReply, PkKind, TableInfo};
-use mjolnir_core::query::{Condition, Literal, Op, Order, QueryRead};
+use mjolnir_core::query::{Condition, Literal, Op, Order, QueryRead, Search};
 use mjolnir_core::sets::{ReadEntry, Write};
 use mjolnir_core::{
     ClientMessage, Dependency, ErrorKind, Key, Pk, Query, ReadSet, ServerMessage, TxnId, Version,
@@ -38,6 +38,7 @@ fn main() -> std::io::Result<()> {
     decl::<Literal>(&cfg, &mut out);
     decl::<Op>(&cfg, &mut out);
     decl::<Order>(&cfg, &mut out);
+    decl::<Search>(&cfg, &mut out);
     decl::<QueryRead>(&cfg, &mut out);
     decl::<Version>(&cfg, &mut out);
     decl::<TxnId>(&cfg, &mut out);

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 pub mod key;
 pub mod number;
+pub mod overlay;
 pub mod protocol;
 pub mod query;
 pub mod retry;

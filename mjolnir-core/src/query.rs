@@ -30,6 +30,12 @@ pub const MAX_CONDITIONS: usize = 16;
 pub const MAX_IN: usize = 100;
 /// The most columns a query may order by.
 pub const MAX_ORDER: usize = 4;
+/// The most queries one read or one commit may hold: each may return [`MAX_ROWS`] rows,
+/// and each of a commit's is run again under its table's lock.
+pub const MAX_PER_REQUEST: usize = 32;
+/// The most words in a search, and its longest text in bytes.
+pub const MAX_SEARCH_TERMS: usize = 16;
+pub const MAX_SEARCH_BYTES: usize = 256;
 
 /// One query of one table.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -51,6 +57,21 @@ pub struct Query {
     /// left out.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub count: bool,
+    /// Full-text search: only rows whose column matches the text, most relevant first
+    /// unless `order` says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<Search>,
+}
+
+/// A full-text search of one column, in PostgreSQL's web search syntax (words, `"quoted
+/// phrases"`, `or`, `-excluded`), as `websearch_to_tsquery` reads it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct Search {
+    /// A text column, or a `tsvector` column the app's migration declares.
+    pub column: String,
+    pub text: String,
 }
 
 /// `column op value`.
@@ -109,6 +130,25 @@ impl Op {
             Op::Gte => ">=",
             Op::In => "in",
         }
+    }
+
+    /// The operator a JavaScript `where(column, op, value)` names (`==`, `!=`, `<`, `<=`,
+    /// `>`, `>=`, `in`), with its operand: `==` and `!=` with `null` are `is_null` and
+    /// `not_null`, as SQL would need them.
+    pub fn from_js(op: &str, value: Value) -> Option<(Op, Value)> {
+        let op = match (op, value.is_null()) {
+            ("==" | "===", true) => return Some((Op::IsNull, Value::Null)),
+            ("!=" | "!==", true) => return Some((Op::NotNull, Value::Null)),
+            ("==" | "===", false) => Op::Eq,
+            ("!=" | "!==", false) => Op::Ne,
+            ("<", _) => Op::Lt,
+            ("<=", _) => Op::Lte,
+            (">", _) => Op::Gt,
+            (">=", _) => Op::Gte,
+            ("in", _) => Op::In,
+            _ => return None,
+        };
+        Some((op, value))
     }
 
     /// Whether the condition takes no operand.
@@ -179,7 +219,17 @@ impl Query {
             order: Vec::new(),
             limit: None,
             count: false,
+            search: None,
         }
+    }
+
+    /// Keeps only the rows whose `column` matches `text` (see [`Search`]).
+    pub fn search(mut self, column: impl Into<String>, text: impl Into<String>) -> Query {
+        self.search = Some(Search {
+            column: column.into(),
+            text: text.into(),
+        });
+        self
     }
 
     /// Adds `column op value`.
@@ -239,6 +289,17 @@ impl Query {
         if self.count && (self.limit.is_some() || !self.order.is_empty()) {
             return Some("a count has no order and no limit".to_owned());
         }
+        if let Some(search) = &self.search {
+            let terms = search.text.split_whitespace().count();
+            if terms == 0 {
+                return Some("a search needs at least one word".to_owned());
+            }
+            if terms > MAX_SEARCH_TERMS || search.text.len() > MAX_SEARCH_BYTES {
+                return Some(format!(
+                    "a search has at most {MAX_SEARCH_TERMS} words and {MAX_SEARCH_BYTES} bytes"
+                ));
+            }
+        }
         for c in &self.filter {
             let value = &c.value.0;
             let fits = match c.op {
@@ -284,6 +345,81 @@ impl Query {
     pub fn max_rows(&self) -> u32 {
         self.limit.unwrap_or(MAX_ROWS)
     }
+
+    /// Whether a row with this value matches the filter: `Some(false)` only when it
+    /// certainly does not, `None` when only PostgreSQL can tell. The server uses it to
+    /// skip re-running a subscribed query for a change it cannot affect, so it must never
+    /// say `false` where PostgreSQL would say true.
+    ///
+    /// Only what JSON shows exactly is decided here: numbers against numbers, booleans,
+    /// the equality of strings (a `citext` column or a nondeterministic collation could
+    /// differ, so strings that differ only in case, or otherwise compare equal under a
+    /// collation, are undecided), nulls. Order between strings depends on the collation,
+    /// and numbers spelled as strings (`numeric`, large `bigint`s) on the column's type:
+    /// both are undecided.
+    pub fn matches(&self, row: Option<&Value>) -> Option<bool> {
+        let Some(row) = row else {
+            return Some(false);
+        };
+        // Only PostgreSQL's text search can say whether a row matches a search.
+        let mut known = self.search.is_none();
+        for c in &self.filter {
+            let v = row.get(&c.column).unwrap_or(&Value::Null);
+            let holds = match c.op {
+                Op::IsNull => Some(v.is_null()),
+                Op::NotNull => Some(!v.is_null()),
+                Op::In => c.value.0.as_array().and_then(|options| {
+                    let each: Vec<Option<bool>> =
+                        options.iter().map(|o| compare(v, o, Op::Eq)).collect();
+                    if each.contains(&Some(true)) {
+                        Some(true)
+                    } else if each.iter().all(|e| *e == Some(false)) {
+                        Some(false)
+                    } else {
+                        None
+                    }
+                }),
+                op => compare(v, &c.value.0, op),
+            };
+            match holds {
+                Some(false) => return Some(false),
+                Some(true) => {}
+                None => known = false,
+            }
+        }
+        known.then_some(true)
+    }
+}
+
+/// `v op operand` as PostgreSQL would decide it, where JSON shows it exactly.
+fn compare(v: &Value, operand: &Value, op: Op) -> Option<bool> {
+    use std::cmp::Ordering::*;
+    let order = match (v, operand) {
+        // A comparison with NULL is never true.
+        (Value::Null, _) | (_, Value::Null) => return Some(false),
+        (Value::Number(a), Value::Number(b)) => a.as_f64()?.partial_cmp(&b.as_f64()?)?,
+        (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+        (Value::String(a), Value::String(b)) => {
+            return match op {
+                // Equal bytes are equal under every collation; unequal ones may not be
+                // unequal (citext, nondeterministic collations) unless they differ in
+                // more than case.
+                Op::Eq | Op::Ne if a == b => Some(op == Op::Eq),
+                Op::Eq | Op::Ne if a.to_lowercase() != b.to_lowercase() => Some(op == Op::Ne),
+                _ => None,
+            };
+        }
+        _ => return None,
+    };
+    Some(match op {
+        Op::Eq => order == Equal,
+        Op::Ne => order != Equal,
+        Op::Lt => order == Less,
+        Op::Lte => order != Greater,
+        Op::Gt => order == Greater,
+        Op::Gte => order != Less,
+        _ => return None,
+    })
 }
 
 fn is_scalar(v: &Value) -> bool {
@@ -305,6 +441,14 @@ impl fmt::Display for Query {
                 f,
                 ".where({}, {op:?}, {value})",
                 crate::key::quoted(&c.column)
+            )?;
+        }
+        if let Some(s) = &self.search {
+            write!(
+                f,
+                ".search({}, {})",
+                crate::key::quoted(&s.column),
+                crate::key::quoted(&s.text)
             )?;
         }
         for o in &self.order {
@@ -404,6 +548,66 @@ mod tests {
             q.filter(format!("c{i}"), Op::Eq, json!(i))
         });
         assert!(many.misshapen().unwrap().contains("at most 16 conditions"));
+    }
+
+    #[test]
+    fn matching_decides_only_what_json_shows_exactly() {
+        let row = json!({"room": "a", "n": 5, "done": false, "note": null, "big": "12.50"});
+        let q = |f: &str, op: Op, v: Value| Query::table("t").filter(f, op, v);
+        let cases = [
+            (q("room", Op::Eq, json!("a")), Some(true)),
+            (q("room", Op::Eq, json!("b")), Some(false)),
+            // Only case differs: citext would say equal.
+            (q("room", Op::Eq, json!("A")), None),
+            (q("room", Op::Ne, json!("b")), Some(true)),
+            (q("room", Op::Lt, json!("b")), None),
+            (q("n", Op::Gt, json!(4)), Some(true)),
+            (q("n", Op::Gte, json!(6)), Some(false)),
+            (q("n", Op::In, json!([1, 5])), Some(true)),
+            (q("n", Op::In, json!([1, 2])), Some(false)),
+            (q("done", Op::Eq, json!(false)), Some(true)),
+            (q("note", Op::IsNull, Value::Null), Some(true)),
+            (q("missing", Op::IsNull, Value::Null), Some(true)),
+            (q("note", Op::Eq, json!("x")), Some(false)),
+            (q("note", Op::Ne, json!("x")), Some(false)),
+            (q("big", Op::Gt, json!(3)), None),
+        ];
+        for (query, want) in cases {
+            assert_eq!(query.matches(Some(&row)), want, "{query}");
+        }
+        // One certain false decides, whatever else is unknown.
+        let both = q("room", Op::Lt, json!("b")).filter("n", Op::Eq, json!(6));
+        assert_eq!(both.matches(Some(&row)), Some(false));
+        assert_eq!(q("n", Op::Eq, json!(5)).matches(None), Some(false));
+    }
+
+    #[test]
+    fn searches_are_bounded_and_never_matched_here() {
+        let q = Query::table("notes").search("body", "quick brown fox");
+        assert_eq!(q.misshapen(), None);
+        let row = json!({"body": "the quick brown fox"});
+        assert_eq!(q.matches(Some(&row)), None);
+        let q = q.filter("room", Op::Eq, json!(1));
+        assert_eq!(q.matches(Some(&json!({"room": 2}))), Some(false));
+        assert!(
+            Query::table("n")
+                .search("b", "  ")
+                .misshapen()
+                .unwrap()
+                .contains("at least one word")
+        );
+        let long = vec!["w"; 17].join(" ");
+        assert!(
+            Query::table("n")
+                .search("b", long)
+                .misshapen()
+                .unwrap()
+                .contains("at most 16")
+        );
+        assert_eq!(
+            Query::table("n").search("b", "a \"c\"").to_string(),
+            r#"table("n").search("b", "a \"c\"")"#
+        );
     }
 
     #[test]

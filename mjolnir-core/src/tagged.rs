@@ -130,7 +130,7 @@ impl Visitor<'_> for PkVisitor {
 }
 
 const KEY_FIELDS: &[&str] = &[
-    "kind", "table", "pk", "key", "where", "order", "limit", "count",
+    "kind", "table", "pk", "key", "where", "order", "limit", "count", "search",
 ];
 
 #[derive(Deserialize)]
@@ -169,7 +169,8 @@ impl<'de> Visitor<'de> for KeyVisitor {
                 4 => query.filter = map.next_value()?,
                 5 => query.order = map.next_value()?,
                 6 => query.limit = map.next_value()?,
-                _ => query.count = map.next_value()?,
+                7 => query.count = map.next_value()?,
+                _ => query.search = map.next_value()?,
             }
         }
         match required(kind, "kind")? {
@@ -187,7 +188,7 @@ impl<'de> Visitor<'de> for KeyVisitor {
                 })
             }
             KeyKind::Query => {
-                seen.only(&["table", "where", "order", "limit", "count"])?;
+                seen.only(&["table", "where", "order", "limit", "count", "search"])?;
                 query.table = required(table, "table")?;
                 Ok(Key::query(query))
             }

@@ -11,6 +11,7 @@ use crate::store::Store;
 use mjolnir_core::protocol::{Entry, ServerMessage, close_code};
 use mjolnir_core::{Key, Version};
 use serde::Deserialize;
+use serde_json::Value;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::collections::{HashMap, HashSet};
@@ -45,6 +46,12 @@ struct Registry {
     next_id: ConnId,
     conns: HashMap<ConnId, Conn>,
     holders: HashMap<Key, HashSet<ConnId>>,
+    /// The subscribed queries, by table.
+    queries: HashMap<String, HashSet<Key>>,
+    /// The result each subscriber of a query last got (the primary keys, or the count):
+    /// a change of a row in it may change the query, and a result equal to it need not be
+    /// pushed again.
+    results: HashMap<Key, HashMap<ConnId, Value>>,
 }
 
 #[derive(Debug)]
@@ -95,6 +102,24 @@ impl Feed {
         conn.held.extend(keys.iter().cloned());
         for key in keys {
             r.holders.entry(key.clone()).or_default().insert(id);
+            if let Key::Query(q) = key {
+                r.queries
+                    .entry(q.table.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
+    }
+
+    /// Records the result a connection was given of a query it holds (by a read or a
+    /// push), which a later change is compared with.
+    pub fn remember_result(&self, id: ConnId, key: &Key, result: &Value) {
+        let mut r = self.registry.lock().expect("feed lock");
+        if r.holders.get(key).is_some_and(|h| h.contains(&id)) {
+            r.results
+                .entry(key.clone())
+                .or_default()
+                .insert(id, result.clone());
         }
     }
 
@@ -135,9 +160,11 @@ impl Feed {
     ) {
         let mut pushes: HashMap<ConnId, Vec<Entry>> = HashMap::new();
         let mut guarded: HashMap<Option<String>, Vec<(ConnId, Key)>> = HashMap::new();
+        let mut affected = HashSet::new();
         {
             let r = self.registry.lock().expect("feed lock");
             for (i, change) in changes.iter().enumerate() {
+                r.affected(&change.key, change.value.as_ref(), &mut affected);
                 let needs_reread = !open.get(i).copied().unwrap_or(false);
                 for id in r.holders.get(&change.key).into_iter().flatten() {
                     if needs_reread {
@@ -178,6 +205,7 @@ impl Feed {
                 }
             }
         }
+        self.rerun(store, affected, &mut pushes, metrics).await;
         let r = self.registry.lock().expect("feed lock");
         for (id, changes) in pushes {
             let Some(conn) = r.conns.get(&id) else {
@@ -204,6 +232,64 @@ impl Feed {
         }
     }
 
+    /// Runs each affected query again, once per user among its subscribers (each sees what
+    /// the app's policies let them), and adds the new result, with its rows, to the push
+    /// of every subscriber whose last result differs. The rows are subscribed too.
+    async fn rerun(
+        &self,
+        store: &Store,
+        affected: HashSet<Key>,
+        pushes: &mut HashMap<ConnId, Vec<Entry>>,
+        metrics: &Metrics,
+    ) {
+        for qk in affected {
+            let mut by_user: HashMap<Option<String>, Vec<ConnId>> = HashMap::new();
+            {
+                let r = self.registry.lock().expect("feed lock");
+                for id in r.holders.get(&qk).into_iter().flatten() {
+                    let user = r.conns.get(id).and_then(|c| c.user.clone());
+                    by_user.entry(user).or_default().push(*id);
+                }
+            }
+            for (user, conns) in by_user {
+                metrics.query_reruns.inc();
+                let entries = match store.read(user.as_deref(), std::slice::from_ref(&qk)).await {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        // The subscribers cannot be told the new result (the query may no
+                        // longer be allowed them), so they must not keep the old one.
+                        tracing::warn!(error = %e, query = %qk, "re-running a subscribed query failed");
+                        for id in conns {
+                            self.close(
+                                id,
+                                close_code::FEED_LOST,
+                                "a live query could not be re-run, reconnect",
+                            );
+                        }
+                        continue;
+                    }
+                };
+                let result = entries[0].value.clone().unwrap_or(Value::Null);
+                let rows: Vec<Key> = entries[1..].iter().map(|e| e.key.clone()).collect();
+                for id in conns {
+                    let same = {
+                        let r = self.registry.lock().expect("feed lock");
+                        r.results.get(&qk).and_then(|m| m.get(&id)) == Some(&result)
+                    };
+                    if same {
+                        continue;
+                    }
+                    self.subscribe(id, &rows);
+                    self.remember_result(id, &qk, &result);
+                    pushes
+                        .entry(id)
+                        .or_default()
+                        .extend(entries.iter().cloned());
+                }
+            }
+        }
+    }
+
     fn close(&self, id: ConnId, code: u16, reason: &str) {
         let r = self.registry.lock().expect("feed lock");
         if let Some(conn) = r.conns.get(&id) {
@@ -224,10 +310,49 @@ impl Feed {
 
 impl Registry {
     fn drop_holder(&mut self, key: &Key, id: ConnId) {
+        if let Some(results) = self.results.get_mut(key) {
+            results.remove(&id);
+        }
         if let Some(h) = self.holders.get_mut(key) {
             h.remove(&id);
             if h.is_empty() {
                 self.holders.remove(key);
+                self.results.remove(key);
+                if let Key::Query(q) = key
+                    && let Some(qs) = self.queries.get_mut(&q.table)
+                {
+                    qs.remove(key);
+                    if qs.is_empty() {
+                        self.queries.remove(&q.table);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The subscribed queries a change of `key` to `value` may change: those whose last
+    /// result holds the row (its old value matched), and those its new value may match.
+    /// A count's result holds no keys and the change set lacks the row's old value, so
+    /// every change of its table re-runs a count.
+    fn affected(&self, key: &Key, value: Option<&Value>, out: &mut HashSet<Key>) {
+        let Key::Row { table, pk } = key else {
+            return;
+        };
+        let Some(queries) = self.queries.get(table) else {
+            return;
+        };
+        let pk = serde_json::to_value(pk).unwrap_or(Value::Null);
+        for qk in queries {
+            let Key::Query(q) = qk else { continue };
+            let held = || {
+                self.results.get(qk).is_some_and(|by_conn| {
+                    by_conn
+                        .values()
+                        .any(|r| r.as_array().is_some_and(|pks| pks.contains(&pk)))
+                })
+            };
+            if q.count || held() || q.matches(value) != Some(false) {
+                out.insert(qk.clone());
             }
         }
     }

@@ -37,6 +37,11 @@ pub struct Knobs {
     /// by about 20 % at 8 and 32 clients, with synchronous_commit on and off). The same
     /// number of lanes serves reads.
     pub group_commit_lanes: usize,
+    /// The text search configuration searches use (`websearch_to_tsquery(config, text)`,
+    /// and `to_tsvector(config, column)` for a text column). An app that keeps a
+    /// `tsvector` column, or an index on `to_tsvector(…)`, builds it with the same one.
+    /// Checked to be a plain name (`english`, `pg_catalog.simple`) when set.
+    pub search_config: String,
 }
 
 impl Default for Knobs {
@@ -51,6 +56,33 @@ impl Default for Knobs {
             hello_timeout: Duration::from_secs(10),
             group_commit: 64,
             group_commit_lanes: 1,
+            search_config: "english".to_owned(),
         }
+    }
+}
+
+/// Whether `name` can be a text search configuration's name as the server writes it into
+/// SQL: a name, optionally schema-qualified, of lowercase letters, digits and underscores.
+pub fn is_config_name(name: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    match name.split_once('.') {
+        Some((schema, config)) => part(schema) && part(config),
+        None => part(name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn search_configs_are_plain_names() {
+        assert!(super::is_config_name("english"));
+        assert!(super::is_config_name("pg_catalog.simple"));
+        assert!(!super::is_config_name("english'); DROP TABLE x; --"));
+        assert!(!super::is_config_name("a.b.c"));
+        assert!(!super::is_config_name(""));
     }
 }

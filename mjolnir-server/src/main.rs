@@ -150,6 +150,11 @@ struct Common {
     /// Group-commit batches that may run at once.
     #[arg(long, env = "MJOLNIR_GROUP_COMMIT_LANES", default_value_t = Knobs::default().group_commit_lanes)]
     group_commit_lanes: usize,
+    /// The text search configuration of searches (an app's tsvector columns and indexes
+    /// must be built with the same one).
+    #[arg(long, env = "MJOLNIR_SEARCH_CONFIG", default_value_t = Knobs::default().search_config,
+          value_parser = search_config)]
+    search_config: String,
     /// The built browser client served at /_mjolnir/ (default: `mjolnir-web` beside this
     /// executable, else the repository's js/dist).
     #[arg(long, env = "MJOLNIR_CLIENT_DIR")]
@@ -179,8 +184,17 @@ impl Common {
             pool_size: self.pool_size,
             group_commit: self.group_commit,
             group_commit_lanes: self.group_commit_lanes,
+            search_config: self.search_config.clone(),
             ..Knobs::default()
         }
+    }
+}
+
+fn search_config(name: &str) -> Result<String, String> {
+    if mjolnir_server::knobs::is_config_name(name) {
+        Ok(name.to_owned())
+    } else {
+        Err("a text search configuration name: lowercase letters, digits and underscores, optionally schema.name".to_owned())
     }
 }
 

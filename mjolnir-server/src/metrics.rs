@@ -43,6 +43,9 @@ pub struct Metrics {
     pub known_stale_commits: Counter,
     pub open_connections: Gauge,
     pub pushes: Counter,
+    /// Subscribed queries run again because a commit may have changed their result (once
+    /// per query and user).
+    pub query_reruns: Counter,
     pub slow_consumers: Counter,
     /// WebSocket upgrades refused for their page's origin (see `origin.rs`).
     pub refused_origins: Counter,
@@ -69,6 +72,7 @@ impl Default for Metrics {
             known_stale_commits: Counter::default(),
             open_connections: Gauge::default(),
             pushes: Counter::default(),
+            query_reruns: Counter::default(),
             slow_consumers: Counter::default(),
             refused_origins: Counter::default(),
             registry: Registry::default(),
@@ -140,6 +144,11 @@ impl Default for Metrics {
             m.open_connections.clone(),
         );
         registry.register("pushes", "Push messages sent to clients", m.pushes.clone());
+        registry.register(
+            "query_reruns",
+            "Subscribed queries run again after a commit that may change them, per query and user",
+            m.query_reruns.clone(),
+        );
         registry.register(
             "slow_consumers",
             "Connections closed for not reading their pushes",

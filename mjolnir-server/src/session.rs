@@ -299,9 +299,25 @@ async fn read(
         );
         return send_error(outbox, state, Some(id), reply).await;
     }
+    let queries = keys.iter().filter(|k| matches!(k, Key::Query(_))).count();
+    if queries > mjolnir_core::query::MAX_PER_REQUEST {
+        let reply = ErrorReply::new(
+            ErrorKind::TooLarge,
+            format!(
+                "a read may ask for at most {} queries",
+                mjolnir_core::query::MAX_PER_REQUEST
+            ),
+        );
+        return send_error(outbox, state, Some(id), reply).await;
+    }
     state.feed.subscribe(conn, &keys);
     match state.store.read(user, &keys).await {
         Ok(entries) => {
+            for e in entries.iter().take(keys.len()) {
+                if let (Key::Query(_), Some(result)) = (&e.key, &e.value) {
+                    state.feed.remember_result(conn, &e.key, result);
+                }
+            }
             // The rows of the queries read, which follow the keys asked.
             if entries.len() > keys.len() {
                 let rows: Vec<Key> = entries[keys.len()..]

@@ -519,6 +519,31 @@ async fn bad_queries_get_typed_errors_and_the_connection_stays_usable() {
         panic!("{outcome:?}")
     };
     assert_eq!(e.code, ErrorKind::UnknownColumn);
+    // At most 32 queries in a read or a commit: each may bring 1000 rows.
+    let many: Vec<Key> = (0..33)
+        .map(|i| Key::query(Query::table("items").filter("n", Op::Eq, json!(i))))
+        .collect();
+    match c.read(many).await {
+        Err(ClientError::Server(e)) => {
+            assert_eq!(e.code, ErrorKind::TooLarge, "{}", e.message);
+            assert!(e.message.contains("at most 32 queries"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    let many_reads: Vec<QueryRead> = (0..33)
+        .map(|i| QueryRead {
+            query: Query::table("items").filter("n", Op::Eq, json!(i)),
+            seen: json!([]),
+        })
+        .collect();
+    let (_, outcome) = c
+        .commit_queries(ReadSet::new(), insert(51, "a", 1), many_reads)
+        .await
+        .unwrap();
+    let CommitOutcome::Rejected(e) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(e.code, ErrorKind::TooLarge, "{}", e.message);
     // Nothing was applied, and the connection still reads.
     let seen = read_query(&c, &room("a")).await;
     assert_eq!(seen.query.seen, json!([1, 2, 3]));

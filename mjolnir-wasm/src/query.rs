@@ -33,19 +33,22 @@ const QUERY_TYPES: &str = r#"
 /** A value a query compares a column with. */
 export type QueryValue = string | number | boolean;
 /** The comparisons of `where(column, op, value)`: SQL's, so `!=` does not match NULL. */
-export type QueryOp = '==' | '!=' | '<' | '<=' | '>' | '>=' | 'in';
+export type QueryOp = '==' | '!=' | '===' | '!==' | '<' | '<=' | '>' | '>=' | 'in';
 /**
  * A row as `find` and queries return it. Inside a transaction it is a live view:
  * `row.balance -= 10` buffers an update of that column.
  */
 export type RowObject = Record<string, any>;
 
-/** The steps of a query; each returns a new query (`Q`), leaving this one as it was. */
+/**
+ * The steps of a query; each returns a new query (`Q`), leaving this one as it was. `===`
+ * and `!==` are `==` and `!=` (SQL has one equality).
+ */
 export interface QuerySteps<Q> {
   /** Rows whose columns equal these values; `null` matches a NULL column. */
   where(fields: { [column: string]: QueryValue | null }): Q;
   /** `== null` matches a NULL column, `!= null` a column that is not NULL. */
-  where(column: string, op: '==' | '!=', value: QueryValue | null): Q;
+  where(column: string, op: '==' | '!=' | '===' | '!==', value: QueryValue | null): Q;
   where(column: string, op: '<' | '<=' | '>' | '>=', value: QueryValue): Q;
   /** At most 100 values. */
   where(column: string, op: 'in', values: readonly QueryValue[]): Q;
@@ -53,6 +56,12 @@ export interface QuerySteps<Q> {
   orderBy(column: string, dir?: 'asc' | 'desc'): Q;
   /** At most `n` rows, 1 to 1000. */
   limit(n: number): Q;
+  /**
+   * Rows whose `column` matches `text` in PostgreSQL's web search syntax (words,
+   * `"quoted phrases"`, `or`, `-excluded`), most relevant first unless ordered otherwise;
+   * at most 16 words and 256 bytes.
+   */
+  search(column: string, text: string): Q;
 }
 
 /**
@@ -167,6 +176,16 @@ impl Table {
         }
     }
 
+    /// `search(column, text)`: the rows whose `column` matches `text`, in PostgreSQL's web
+    /// search syntax, most relevant first unless the query orders them.
+    #[wasm_bindgen(skip_typescript)]
+    pub fn search(&self, column: JsValue, text: JsValue) -> Result<Table, JsValue> {
+        match (column.as_string(), text.as_string()) {
+            (Some(column), Some(text)) => self.with(self.query.clone().search(column, text)),
+            _ => Err(self.refuse(format_args!("search"), "it takes a column name and a text")),
+        }
+    }
+
     /// The matching rows as row objects (live inside a transaction), in order; a promise of
     /// them for a `tx`'s query.
     #[wasm_bindgen(skip_typescript)]
@@ -234,28 +253,22 @@ impl Table {
     }
 }
 
-/// The condition `where(column, name, value)` adds, or what is wrong with it.
+/// The condition `where(column, name, value)` adds, or what is wrong with it. The
+/// operators are the core's, as templates spell them too ([`Op::from_js`]).
 fn condition(name: &str, value: JsValue) -> Result<(Op, Value), &'static str> {
-    let (op, null_op) = match name {
-        "==" => (Op::Eq, Some(Op::IsNull)),
-        "!=" => (Op::Ne, Some(Op::NotNull)),
-        "<" => (Op::Lt, None),
-        "<=" => (Op::Lte, None),
-        ">" => (Op::Gt, None),
-        ">=" => (Op::Gte, None),
-        "in" => (Op::In, None),
-        _ => return Err("the operators are ==, !=, <, <=, >, >= and in"),
+    let given = !value.is_undefined();
+    let value = from_js(value).map_err(|_| "the value is a string, number or boolean")?;
+    let Some((op, value)) = Op::from_js(name, value) else {
+        return Err("the operators are ==, !=, <, <=, >, >= and in");
     };
-    if value.is_undefined() {
+    if !given {
         return Err("a value is needed (null to match NULL)");
     }
-    let value = from_js(value).map_err(|_| "the value is a string, number or boolean")?;
-    match null_op {
-        _ if !value.is_null() => Ok((op, value)),
-        Some(null_op) => Ok((null_op, value)),
+    if value.is_null() && !op.is_unary() {
         // SQL's comparisons with NULL are never true: say what to write instead.
-        None => Err("null matches nothing here: use == null or != null"),
+        return Err("null matches nothing here: use == null or != null");
     }
+    Ok((op, value))
 }
 
 /// What a query read gave an attempt.

@@ -27,7 +27,7 @@ pub struct Table {
     /// `mjolnir.table(name)`, which reads and writes in the synchronous attempt running
     /// when it is used.
     pub(crate) tx: Option<u64>,
-    /// The table's name, and what `where`, `orderBy` and `limit` added to it.
+    /// The table's name, and what `where`, `orderBy`, `limit` and `search` added to it.
     pub(crate) query: Query,
 }
 
@@ -43,7 +43,7 @@ impl Table {
     /// The table's name, for `find`, `insert` and `delete`, which a query does not have.
     fn name(&self) -> Result<&str, JsValue> {
         let q = &self.query;
-        if q.filter.is_empty() && q.order.is_empty() && q.limit.is_none() {
+        if q.filter.is_empty() && q.order.is_empty() && q.limit.is_none() && q.search.is_none() {
             return Ok(&q.table);
         }
         Err(js_sys::TypeError::new("find, insert and delete are a table's, not a query's").into())

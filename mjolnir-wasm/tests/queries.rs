@@ -24,7 +24,8 @@ export function refusals(m) {
   var base = tasks.where({ list: 'read' });
   var cases = {
     'unknown operator': [function () { return tasks.where('done', 'like', 'x'); }, '"like"'],
-    'strict equality': [function () { return tasks.where('done', '===', true); }, '"==="'],
+    'no such operator': [function () { return tasks.where('done', '<>', true); }, '"<>"'],
+    'an empty search': [function () { return tasks.search('title', '  '); }, 'at least one word'],
     'no operator': [function () { return tasks.where('done'); }, 'the operators are'],
     'no value': [function () { return tasks.where('done', '=='); }, 'a value is needed'],
     '< null': [function () { return tasks.where('rank', '<', null); }, '== null or != null'],
@@ -114,6 +115,9 @@ export function counts(m) {
       // 'read' has one row owned by alice and two whose owner is NULL.
       tasks.where({ list: 'read' }).where('owner', '!=', 'bob').count(),
       tasks.where({ list: 'read' }).where('owner', '!=', null).count(),
+      // === is ==: SQL has one equality.
+      tasks.where('list', '===', 'count').count(),
+      tasks.where({ list: 'search' }).search('title', 'brown').count(),
     ];
   })();
 }
@@ -164,6 +168,13 @@ export function gate() {
   return [promise, open];
 }
 
+export function search(m) {
+  return m.atomic(function () {
+    return m.table('tasks').where({ list: 'search' }).search('title', 'brown -bread').all()
+      .map(function (row) { return row.title; });
+  })();
+}
+
 export function outside(m) {
   var rows = m.table('tasks').where({ list: 'outside' }).all();
   return [rows.length, m.table('tasks').where({ list: 'outside' }).count(),
@@ -189,6 +200,7 @@ extern "C" {
     ) -> Promise;
     fn add(m: &JsValue, row: &JsValue) -> Promise;
     fn gate() -> Array;
+    fn search(m: &JsValue) -> Promise;
     fn outside(m: &JsValue) -> Array;
 }
 
@@ -200,7 +212,7 @@ fn json(value: &JsValue) -> String {
 async fn a_bad_operator_operand_or_limit_throws_an_invalid_query_schema_error() {
     let m = connected("alice").await;
     let cases = refusals(&m);
-    assert_eq!(cases.length(), 20);
+    assert_eq!(cases.length(), 21);
     for case in cases.iter() {
         let case: Array = case.unchecked_into();
         let (what, verdict) = (case.get(0).as_string(), case.get(1).as_string());
@@ -284,7 +296,14 @@ async fn a_handler_reads_a_query_and_writes_through_its_rows() {
 async fn count_counts_the_matching_rows_and_sql_nulls_match_no_comparison() {
     let m = connected("alice").await;
     let n = JsFuture::from(counts(&m)).await.expect("reads");
-    assert_eq!(json(&n), "[3,2,2,3,1,1]");
+    assert_eq!(json(&n), "[3,2,2,3,1,1,3,2]");
+}
+
+#[wasm_bindgen_test]
+async fn search_keeps_the_rows_whose_text_matches() {
+    let m = connected("alice").await;
+    let titles = JsFuture::from(search(&m)).await.expect("reads");
+    assert_eq!(json(&titles), r#"["quick brown fox"]"#);
 }
 
 #[wasm_bindgen_test]

@@ -3,8 +3,11 @@
 //! Pages must work under `Content-Security-Policy: script-src 'self' 'wasm-unsafe-eval'`,
 //! so template expressions are parsed and evaluated here, never handed to `eval`. The
 //! language is the small, JavaScript-looking subset templates need: literals, `user`,
-//! `state.x`, member and index access, `table(name).find(key)`, `kv(key)`, arithmetic,
-//! comparison, `&&`/`||`/`!`, the ternary operator and string concatenation with `+`.
+//! `state.x`, member and index access, `table(name).find(key)`, queries
+//! (`table(name).where(…).orderBy(…).limit(n)`, `.search(column, text)`, `.count()`),
+//! `kv(key)`, arithmetic, comparison, `&&`/`||`/`!`, the ternary operator and string
+//! concatenation with `+`; and, in a list template, the name its rows take
+//! ([`Each`]).
 //!
 //! Evaluation reads shared state through a [`Scope`], which answers "still loading" for a
 //! key the client does not hold yet: the template then shows a placeholder and the caller
@@ -13,6 +16,7 @@
 mod parse;
 
 use crate::number;
+use crate::query::{Op, Query};
 use serde_json::{Number, Value};
 
 /// A parsed expression.
@@ -27,12 +31,46 @@ pub enum Expr {
     Find(Box<Expr>, Box<Expr>),
     /// `kv(key)`.
     Kv(Box<Expr>),
+    /// `table(name)` followed by query steps: its rows, or with `count`, their number.
+    Query {
+        table: Box<Expr>,
+        steps: Vec<Step>,
+        count: bool,
+    },
+    /// A name a list template gives each of its rows (`todo` in `todo in …`).
+    Local(String),
+    /// `[a, b, …]`.
+    Array(Vec<Expr>),
     /// `object.name` and `object[expr]`.
     Member(Box<Expr>, Box<Expr>),
     Unary(UnaryOp, Box<Expr>),
     Binary(BinaryOp, Box<Expr>, Box<Expr>),
     /// `test ? then : otherwise`.
     Conditional(Box<Expr>, Box<Expr>, Box<Expr>),
+}
+
+/// One step of a query in a template, as in the JavaScript builder.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// `.where(column, op, value)`; `op` is `None` for the object form's `{column: value}`.
+    Where {
+        column: Expr,
+        op: Option<Expr>,
+        value: Expr,
+    },
+    /// `.orderBy(column)` or `.orderBy(column, 'asc' | 'desc')`.
+    OrderBy(Expr, Option<Expr>),
+    /// `.limit(n)`.
+    Limit(Expr),
+    /// `.search(column, text)`.
+    Search(Expr, Expr),
+}
+
+/// A list template: `name in expr`, one copy of its element per row `expr` gives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Each {
+    pub name: String,
+    pub expr: Expr,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +115,19 @@ pub trait Scope {
     fn find(&mut self, table: &str, pk: &Value) -> Result<Value, EvalError>;
     /// `kv(key)`: the value, `Value::Null` if absent; errors as for [`Scope::find`].
     fn kv(&mut self, key: &str) -> Result<Value, EvalError>;
+    /// A query: its rows (an array of row objects), or its count; errors as for
+    /// [`Scope::find`].
+    fn query(&mut self, query: &Query) -> Result<Value, EvalError> {
+        let _ = query;
+        Err(EvalError::Invalid("queries are not available here".into()))
+    }
+    /// The value of a name a list template gave its row.
+    fn local(&mut self, name: &str) -> Result<Value, EvalError> {
+        Err(EvalError::Invalid(format!(
+            "unknown name {}",
+            crate::key::quoted(name)
+        )))
+    }
 }
 
 /// How an evaluation ended without a value.
@@ -106,6 +157,21 @@ impl Expr {
                 let pk = pk.eval(scope)?;
                 scope.find(&table, &pk)?
             }
+            Expr::Query {
+                table,
+                steps,
+                count,
+            } => {
+                let query = build_query(table, steps, *count, scope)?;
+                scope.query(&query)?
+            }
+            Expr::Local(name) => scope.local(name)?,
+            Expr::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|e| e.eval(scope))
+                    .collect::<Result<_, _>>()?,
+            ),
             Expr::Kv(key) => match key.eval(scope)? {
                 Value::String(k) => scope.kv(&k)?,
                 other => {
@@ -141,6 +207,100 @@ impl Expr {
             }
         })
     }
+}
+
+impl Expr {
+    /// The query this expression names, if it is one: what a list template subscribes to.
+    pub fn query(&self, scope: &mut dyn Scope) -> Result<Option<Query>, EvalError> {
+        match self {
+            Expr::Query {
+                table,
+                steps,
+                count,
+            } => build_query(table, steps, *count, scope).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Evaluates a query's parts into a [`Query`], refusing what the JavaScript builder
+/// refuses.
+fn build_query(
+    table: &Expr,
+    steps: &[Step],
+    count: bool,
+    scope: &mut dyn Scope,
+) -> Result<Query, EvalError> {
+    let name = |v: Value, what: &str| match v {
+        Value::String(s) => Ok(s),
+        other => Err(EvalError::Invalid(format!(
+            "{what} takes a name, not {other}"
+        ))),
+    };
+    let mut query = Query::table(name(table.eval(scope)?, "table()")?);
+    for step in steps {
+        query = match step {
+            Step::Where { column, op, value } => {
+                let column = name(column.eval(scope)?, "where()")?;
+                let value = value.eval(scope)?;
+                let op = match op {
+                    None => "==".to_owned(),
+                    Some(op) => name(op.eval(scope)?, "where()'s operator")?,
+                };
+                let (op, value) = Op::from_js(&op, value).ok_or_else(|| {
+                    EvalError::Invalid(format!(
+                        "where() has no operator {}",
+                        crate::key::quoted(&op)
+                    ))
+                })?;
+                query.filter(column, op, value)
+            }
+            Step::OrderBy(column, dir) => {
+                let column = name(column.eval(scope)?, "orderBy()")?;
+                let desc = match dir {
+                    None => false,
+                    Some(dir) => match dir.eval(scope)? {
+                        Value::String(d) if d == "asc" => false,
+                        Value::String(d) if d == "desc" => true,
+                        other => {
+                            return Err(EvalError::Invalid(format!(
+                                "orderBy() takes 'asc' or 'desc', not {other}"
+                            )));
+                        }
+                    },
+                };
+                query.order_by(column, desc)
+            }
+            Step::Limit(n) => match n.eval(scope)? {
+                Value::Number(n) if n.as_u64().is_some_and(|n| n <= u64::from(u32::MAX)) => {
+                    query.limit(n.as_u64().unwrap_or_default() as u32)
+                }
+                other => {
+                    return Err(EvalError::Invalid(format!(
+                        "limit() takes a whole number, not {other}"
+                    )));
+                }
+            },
+            Step::Search(column, text) => {
+                let column = name(column.eval(scope)?, "search()")?;
+                match text.eval(scope)? {
+                    Value::String(t) => query.search(column, t),
+                    other => {
+                        return Err(EvalError::Invalid(format!(
+                            "search() takes a text, not {other}"
+                        )));
+                    }
+                }
+            }
+        };
+    }
+    if count {
+        query = query.counted();
+    }
+    if let Some(problem) = query.misshapen() {
+        return Err(EvalError::Invalid(problem));
+    }
+    Ok(query)
 }
 
 /// How a value is written into the page, as JavaScript's `String(value)` would
@@ -280,6 +440,111 @@ mod tests {
             .eval(&mut Data)
     }
 
+    fn eval_err(text: &str) -> EvalError {
+        Expr::parse(text).unwrap().eval(&mut Data).unwrap_err()
+    }
+
+    /// A scope that answers queries with the query it was asked, and gives `todo`.
+    struct Lists;
+
+    impl Scope for Lists {
+        fn user(&self) -> Value {
+            json!("alice")
+        }
+        fn state(&self, name: &str) -> Value {
+            match name {
+                "q" => json!("fox"),
+                "n" => json!(5),
+                _ => Value::Null,
+            }
+        }
+        fn find(&mut self, _: &str, _: &Value) -> Result<Value, EvalError> {
+            Ok(Value::Null)
+        }
+        fn kv(&mut self, _: &str) -> Result<Value, EvalError> {
+            Ok(Value::Null)
+        }
+        fn query(&mut self, query: &Query) -> Result<Value, EvalError> {
+            Ok(json!(query.to_string()))
+        }
+        fn local(&mut self, name: &str) -> Result<Value, EvalError> {
+            match name {
+                "todo" => Ok(json!({"title": "milk"})),
+                _ => Err(EvalError::Invalid(format!("unknown name {name}"))),
+            }
+        }
+    }
+
+    fn query_of(text: &str) -> Result<Value, EvalError> {
+        Expr::parse(text)
+            .unwrap_or_else(|e| panic!("{text}: {e}"))
+            .eval(&mut Lists)
+    }
+
+    #[test]
+    fn queries_read_as_the_javascript_builder_does() {
+        let cases = [
+            ("table('todos')", r#"table("todos")"#),
+            (
+                "table('todos').where({done: false, owner: null}).orderBy('created', 'desc').limit(state.n)",
+                r#"table("todos").where("done", "eq", false).where("owner", "is_null").orderBy("created", "desc").limit(5)"#,
+            ),
+            (
+                "table('t').where('n', '>=', 2).where('tag', 'in', ['a', 'b']).where('x', '!=', null)",
+                r#"table("t").where("n", "gte", 2).where("tag", "in", ["a","b"]).where("x", "not_null")"#,
+            ),
+            (
+                "table('notes').search('body', state.q).count()",
+                r#"table("notes").search("body", "fox").count()"#,
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(query_of(text), Ok(json!(want)), "{text}");
+        }
+        assert_eq!(query_of("todo.title"), Ok(json!("milk")));
+        // `count` and `find` are members of anything else.
+        assert_eq!(eval("state.count"), Ok(json!(3)));
+        let refused = [
+            ("table('t').where('n', 'like', 1)", "no operator \"like\""),
+            ("table('t').limit(5000)", "limit is 1 to 1000"),
+            ("table('t').orderBy('n', 'up')", "'asc' or 'desc'"),
+            ("table(1)", "table() takes a name"),
+        ];
+        for (text, want) in refused {
+            let Err(EvalError::Invalid(msg)) = query_of(text) else {
+                panic!("{text}")
+            };
+            assert!(msg.contains(want), "{text}: {msg}");
+        }
+        for bad in [
+            "table('t').count().limit(1)",
+            "table('t').where('a')",
+            "table('t').where({a 1})",
+            "table('t').limit(1).find(2)",
+            "state.where(1)",
+        ] {
+            assert!(Expr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn list_templates_name_their_row() {
+        let each = Each::parse("todo in table('todos').orderBy('n')").unwrap();
+        assert_eq!(each.name, "todo");
+        assert!(matches!(each.expr, Expr::Query { .. }));
+        for bad in [
+            "in table('t')",
+            "table in table('t')",
+            "x table('t')",
+            "x inside y",
+            "1x in y",
+        ] {
+            assert!(Each::parse(bad).is_err(), "{bad}");
+        }
+        let err = Each::parse("t in table(").unwrap_err();
+        assert_eq!(err.at, 11);
+    }
+
     #[test]
     fn figure_3_balance() {
         assert_eq!(eval("table('users').find(user).balance"), Ok(json!(100)));
@@ -331,11 +596,10 @@ mod tests {
     fn bad_expressions_are_parse_errors_with_a_position() {
         let err = Expr::parse("table('users').find(").unwrap_err();
         assert_eq!(err.at, 20);
-        assert!(
-            Expr::parse("window.location")
-                .unwrap_err()
-                .message
-                .contains("unknown name")
+        // A name is a list template's row, known only where it is evaluated.
+        assert_eq!(
+            eval_err("window.location"),
+            EvalError::Invalid("unknown name \"window\"".into())
         );
         assert!(Expr::parse("1 +").is_err());
         assert!(Expr::parse("1.2.3").is_err());

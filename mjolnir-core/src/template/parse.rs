@@ -1,6 +1,6 @@
 //! Parsing a template expression: the lexer and a precedence-climbing parser.
 
-use super::{BinaryOp, Expr, ParseError, UnaryOp};
+use super::{BinaryOp, Each, Expr, ParseError, Step, UnaryOp};
 use crate::key::quoted;
 use crate::number::{from_js_string, to_js_string};
 use serde_json::Value;
@@ -106,8 +106,11 @@ fn lex(text: &str) -> Result<Vec<(Token, usize)>, ParseError> {
                 i += 1;
             }
             out.push((Token::Ident(text[start..i].to_owned()), start));
-        } else if c == '[' || c == ']' {
-            out.push((Token::Punct(if c == '[' { "[" } else { "]" }), i));
+        } else if let Some(p) = ["[", "]", "{", "}"]
+            .into_iter()
+            .find(|p| p.as_bytes()[0] == bytes[i])
+        {
+            out.push((Token::Punct(p), i));
             i += 1;
         } else {
             let Some(p) = PUNCTS.iter().find(|p| text[i..].starts_with(**p)) else {
@@ -214,19 +217,11 @@ impl Parser {
         loop {
             if self.eat(".") {
                 match self.peek() {
-                    Some((Token::Ident(name), _)) if name == "find" => {
+                    Some((Token::Ident(name), at))
+                        if is_query_method(&name) && matches!(e, Expr::Query { .. }) =>
+                    {
                         self.pos += 1;
-                        let Expr::Find(table, _) = &e else {
-                            return Err(ParseError {
-                                message: "find() follows table(name)".into(),
-                                at: self.here(),
-                            });
-                        };
-                        let table = table.clone();
-                        self.expect("(")?;
-                        let pk = self.conditional()?;
-                        self.expect(")")?;
-                        e = Expr::Find(table, Box::new(pk));
+                        e = self.query_step(e, &name, at)?;
                     }
                     Some((Token::Ident(name), _)) => {
                         self.pos += 1;
@@ -249,6 +244,110 @@ impl Parser {
         }
     }
 
+    /// A call of a query method on `e`, which must be `table(name)`, maybe with steps.
+    fn query_step(&mut self, e: Expr, method: &str, at: usize) -> Result<Expr, ParseError> {
+        let Expr::Query {
+            table,
+            mut steps,
+            count: false,
+        } = e
+        else {
+            return Err(ParseError {
+                message: format!("{method}() follows table(name) or a query step"),
+                at,
+            });
+        };
+        self.expect("(")?;
+        let mut args = Vec::new();
+        // `where({column: value, …})`: one equality per field.
+        if method == "where" && self.eat("{") {
+            while !self.eat("}") {
+                let column = match self.peek() {
+                    Some((Token::Ident(n) | Token::Str(n), _)) => n,
+                    _ => {
+                        return Err(ParseError {
+                            message: "expected a column name".into(),
+                            at: self.here(),
+                        });
+                    }
+                };
+                self.pos += 1;
+                self.expect(":")?;
+                let value = self.conditional()?;
+                steps.push(Step::Where {
+                    column: Expr::Literal(Value::String(column)),
+                    op: None,
+                    value,
+                });
+                if !self.eat(",") {
+                    self.expect("}")?;
+                    break;
+                }
+            }
+            self.expect(")")?;
+            return Ok(Expr::Query {
+                table,
+                steps,
+                count: false,
+            });
+        }
+        if !self.eat(")") {
+            loop {
+                args.push(self.conditional()?);
+                if !self.eat(",") {
+                    break;
+                }
+            }
+            self.expect(")")?;
+        }
+        let wrong = |wanted: &str| ParseError {
+            message: format!("{method}() takes {wanted}"),
+            at,
+        };
+        let mut args = args.into_iter();
+        let (a, b, c) = (args.next(), args.next(), args.next());
+        if args.next().is_some() {
+            return Err(wrong("fewer arguments"));
+        }
+        let count = match (method, a, b, c) {
+            ("find", Some(pk), None, None) if steps.is_empty() => {
+                return Ok(Expr::Find(table, Box::new(pk)));
+            }
+            ("find", ..) => return Err(wrong("one key, right after table(name)")),
+            ("where", Some(column), Some(op), Some(value)) => {
+                steps.push(Step::Where {
+                    column,
+                    op: Some(op),
+                    value,
+                });
+                false
+            }
+            ("where", ..) => return Err(wrong("(column, op, value) or ({column: value})")),
+            ("orderBy", Some(column), dir, None) => {
+                steps.push(Step::OrderBy(column, dir));
+                false
+            }
+            ("orderBy", ..) => return Err(wrong("(column) or (column, 'asc' | 'desc')")),
+            ("limit", Some(n), None, None) => {
+                steps.push(Step::Limit(n));
+                false
+            }
+            ("limit", ..) => return Err(wrong("one number")),
+            ("search", Some(column), Some(text), None) => {
+                steps.push(Step::Search(column, text));
+                false
+            }
+            ("search", ..) => return Err(wrong("(column, text)")),
+            ("count", None, None, None) => true,
+            _ => return Err(wrong("no arguments")),
+        };
+        Ok(Expr::Query {
+            table,
+            steps,
+            count,
+        })
+    }
+
     fn here(&self) -> usize {
         self.peek().map_or(self.len, |(_, at)| at)
     }
@@ -269,6 +368,18 @@ impl Parser {
                 self.expect(")")?;
                 e
             }
+            // An array literal, for `where(column, 'in', […])`.
+            Token::Punct("[") => {
+                let mut items = Vec::new();
+                while !self.eat("]") {
+                    items.push(self.conditional()?);
+                    if !self.eat(",") {
+                        self.expect("]")?;
+                        break;
+                    }
+                }
+                Expr::Array(items)
+            }
             Token::Ident(name) => match name.as_str() {
                 "true" => Expr::Literal(Value::Bool(true)),
                 "false" => Expr::Literal(Value::Bool(false)),
@@ -282,16 +393,16 @@ impl Parser {
                     if name == "kv" {
                         Expr::Kv(Box::new(arg))
                     } else {
-                        // `find` must follow; until it does, the key is missing.
-                        Expr::Find(Box::new(arg), Box::new(Expr::Literal(Value::Null)))
+                        // Every row, until a query step or `find` says otherwise.
+                        Expr::Query {
+                            table: Box::new(arg),
+                            steps: Vec::new(),
+                            count: false,
+                        }
                     }
                 }
-                other => {
-                    return Err(ParseError {
-                        message: format!("unknown name {}", quoted(other)),
-                        at,
-                    });
-                }
+                // A list template's name for its row: known only where it is evaluated.
+                _ => Expr::Local(name),
             },
             other @ Token::Punct(_) => {
                 return Err(ParseError {
@@ -299,6 +410,57 @@ impl Parser {
                     at,
                 });
             }
+        })
+    }
+}
+
+fn is_query_method(name: &str) -> bool {
+    matches!(
+        name,
+        "find" | "where" | "orderBy" | "limit" | "search" | "count"
+    )
+}
+
+impl Each {
+    /// Parses a list template, `name in expr`.
+    pub fn parse(text: &str) -> Result<Each, ParseError> {
+        let trimmed = text.trim_start();
+        let start = text.len() - trimmed.len();
+        let name_len = trimmed
+            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+            .unwrap_or(trimmed.len());
+        let name = &trimmed[..name_len];
+        let rest = &trimmed[name_len..];
+        let after = rest.trim_start();
+        let reserved = [
+            "user",
+            "state",
+            "table",
+            "kv",
+            "true",
+            "false",
+            "null",
+            "undefined",
+        ];
+        if name.is_empty()
+            || name.starts_with(|c: char| c.is_ascii_digit())
+            || reserved.contains(&name)
+            || !after.starts_with("in")
+            || after[2..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+        {
+            return Err(ParseError {
+                message: "a list template reads `name in expression`".into(),
+                at: start,
+            });
+        }
+        let expr_at = text.len() - after.len() + 2;
+        let expr = Expr::parse(&after[2..]).map_err(|e| ParseError {
+            message: e.message,
+            at: e.at + expr_at,
+        })?;
+        Ok(Each {
+            name: name.to_owned(),
+            expr,
         })
     }
 }

@@ -105,6 +105,15 @@ impl Store {
                 ),
             )));
         }
+        if queries.len() > mjolnir_core::query::MAX_PER_REQUEST {
+            return Ok(Outcome::Rejected(ErrorReply::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "a commit may read at most {} queries",
+                    mjolnir_core::query::MAX_PER_REQUEST
+                ),
+            )));
+        }
         let plan = match self.plan(reads, writes, deps, queries).await {
             Ok(plan) => plan,
             Err(ServerError::Reply(r)) => return Ok(Outcome::Rejected(r)),

@@ -121,7 +121,7 @@ impl Store {
         let catalog = self.catalog();
         let known: Vec<(Resolved, Version)> = changes
             .iter()
-            .filter_map(|e| Some((resolve_one(&catalog, &e.key).ok()?, e.version)))
+            .filter_map(|e| Some((resolve_one(&catalog, &e.key, "").ok()?, e.version)))
             .collect();
         self.recent.record(known.iter().map(|(r, v)| (r, *v)));
     }
@@ -151,11 +151,15 @@ impl Store {
                 catalog = fresh;
             }
         }
-        keys.into_iter().map(|k| resolve_one(&catalog, k)).collect()
+        let config = &self.knobs.search_config;
+        keys.into_iter()
+            .map(|k| resolve_one(&catalog, k, config))
+            .collect()
     }
 }
 
-fn resolve_one(catalog: &Catalog, key: &Key) -> Result<Resolved> {
+/// Resolves one key; `search_config` is the text search configuration of searches.
+fn resolve_one(catalog: &Catalog, key: &Key, search_config: &str) -> Result<Resolved> {
     match key {
         Key::Row { table, pk } => {
             let table = catalog.table(key, table)?;
@@ -177,7 +181,7 @@ fn resolve_one(catalog: &Catalog, key: &Key) -> Result<Resolved> {
         }),
         Key::Query(q) => {
             let table = catalog.table(key, &q.table)?;
-            let plan = query::QueryPlan::new(key, q, table.clone())?;
+            let plan = query::QueryPlan::new(key, q, table.clone(), search_config)?;
             Ok(Resolved {
                 key: key.clone(),
                 space: table.name.clone(),

@@ -26,7 +26,8 @@ pub struct QueryPlan {
     pub args: Value,
     /// `FROM … WHERE …`, over the arguments as `{args}`.
     from_where: String,
-    /// `ORDER BY …`, the primary key last.
+    /// `ORDER BY …`, the primary key last, over the arguments as `{args}` (a search's
+    /// rank).
     order_by: String,
     /// The rows the statement fetches: the query's limit, or one more than a query may
     /// return when it has none, so that too many rows are seen and refused.
@@ -36,7 +37,12 @@ pub struct QueryPlan {
 impl QueryPlan {
     /// Checks `query` against `table`: its shape, its columns, and each operand against
     /// its column's type.
-    pub fn new(key: &Key, query: &Query, table: Arc<Table>) -> Result<QueryPlan> {
+    pub fn new(
+        key: &Key,
+        query: &Query,
+        table: Arc<Table>,
+        search_config: &str,
+    ) -> Result<QueryPlan> {
         let refuse = |kind: ErrorKind, message: String| {
             ServerError::from(ErrorReply::new(kind, message).with_key(key.clone()))
         };
@@ -100,7 +106,42 @@ impl QueryPlan {
             });
             args.push(value.clone());
         }
-        let mut order = Vec::with_capacity(query.order.len() + 1);
+        // A search: its column's words (a tsvector column as it is, a text column through
+        // `to_tsvector`, spelled as an index on it would be, so the index serves) match
+        // the text read as `websearch_to_tsquery` does; relevance orders unless the query
+        // orders otherwise. The text is the last argument.
+        let mut rank = None;
+        if let Some(search) = &query.search {
+            let col = column(&search.column)?;
+            let name = format!("r.{}", quote_ident(&col.name));
+            let config = format!("'{search_config}'::regconfig");
+            let words = match (col.ty, col.sql_type.as_str()) {
+                (_, "tsvector") => name,
+                (ColumnType::Text, _) => format!("to_tsvector({config}, {name})"),
+                _ => {
+                    return Err(refuse(
+                        ErrorKind::WrongType,
+                        format!(
+                            "{}.{} is {}: a search needs a text or tsvector column",
+                            table.name, col.name, col.sql_type
+                        ),
+                    ));
+                }
+            };
+            let text = format!(
+                "websearch_to_tsquery({config}, ({{args}})->>{})",
+                args.len()
+            );
+            conditions.push(format!("{words} @@ {text}"));
+            rank = Some(format!("ts_rank({words}, {text}) DESC"));
+            args.push(Value::String(search.text.clone()));
+        }
+        let mut order = Vec::with_capacity(query.order.len() + 2);
+        if query.order.is_empty()
+            && let Some(rank) = rank
+        {
+            order.push(rank);
+        }
         for o in &query.order {
             let col = column(&o.column)?;
             if !comparable(col.ty) {
@@ -136,6 +177,7 @@ impl QueryPlan {
     /// A count is one row, its value the number.
     pub fn read_sql(&self, args: &str) -> String {
         let from_where = self.from_where.replace("{args}", args);
+        let order_by = self.order_by.replace("{args}", args);
         if self.query.count {
             return format!("SELECT 1, 0::bigint, to_jsonb(count(*)) {from_where}");
         }
@@ -146,7 +188,7 @@ impl QueryPlan {
                                WHERE v.space = '{space}' AND v.pk = r.{pk}::text), 0),
                     {json}
              {from_where} {order} LIMIT {fetch}",
-            order = self.order_by,
+            order = order_by,
             pk = quote_ident(&self.table.pk_column().name),
             json = self.table.row_json,
             fetch = self.fetch,
@@ -158,6 +200,7 @@ impl QueryPlan {
     /// count.
     pub fn check_sql(&self) -> String {
         let from_where = self.from_where.replace("{args}", "$1");
+        let order_by = self.order_by.replace("{args}", "$1");
         if self.query.count {
             return format!("SELECT to_jsonb(count(*)) {from_where}");
         }
@@ -168,7 +211,7 @@ impl QueryPlan {
                      {from_where} {order} LIMIT {fetch}) AS q",
             json = self.table.row_json,
             pk = self.table.pk_column().name.replace('\'', "''"),
-            order = self.order_by,
+            order = order_by,
             fetch = self.fetch,
         )
     }

@@ -20,4 +20,7 @@ INSERT INTO tasks (id, list, title, done, rank, owner) VALUES
     (23, 'count', 'z', false, 1, NULL),
     (31, 'async', 'x', false, 1, NULL),
     (32, 'async', 'y', false, 2, NULL),
-    (41, 'outside', 'x', false, 1, NULL);
+    (41, 'outside', 'x', false, 1, NULL),
+    (61, 'search', 'quick brown fox', false, 1, NULL),
+    (62, 'search', 'lazy dog', false, 1, NULL),
+    (63, 'search', 'brown bread', false, 1, NULL);
