@@ -487,11 +487,11 @@ mod tests {
             ("table('todos')", r#"table("todos")"#),
             (
                 "table('todos').where({done: false, owner: null}).orderBy('created', 'desc').limit(state.n)",
-                r#"table("todos").where("done", "eq", false).where("owner", "is_null").orderBy("created", "desc").limit(5)"#,
+                r#"table("todos").where("done", "==", false).where("owner", "==", null).orderBy("created", "desc").limit(5)"#,
             ),
             (
                 "table('t').where('n', '>=', 2).where('tag', 'in', ['a', 'b']).where('x', '!=', null)",
-                r#"table("t").where("n", "gte", 2).where("tag", "in", ["a","b"]).where("x", "not_null")"#,
+                r#"table("t").where("n", ">=", 2).where("tag", "in", ["a","b"]).where("x", "!=", null)"#,
             ),
             (
                 "table('notes').search('body', state.q).count()",
