@@ -8,9 +8,10 @@
 //! `await`.
 
 use crate::cache::{Cache, Snapshot};
+use crate::overlay::{Overlaid, Row, overlay};
 use crate::speculation::Speculation;
 use crate::{
-    ClientMessage, Dependency, Key, Query, QueryRead, ReadSet, Transaction, TxnId, Version,
+    ClientMessage, Dependency, Key, Pk, Query, QueryRead, ReadSet, Transaction, TxnId, Version,
     WriteOp, WriteSet,
 };
 use serde_json::{Map, Value};
@@ -23,6 +24,17 @@ pub enum Read {
     Value(Option<Value>),
     /// The snapshot does not hold the key: fetch it and run again.
     Miss,
+}
+
+/// A query as an attempt sees it ([`Attempt::query_view`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueryView {
+    /// The rows in order (empty for a count).
+    pub rows: Vec<Row>,
+    /// The number of rows, or the count.
+    pub count: u64,
+    /// Whether every write of the page was placed as PostgreSQL will place it.
+    pub exact: bool,
 }
 
 /// What to do with an attempt whose handler returned.
@@ -135,55 +147,129 @@ impl Attempt {
     /// Reads a query: for a rows query, the rows it returns as this attempt sees them (a
     /// JSON array), for a count, the number.
     ///
-    /// The result is the cache's, the committed one: the keys of the rows, in order, as the
-    /// server last gave them. Each row is then read like any key, so it shows this
-    /// attempt's writes, and a row this attempt deleted is left out. Rows this attempt (or
-    /// an in-flight transaction of the page) inserted, or changed into or out of the
-    /// filter, do not move in or out: the client does not evaluate filters.
+    /// The result is the server's with the page's writes applied ([`Attempt::query_view`]):
+    /// a row this attempt or an in-flight transaction of the page inserts shows in it, in
+    /// its place, where the client can evaluate the filter and the order. Each row is read
+    /// like any key, so it shows those writes too.
     ///
-    /// The commit carries the result seen; the server refuses it if the query gives
-    /// another at the commit point. A query whose result or any of whose rows the snapshot
-    /// lacks is a miss, like a key.
+    /// The commit carries the result the server gave ([`Attempt::query_result`]); the
+    /// server refuses it if the query gives another at the commit point. A query whose
+    /// result or any of whose rows the snapshot lacks is a miss, like a key.
     pub fn query(&mut self, query: &Query) -> Read {
-        if query.count {
-            return match self.query_result(query) {
-                Some(count) => Read::Value(Some(count)),
-                None => Read::Miss,
-            };
-        }
-        let Some(keys) = self.query_keys(query) else {
+        let Some(view) = self.query_view(query) else {
             return Read::Miss;
         };
-        // Read again, as the handler would: each row is recorded once, and was read above.
-        let rows = keys.into_iter().filter_map(|key| match self.read(key) {
-            Read::Value(row) => row,
-            Read::Miss => None,
-        });
-        Read::Value(Some(rows.collect()))
+        if query.count {
+            return Read::Value(Some(Value::from(view.count)));
+        }
+        Read::Value(Some(view.rows.into_iter().map(|r| r.value).collect()))
     }
 
     /// The keys of the rows a rows query returns, in order, as [`Attempt::query`] reads
-    /// them (each row is read, and those this attempt deleted are left out): for adapters
-    /// that hand out live row objects, which need the key of each. `None` on a miss (of
-    /// the result or of any row).
+    /// them: for adapters that hand out live row objects, which need the key of each.
+    /// `None` on a miss (of the result or of any row).
     pub fn query_keys(&mut self, query: &Query) -> Option<Vec<Key>> {
+        let view = self.query_view(query)?;
+        Some(
+            view.rows
+                .into_iter()
+                .map(|r| Key::row(query.table.clone(), r.pk))
+                .collect(),
+        )
+    }
+
+    /// A query as this attempt sees it: the result the server gave, with the writes of
+    /// the page's in-flight transactions and of this attempt applied to it where the
+    /// client can evaluate the filter and the order ([`crate::overlay`]); rows so written
+    /// are marked pending. Each row is read like a key. `None` on a miss.
+    pub fn query_view(&mut self, query: &Query) -> Option<QueryView> {
         let seen = self.query_result(query)?;
-        let mut keys = Vec::new();
+        let committed = self.snapshot.get(&Key::query(query.clone()))?.value.clone();
+        let committed = committed.unwrap_or(Value::Null);
+        // The page's writes of the table: in flight, then this attempt's own.
+        let mut written: Vec<Key> = self
+            .speculation
+            .rows_of(&query.table)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        for (key, _) in self.txn.writes.iter() {
+            if matches!(key, Key::Row { table, .. } if *table == query.table)
+                && !written.contains(key)
+            {
+                written.push(key.clone());
+            }
+        }
+        if query.count {
+            let mut count = seen.as_i64().unwrap_or_default();
+            if seen == committed {
+                for key in &written {
+                    let before = self.snapshot.get(key).and_then(|c| c.value.clone());
+                    let after = self.peek(key);
+                    let was = query.matches(before.as_ref()) == Some(true);
+                    let is = query.matches(after.as_ref()) == Some(true);
+                    count += i64::from(is) - i64::from(was);
+                }
+            }
+            return Some(QueryView {
+                rows: Vec::new(),
+                count: count.max(0) as u64,
+                exact: true,
+            });
+        }
+        let mut rows = Vec::new();
         let mut missed = false;
-        for key in query.row_keys(&seen) {
+        for key in query.row_keys(&committed) {
             match self.read(key.clone()) {
-                Read::Value(Some(_)) => keys.push(key),
-                Read::Value(None) => {}
+                Read::Value(_) => {
+                    let value = self.snapshot.get(&key).and_then(|c| c.value.clone());
+                    if let (Key::Row { pk, .. }, Some(value)) = (key, value) {
+                        rows.push(Row {
+                            pk,
+                            value,
+                            pending: false,
+                        });
+                    }
+                }
                 // Read on: every row missed is fetched in the same round.
                 Read::Miss => missed = true,
             }
         }
-        (!missed).then_some(keys)
+        if missed {
+            return None;
+        }
+        let mut writes = Vec::with_capacity(written.len());
+        for key in written {
+            let value = match self.read(key.clone()) {
+                Read::Value(v) => v,
+                Read::Miss => self.speculation.get(&key).and_then(|p| p.value.clone()),
+            };
+            if let Key::Row { pk, .. } = key {
+                writes.push((pk, value, true));
+            }
+        }
+        let Overlaid { rows, exact } = overlay(query, rows, &writes);
+        let count = rows.len() as u64;
+        Some(QueryView { rows, count, exact })
+    }
+
+    /// What this attempt sees at `key` without recording a read: for counting a write.
+    fn peek(&self, key: &Key) -> Option<Value> {
+        let before = match self.speculation.get(key) {
+            Some(p) => p.value.clone(),
+            None => self.snapshot.get(key).and_then(|c| c.value.clone()),
+        };
+        self.txn.view(key, before.as_ref())
     }
 
     /// The query's result as this attempt saw it first, recording the read: the count of
     /// a count query, the array of primary keys of a rows query (their rows not read).
     /// `None` on a miss.
+    ///
+    /// What a commit sends is this result. It is the cache's, the committed one, unless
+    /// transactions of the page in flight write the query's table and the client can tell
+    /// exactly what they do to it: then it is the result they will leave, so that this
+    /// commit, decided after them, does not conflict for their sake.
     pub fn query_result(&mut self, query: &Query) -> Option<Value> {
         let key = Key::query(query.clone());
         if let Some((_, _, read)) = self.queries.iter().find(|(k, _, _)| *k == key) {
@@ -193,13 +279,60 @@ impl Attempt {
             self.misses.insert(key);
             return None;
         };
-        let seen = cached.value.clone().unwrap_or(Value::Null);
+        let committed = cached.value.clone().unwrap_or(Value::Null);
+        let version = cached.version;
+        let seen = self.predicted(query, &committed).unwrap_or(committed);
         let read = QueryRead {
             query: query.clone(),
             seen: seen.clone(),
         };
-        self.queries.push((key, cached.version, read));
+        self.queries.push((key, version, read));
         Some(seen)
+    }
+
+    /// The result the page's in-flight writes will leave, if the client can tell it
+    /// exactly from what it holds; `None` if they write nothing of the table or it cannot.
+    fn predicted(&self, query: &Query, committed: &Value) -> Option<Value> {
+        let writes = self.speculation.rows_of(&query.table);
+        if writes.is_empty() {
+            return None;
+        }
+        if query.count {
+            let mut count = committed.as_i64()?;
+            for (key, after) in &writes {
+                let before = self.snapshot.get(key)?.value.clone();
+                let was = query.matches(before.as_ref())?;
+                let is = query.matches(after.as_ref())?;
+                count += i64::from(is) - i64::from(was);
+            }
+            return Some(Value::from(count));
+        }
+        let mut rows = Vec::new();
+        for key in query.row_keys(committed) {
+            let value = self.snapshot.get(&key)?.value.clone()?;
+            let Key::Row { pk, .. } = key else { continue };
+            rows.push(Row {
+                pk,
+                value,
+                pending: false,
+            });
+        }
+        let writes: Vec<(Pk, Option<Value>, bool)> = writes
+            .into_iter()
+            .filter_map(|(key, value)| match key {
+                Key::Row { pk, .. } => Some((pk, value, true)),
+                _ => None,
+            })
+            .collect();
+        let o = overlay(query, rows, &writes);
+        o.exact.then(|| {
+            Value::Array(
+                o.rows
+                    .iter()
+                    .map(|r| serde_json::to_value(&r.pk).unwrap_or(Value::Null))
+                    .collect(),
+            )
+        })
     }
 
     pub fn insert(&mut self, key: Key, row: Map<String, Value>) {
@@ -515,6 +648,17 @@ mod tests {
             a.query(&richest),
             Read::Value(Some(json!([{"name": "bob", "balance": 50}])))
         );
+        // The count shows the attempt's writes too.
+        assert_eq!(a.query(&counted), Read::Value(Some(json!(1))));
+        // So does its insert, in its place by the query's order.
+        a.insert(
+            Key::row("users", "dave"),
+            obj(json!({"name": "dave", "balance": 70})),
+        );
+        assert_eq!(
+            a.query_keys(&richest),
+            Some(vec![Key::row("users", "dave"), bob()])
+        );
         assert_eq!(a.query(&counted), Read::Value(Some(json!(2))));
         assert!(!a.has_misses());
 
@@ -548,6 +692,51 @@ mod tests {
         assert_eq!(c.query_keys(&with_carol), None);
         assert_eq!(c.missed_keys(), [Key::row("users", "carol")]);
         assert!(matches!(c.finish(txn()), Finish::Missed(_)));
+    }
+
+    #[test]
+    fn a_query_read_while_the_page_inserts_expects_the_insert() {
+        let richest = Query::table("users").order_by("balance", true);
+        let by_name = Query::table("users").order_by("name", false);
+        let mut cache = bank();
+        cache.apply(&[
+            Entry {
+                key: Key::query(richest.clone()),
+                version: Version(7),
+                value: Some(json!(["alice", "bob"])),
+            },
+            Entry {
+                key: Key::query(by_name.clone()),
+                version: Version(7),
+                value: Some(json!(["alice", "bob"])),
+            },
+        ]);
+        let mut pending = Speculation::new();
+        let dave = Key::row("users", "dave");
+        pending.push(
+            &TxnId("c1:0".into()),
+            &[(dave.clone(), Some(json!({"name": "dave", "balance": 70})))],
+        );
+        let mut a = Attempt::speculating(cache.snapshot(), pending);
+        // Balances are numbers: the client places dave as the server will, so the commit
+        // expects the result dave's commit leaves, and depends on dave's row.
+        assert_eq!(
+            a.query_keys(&richest),
+            Some(vec![alice(), dave.clone(), bob()])
+        );
+        let view = a.query_view(&richest).unwrap();
+        assert!(view.exact && view.rows[1].pending && !view.rows[0].pending);
+        // Names are text, ordered by a collation the client does not know: dave shows
+        // last, and the commit sends the committed result.
+        let view = a.query_view(&by_name).unwrap();
+        assert_eq!(view.rows.last().unwrap().pk, Pk::from("dave"));
+        assert!(!view.exact);
+        let Finish::Commit(ClientMessage::Commit { queries, deps, .. }) = a.finish(txn()) else {
+            panic!()
+        };
+        assert_eq!(queries[0].seen, json!(["alice", "dave", "bob"]));
+        assert_eq!(queries[1].seen, json!(["alice", "bob"]));
+        assert!(deps.iter().any(|d| d.key == dave));
     }
 
     #[test]

@@ -76,11 +76,16 @@ pub fn overlay(
             value: value.clone(),
             pending: *pending,
         };
-        if query.search.is_none() && orderable(&rows, Some(value)) && pk_orderable(pk) {
+        if query.search.is_none() && orderable(&rows, Some(value)) {
             let at = rows
                 .iter()
                 .position(|r| compare_rows(query, &row, r) == Ordering::Less)
                 .unwrap_or(rows.len());
+            // Rows equal in every order column are ordered by their keys, which only
+            // integer and uuid keys do here as in PostgreSQL.
+            let tied = |r: &Row| compare_columns(query, &row, r) == Ordering::Equal;
+            let keyed = |r: &Row| pk_orderable(&row.pk) && pk_orderable(&r.pk);
+            exact &= !rows.iter().any(|r| tied(r) && !keyed(r));
             // A row of a full page moved past its last row may have unseen rows before it.
             exact &= !(had.is_some() && full && at == rows.len());
             rows.insert(at, row);
@@ -102,6 +107,10 @@ pub fn overlay(
 /// values [`orderable`] says compare as in PostgreSQL. NULLs sort last ascending and first
 /// descending, as PostgreSQL's default.
 pub fn compare_rows(query: &Query, a: &Row, b: &Row) -> Ordering {
+    compare_columns(query, a, b).then_with(|| compare_pks(&a.pk, &b.pk))
+}
+
+fn compare_columns(query: &Query, a: &Row, b: &Row) -> Ordering {
     for o in &query.order {
         let x = a.value.get(&o.column).unwrap_or(&Value::Null);
         let y = b.value.get(&o.column).unwrap_or(&Value::Null);
@@ -111,7 +120,11 @@ pub fn compare_rows(query: &Query, a: &Row, b: &Row) -> Ordering {
             return ord;
         }
     }
-    match (&a.pk, &b.pk) {
+    Ordering::Equal
+}
+
+fn compare_pks(a: &Pk, b: &Pk) -> Ordering {
+    match (a, b) {
         (Pk::Int(x), Pk::Int(y)) => x.cmp(y),
         (Pk::Text(x), Pk::Text(y)) => x.cmp(y),
         (Pk::Int(_), Pk::Text(_)) => Ordering::Less,

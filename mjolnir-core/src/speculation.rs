@@ -69,6 +69,22 @@ impl Speculation {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The rows of `table` that in-flight transactions write, each once, with the value
+    /// the last of them gives it, in the order they were first written.
+    pub fn rows_of(&self, table: &str) -> Vec<(Key, Option<Value>)> {
+        let mut rows: Vec<(Key, Option<Value>)> = Vec::new();
+        for (key, pending) in self.0.iter() {
+            if key.table() != Some(table) || !matches!(key, Key::Row { .. }) {
+                continue;
+            }
+            match rows.iter_mut().find(|(k, _)| k == key) {
+                Some(slot) => slot.1 = pending.value.clone(),
+                None => rows.push((key.clone(), pending.value.clone())),
+            }
+        }
+        rows
+    }
 }
 
 #[cfg(test)]
