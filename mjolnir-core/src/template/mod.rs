@@ -295,6 +295,10 @@ fn build_query(
         };
     }
     if count {
+        // As the JavaScript builder: a limit before count() is refused, an order ignored.
+        if query.limit.is_some() {
+            return Err(EvalError::Invalid("count() counts every row: no limit".into()));
+        }
         query = query.counted();
     }
     if let Some(problem) = query.misshapen() {
@@ -509,6 +513,7 @@ mod tests {
             ("table('t').limit(5000)", "limit is 1 to 1000"),
             ("table('t').orderBy('n', 'up')", "'asc' or 'desc'"),
             ("table(1)", "table() takes a name"),
+            ("table('t').limit(2).count()", "no limit"),
         ];
         for (text, want) in refused {
             let Err(EvalError::Invalid(msg)) = query_of(text) else {
