@@ -296,7 +296,8 @@ impl Got {
 /// Reads `query` in an attempt: `None` on a miss.
 fn read(a: &mut Attempt, query: &Query) -> Option<Got> {
     if query.count {
-        a.query_result(query).map(Got::Count)
+        // The count as the attempt sees it: its own writes counted.
+        a.query_view(query).map(|v| Got::Count(Value::from(v.count)))
     } else {
         a.query_keys(query).map(Got::Rows)
     }
