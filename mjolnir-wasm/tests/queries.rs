@@ -122,7 +122,7 @@ export function counts(m) {
   })();
 }
 
-// Own writes: an update shows, a delete is left out, an insert does not appear yet.
+// Own writes: an update shows, a delete is left out, an insert shows in its place.
 export function own_writes(m) {
   return m.atomic(function () {
     var tasks = m.table('tasks');
@@ -307,14 +307,14 @@ async fn search_keeps_the_rows_whose_text_matches() {
 }
 
 #[wasm_bindgen_test]
-async fn own_updates_show_own_deletes_are_left_out_own_inserts_wait_for_the_commit() {
+async fn own_updates_show_own_deletes_are_left_out_own_inserts_take_their_place() {
     let m = connected("carol").await;
     let err = JsFuture::from(own_writes(&m))
         .await
         .expect_err("rolled back");
     assert_eq!(
         err.as_string().as_deref(),
-        Some(r#"[[2,3,1],["3:changed","1:a"]]"#)
+        Some(r#"[[2,3,1],["4:new","3:changed","1:a"]]"#)
     );
 }
 
