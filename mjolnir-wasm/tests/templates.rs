@@ -1,6 +1,8 @@
 //! Live templates in a real browser: a balance shown with `{{ }}` follows a commit made by
 //! another client, without reload; templates added after `templates()` render too, and
-//! removed ones are let go.
+//! removed ones are let go. List templates (`data-each`) follow inserts, deletes, reorders
+//! and changes of their rows made elsewhere, keyed by primary key, and show the page's own
+//! writes at once, marked pending.
 
 #![cfg(target_arch = "wasm32")]
 
@@ -36,11 +38,47 @@ export function add_then_throw(m, parent, text) {
 export function set_kv(m, key, value) {
   return m.atomic(function () { m.kv.set(key, value); })();
 }
+export function add_rows(m, rows) {
+  return m.atomic(function () {
+    rows.forEach(function (row) { m.table('tasks').insert(row); });
+  })();
+}
+export function set_field(m, id, field, value) {
+  return m.atomic(function () { m.table('tasks').find(id)[field] = value; })();
+}
+export function delete_row(m, id) {
+  return m.atomic(function () { m.table('tasks').delete(id); })();
+}
+// What a list shows: each copy (an element with data-row) as its text, the mark a test
+// gave its element (to tell a kept element from a new one) and whether it is pending.
+export function shown(root) {
+  return JSON.stringify(Array.from(root.querySelectorAll('[data-row]')).map(function (el) {
+    return [el.textContent.trim(), el.mark || '', el.hasAttribute('data-mjolnir-pending')];
+  }));
+}
+export function mark(root) {
+  root.querySelectorAll('[data-row]').forEach(function (el) { el.mark = el.textContent.trim(); });
+}
+// Inserts `row` and, before the commit can be answered, binds the templates of `root`,
+// which renders it at once: the list there shows the insert pending.
+export function insert_and_bind(m, row, root) {
+  var commit = m.atomic(function () { m.table('tasks').insert(row); })();
+  m.templates(root);
+  return [commit, shown(root)];
+}
 "#)]
 extern "C" {
     fn give_alice(m: &JsValue, amount: u32) -> Promise;
     fn add_then_throw(m: &JsValue, parent: &web_sys::Element, text: &str) -> Promise;
     fn set_kv(m: &JsValue, key: &str, value: &str) -> Promise;
+    #[wasm_bindgen(js_name = set_kv)]
+    fn set_kv_value(m: &JsValue, key: &str, value: &JsValue) -> Promise;
+    fn add_rows(m: &JsValue, rows: &JsValue) -> Promise;
+    fn set_field(m: &JsValue, id: u32, field: &str, value: &JsValue) -> Promise;
+    fn delete_row(m: &JsValue, id: u32) -> Promise;
+    fn shown(root: &web_sys::Element) -> String;
+    fn mark(root: &web_sys::Element);
+    fn insert_and_bind(m: &JsValue, row: &JsValue, root: &web_sys::Element) -> js_sys::Array;
 }
 
 /// A fixture under the body holding `html`; the body itself is left alone.
@@ -318,4 +356,314 @@ async fn a_template_of_an_unknown_table_shows_the_error() {
     let shown = wait_for(&p, "the error", |t| t.contains("error")).await;
     assert!(shown.contains("counterz"), "{shown}");
     assert!(!shown.contains('…'), "{shown}");
+}
+
+/// A list name and ids of the `tasks` table no other test (or earlier run) uses.
+fn fresh_list() -> (String, u32) {
+    let base = (js_sys::Math::random() * 1e6) as u32 * 100 + 100_000_000;
+    (format!("tpl-{base}"), base)
+}
+
+fn rows(list: &str, rows: &[(u32, &str, i32)]) -> JsValue {
+    let array = js_sys::Array::new();
+    for (id, title, rank) in rows {
+        let row = js_sys::Object::new();
+        for (k, v) in [
+            ("id", JsValue::from(*id)),
+            ("list", JsValue::from(list)),
+            ("title", JsValue::from(*title)),
+            ("rank", JsValue::from(*rank)),
+        ] {
+            js_sys::Reflect::set(&row, &k.into(), &v).unwrap();
+        }
+        array.push(&row);
+    }
+    array.into()
+}
+
+/// Waits until what `root`'s lists show (see `shown`) is `want`.
+async fn wait_shown(root: &web_sys::Element, what: &str, want: &str) {
+    for _ in 0..400 {
+        if shown(root) == want {
+            return;
+        }
+        pause(25).await;
+    }
+    panic!(
+        "timed out waiting for {what}: shows {}, not {want}",
+        shown(root)
+    );
+}
+
+async fn commit(p: Promise, what: &str) {
+    JsFuture::from(p)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+}
+
+#[wasm_bindgen_test]
+async fn a_list_follows_inserts_deletes_reorders_and_changes_made_elsewhere_keeping_its_elements() {
+    let alice = connected("alice").await;
+    let bob = connected("bob").await;
+    let (list, id) = fresh_list();
+    let initial = rows(
+        &list,
+        &[(id + 1, "a", 10), (id + 2, "b", 20), (id + 3, "c", 30)],
+    );
+    commit(add_rows(&bob, &initial), "bob's inserts").await;
+    let query = format!("table('tasks').where({{list: '{list}'}})");
+    let page = fixture(&format!(
+        r#"<p class="n">{{{{ {query}.count() }}}} tasks</p>
+           <ul><li data-each="t in {query}.orderBy('rank')" data-row data-id="{{{{ t.id }}}}">{{{{ t.title }}}}</li></ul>"#
+    ));
+    templates_of(&alice, &page);
+    let count = page.first_element_child().unwrap();
+    wait_shown(
+        &page,
+        "the three rows",
+        r#"[["a","",false],["b","",false],["c","",false]]"#,
+    )
+    .await;
+    assert_eq!(count.text_content().as_deref(), Some("3 tasks"));
+    let first = page.query_selector("[data-row]").unwrap().unwrap();
+    assert_eq!(first.get_attribute("data-id"), Some((id + 1).to_string()));
+    // The template itself left the document: its place is a comment.
+    assert_eq!(page.query_selector_all("[data-each]").unwrap().length(), 0);
+    mark(&page);
+
+    // An insert in the middle: a new element there, the others kept.
+    commit(
+        add_rows(&bob, &rows(&list, &[(id + 4, "d", 15)])),
+        "the insert",
+    )
+    .await;
+    wait_shown(
+        &page,
+        "the inserted row",
+        r#"[["a","a",false],["d","",false],["b","b",false],["c","c",false]]"#,
+    )
+    .await;
+    wait_for(&count, "the count", |t| t == "4 tasks").await;
+    mark(&page);
+
+    // A delete: only its element goes.
+    commit(delete_row(&bob, id + 2), "the delete").await;
+    wait_shown(
+        &page,
+        "the deleted row gone",
+        r#"[["a","a",false],["d","d",false],["c","c",false]]"#,
+    )
+    .await;
+    wait_for(&count, "the count", |t| t == "3 tasks").await;
+
+    // A reorder: c's element moves first, not rebuilt.
+    commit(set_field(&bob, id + 3, "rank", &5.into()), "the reorder").await;
+    wait_shown(
+        &page,
+        "c moved first",
+        r#"[["c","c",false],["a","a",false],["d","d",false]]"#,
+    )
+    .await;
+
+    // A row's field: its copy shows the new title, in the same element.
+    commit(set_field(&bob, id + 1, "title", &"A".into()), "the rename").await;
+    wait_shown(
+        &page,
+        "the new title",
+        r#"[["c","c",false],["A","a",false],["d","d",false]]"#,
+    )
+    .await;
+}
+
+#[wasm_bindgen_test]
+async fn the_pages_own_insert_shows_in_its_place_at_once_marked_pending_until_committed() {
+    let alice = connected("alice").await;
+    let bob = connected("bob").await;
+    let (list, id) = fresh_list();
+    commit(
+        add_rows(&bob, &rows(&list, &[(id + 1, "a", 10), (id + 3, "c", 30)])),
+        "bob's inserts",
+    )
+    .await;
+    let html = format!(
+        r#"<ul><li data-each="t in table('tasks').where({{list: '{list}'}}).orderBy('rank')" data-row>{{{{ t.title }}}}</li></ul>"#
+    );
+    // A first page loads the query (and subscribes to it) for the runtime's cache.
+    let first = fixture(&html);
+    templates_of(&alice, &first);
+    wait_shown(&first, "the rows", r#"[["a","",false],["c","",false]]"#).await;
+
+    // Rendered in the same task as the insert: its commit cannot have been answered.
+    let second = fixture(&html);
+    let row = js_sys::Array::from(&rows(&list, &[(id + 2, "b", 20)])).get(0);
+    let got = insert_and_bind(&alice, &row, &second);
+    let got = js_sys::Array::from(&got);
+    assert_eq!(
+        got.get(1).as_string().unwrap(),
+        r#"[["a","",false],["b","",true],["c","",false]]"#,
+        "the insert shows at once, in its place, pending"
+    );
+    commit(got.get(0).unchecked_into(), "alice's insert").await;
+    for page in [&first, &second] {
+        wait_shown(
+            page,
+            "the insert confirmed",
+            r#"[["a","",false],["b","",false],["c","",false]]"#,
+        )
+        .await;
+    }
+
+    // An insert the database refuses (rank is NOT NULL) shows pending, then goes.
+    let third = fixture(&html);
+    let refused = js_sys::Object::new();
+    for (k, v) in [
+        ("id", JsValue::from(id + 4)),
+        ("list", JsValue::from(list.as_str())),
+        ("title", JsValue::from("x")),
+    ] {
+        js_sys::Reflect::set(&refused, &k.into(), &v).unwrap();
+    }
+    let got = js_sys::Array::from(&insert_and_bind(&alice, &refused, &third));
+    assert_eq!(
+        got.get(1).as_string().unwrap(),
+        r#"[["a","",false],["b","",false],["c","",false],["x","",true]]"#,
+        "a row without a rank goes last, as PostgreSQL sorts NULL"
+    );
+    JsFuture::from(got.get(0).unchecked_into::<Promise>())
+        .await
+        .expect_err("the database refuses it");
+    for page in [&first, &second, &third] {
+        wait_shown(
+            page,
+            "the refused row gone",
+            r#"[["a","",false],["b","",false],["c","",false]]"#,
+        )
+        .await;
+    }
+}
+
+#[wasm_bindgen_test]
+async fn lists_of_kv_arrays_lists_in_lists_and_errors_in_place() {
+    let rt = runtime_as("alice").await;
+    let alice = connected("alice").await;
+    let (list, id) = fresh_list();
+    commit(
+        add_rows(&alice, &rows(&list, &[(id + 1, "a", 1), (id + 2, "b", 2)])),
+        "the rows",
+    )
+    .await;
+    let words = format!("{list}-words");
+    let array = |items: &[&str]| -> JsValue {
+        items
+            .iter()
+            .map(|s| JsValue::from(*s))
+            .collect::<js_sys::Array>()
+            .into()
+    };
+    commit(set_kv_value(&alice, &words, &array(&["x", "y"])), "the kv").await;
+    let page = fixture(&format!(
+        r#"<ol class="words"><li data-each="w in kv('{words}')" data-row>{{{{ w }}}}</li></ol>
+           <ul class="nested">
+             <li data-each="t in table('tasks').where({{list: '{list}'}}).orderBy('rank')">
+               <b data-each="w in kv('{words}')" data-row title="{{{{ t.id }}}}">{{{{ t.title + w }}}}</b>
+             </li>
+           </ul>
+           <ul class="table"><li data-each="t in table('taskz')">{{{{ t }}}}</li></ul>
+           <ul class="parse"><li data-each="t in table(">x</li></ul>
+           <ul class="scalar"><li data-each="t in 5">x</li></ul>"#
+    ));
+    let templates = bind(&rt, &page);
+    let words_list = page.query_selector(".words").unwrap().unwrap();
+    let nested = page.query_selector(".nested").unwrap().unwrap();
+    wait_shown(
+        &words_list,
+        "the words",
+        r#"[["x","",false],["y","",false]]"#,
+    )
+    .await;
+    wait_shown(
+        &nested,
+        "a copy per word per row",
+        r#"[["ax","",false],["ay","",false],["bx","",false],["by","",false]]"#,
+    )
+    .await;
+    let b = nested.query_selector("b").unwrap().unwrap();
+    assert_eq!(b.get_attribute("title"), Some((id + 1).to_string()));
+    mark(&page);
+
+    // Items keyed by value: y's and x's elements are kept, in the new order.
+    commit(
+        set_kv_value(&alice, &words, &array(&["y", "z", "x"])),
+        "the new kv",
+    )
+    .await;
+    wait_shown(
+        &words_list,
+        "the new words",
+        r#"[["y","y",false],["z","",false],["x","x",false]]"#,
+    )
+    .await;
+    wait_shown(
+        &nested,
+        "the inner lists",
+        r#"[["ay","ay",false],["az","",false],["ax","ax",false],["by","by",false],["bz","",false],["bx","bx",false]]"#,
+    )
+    .await;
+
+    // A row deleted: its copy goes, with the list inside it and their templates.
+    let before = templates.binding_count();
+    commit(delete_row(&alice, id + 2), "the delete").await;
+    wait_shown(
+        &nested,
+        "b's copy gone",
+        r#"[["ay","ay",false],["az","",false],["ax","ax",false]]"#,
+    )
+    .await;
+    wait_for_count(&templates, "b's templates to be let go", before - 6).await;
+
+    // A list taken out of the page is let go; put back, it is rendered afresh.
+    let before = templates.binding_count();
+    page.remove_child(&words_list).unwrap();
+    wait_for_count(&templates, "the words' templates to be let go", before - 3).await;
+    assert_eq!(
+        words_list
+            .query_selector_all("[data-row]")
+            .unwrap()
+            .length(),
+        0
+    );
+    page.append_child(&words_list).unwrap();
+    wait_shown(
+        &words_list,
+        "the words again",
+        r#"[["y","",false],["z","",false],["x","",false]]"#,
+    )
+    .await;
+    assert_eq!(templates.binding_count(), before);
+
+    // Errors show in place of the copies, as {{ }} shows them.
+    let text = |class: &str| {
+        page.query_selector(class)
+            .unwrap()
+            .unwrap()
+            .text_content()
+            .unwrap()
+    };
+    let table = page.query_selector(".table").unwrap().unwrap();
+    let shown_error = wait_for(&table, "the refusal", |t| t.contains("error")).await;
+    assert!(
+        shown_error.contains("{{ error:") && shown_error.contains("taskz"),
+        "{shown_error}"
+    );
+    let parse = text(".parse");
+    assert!(parse.contains("{{ t in table( }}: "), "{parse}");
+    let scalar = text(".scalar");
+    assert!(
+        scalar.contains("{{ error: data-each takes a list, not 5 }}"),
+        "{scalar}"
+    );
+    // The errors stay errors: the observer does not take them for templates.
+    frames(2).await;
+    assert_eq!(text(".parse"), parse);
+    assert_eq!(text(".scalar"), scalar);
 }

@@ -10,7 +10,7 @@
 
 use super::*;
 use crate::protocol::{Entry, ServerMessage};
-use crate::{ClientMessage, Key, TxnId, Version};
+use crate::{ClientMessage, Key, Pk, Query, TxnId, Version};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -772,4 +772,77 @@ fn evict_drops_what_no_job_pins_and_unsubscribes_it() {
     assert!(!engine.cache().contains_key(&key(1)));
     engine.evict();
     assert!(drained(&mut engine).is_empty());
+}
+
+/// What templates show of a query: loaded once with its rows, then the cached result with
+/// the page's in-flight insert in its place, marked pending until it commits.
+#[test]
+fn a_query_outside_a_transaction_loads_once_and_shows_the_pages_pending_insert() {
+    let mut engine = Engine::new("p".into(), 100, 7);
+    let query = Query::table("todos").order_by("n", false);
+    let row = |n: i64| Key::row("todos", n);
+    assert_eq!(engine.peek_query(&query), None);
+    assert_eq!(engine.peek_query(&query), None);
+    let sends = engine.take_sends();
+    let [ClientMessage::Read { id, keys }] = &sends[..] else {
+        panic!("one read: {sends:?}")
+    };
+    assert_eq!(keys, &vec![Key::query(query.clone())]);
+    let entry = |key: Key, value: Value| Entry {
+        key,
+        version: Version(4),
+        value: Some(value),
+    };
+    let entries = vec![
+        entry(Key::query(query.clone()), json!([1, 3])),
+        entry(row(1), json!({"id": 1, "n": 10})),
+        entry(row(3), json!({"id": 3, "n": 30})),
+    ];
+    engine.message(ServerMessage::Values { id: *id, entries });
+    drained(&mut engine);
+    let view = engine.peek_query(&query).expect("cached");
+    let shown: Vec<(Pk, bool)> = view
+        .rows
+        .iter()
+        .map(|r| (r.pk.clone(), r.pending))
+        .collect();
+    assert_eq!(shown, vec![(Pk::Int(1), false), (Pk::Int(3), false)]);
+
+    // A handler inserts a row between the two: it shows at once, pending.
+    let job = engine.call(Kind::Sync);
+    assert!(drained(&mut engine).contains(&Action::Run(job)));
+    let mut a = engine.begin(job);
+    let Value::Object(new) = json!({"id": 2, "n": 20}) else {
+        unreachable!()
+    };
+    a.insert(row(2), new);
+    engine.finish(job, a, Ended::Returned);
+    drained(&mut engine);
+    let view = engine.peek_query(&query).expect("cached");
+    let shown: Vec<(Pk, bool)> = view
+        .rows
+        .iter()
+        .map(|r| (r.pk.clone(), r.pending))
+        .collect();
+    assert_eq!(
+        shown,
+        vec![(Pk::Int(1), false), (Pk::Int(2), true), (Pk::Int(3), false)]
+    );
+    assert!(view.exact);
+
+    // A result whose row the cache lacks: the row alone is asked for.
+    let other = Query::table("todos").order_by("n", true);
+    engine.fetch(vec![Key::query(other.clone())]);
+    let Some(Action::Send(ClientMessage::Read { id, .. })) = engine.poll() else {
+        panic!("the fetch is sent")
+    };
+    let entries = vec![entry(Key::query(other.clone()), json!([9]))];
+    engine.message(ServerMessage::Values { id, entries });
+    drained(&mut engine);
+    assert_eq!(engine.peek_query(&other), None);
+    let sends = engine.take_sends();
+    assert!(
+        matches!(&sends[..], [ClientMessage::Read { keys, .. }] if keys == &vec![row(9)]),
+        "{sends:?}"
+    );
 }

@@ -210,7 +210,10 @@ impl Expr {
 }
 
 impl Expr {
-    /// The query this expression names, if it is one: what a list template subscribes to.
+    /// The query this expression names, if it is one: what a list template subscribes to,
+    /// and keys its copies by. A `test ? a : b` names the query of the branch its test
+    /// picks, so that a list can show one query or another (a search only when there is
+    /// text to search for) and still know its rows' keys.
     pub fn query(&self, scope: &mut dyn Scope) -> Result<Option<Query>, EvalError> {
         match self {
             Expr::Query {
@@ -218,6 +221,13 @@ impl Expr {
                 steps,
                 count,
             } => build_query(table, steps, *count, scope).map(Some),
+            Expr::Conditional(test, then, otherwise) => {
+                if truthy(&test.eval(scope)?) {
+                    then.query(scope)
+                } else {
+                    otherwise.query(scope)
+                }
+            }
             _ => Ok(None),
         }
     }
@@ -297,7 +307,9 @@ fn build_query(
     if count {
         // As the JavaScript builder: a limit before count() is refused, an order ignored.
         if query.limit.is_some() {
-            return Err(EvalError::Invalid("count() counts every row: no limit".into()));
+            return Err(EvalError::Invalid(
+                "count() counts every row: no limit".into(),
+            ));
         }
         query = query.counted();
     }
@@ -530,6 +542,26 @@ mod tests {
         ] {
             assert!(Expr::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_list_names_the_query_of_the_branch_its_test_picks() {
+        let query = |text: &str| {
+            Expr::parse(text)
+                .unwrap()
+                .query(&mut Lists)
+                .map(|q| q.map(|q| q.to_string()))
+        };
+        assert_eq!(
+            query("state.q ? table('notes').search('body', state.q) : table('notes')"),
+            Ok(Some(r#"table("notes").search("body", "fox")"#.to_owned()))
+        );
+        assert_eq!(
+            query("state.none ? table('notes').search('body', state.none) : table('notes')"),
+            Ok(Some(r#"table("notes")"#.to_owned()))
+        );
+        assert_eq!(query("state.none ? table('notes') : null"), Ok(None));
+        assert_eq!(query("kv('ids')"), Ok(None));
     }
 
     #[test]

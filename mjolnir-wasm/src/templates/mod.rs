@@ -5,7 +5,12 @@
 //! pages work under a strict Content-Security-Policy. Rendering reads the client cache
 //! outside any transaction; a key not cached yet shows a placeholder and is fetched (which
 //! subscribes to it), and its arrival re-renders. Renders are batched to one per animation
-//! frame.
+//! frame. Queries read the same way, through the page's speculative view, so the page's
+//! own writes show in their results at once.
+//!
+//! An element with `data-each="todo in …"` is a list template, shown once per row
+//! (`lists.rs`); the templates inside each copy read its row as `todo`. A render brings the
+//! lists in line first, then renders every binding, those of the copies included.
 //!
 //! # Templates that appear later
 //!
@@ -40,11 +45,13 @@
 //! replaces the template; removing a bound attribute unbinds it (rendering would put it
 //! back, undoing a rollback of the handler that added it).
 
+mod lists;
 mod parts;
 
 use crate::runtime::Runtime;
 use js_sys::{Array, Map, Set, WeakMap};
-use parts::{Part, parse};
+pub use lists::EACH_ATTRIBUTE;
+use parts::{Locals, Part, parse};
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use wasm_bindgen::JsCast;
@@ -119,15 +126,29 @@ struct Binding {
     /// What the target held when we last rendered it (or its source, before the first
     /// render): a mutation that leaves this value is our own.
     shown: String,
+    /// The names it can read, if it is in a copy of a list template.
+    locals: Option<Rc<Locals>>,
 }
 
 impl Binding {
-    fn new(target: Target, source: String, shown: String) -> Binding {
+    fn new(target: Target, source: String, shown: String, locals: Option<Rc<Locals>>) -> Binding {
         Binding {
             target,
             parts: parse(&source),
             source,
             shown,
+            locals,
+        }
+    }
+
+    /// A target that shows `text` as it is: a list's error.
+    fn fixed(target: Target, text: String) -> Binding {
+        Binding {
+            target,
+            parts: vec![Part::Text(text.clone())],
+            source: text,
+            shown: String::new(),
+            locals: None,
         }
     }
 }
@@ -142,8 +163,13 @@ pub struct Templates {
     /// ours, without a scan of every binding per mutation record.
     live: Map,
     /// Node → `Map` of key → `[source, shown]`: the templates of targets no longer bound
-    /// (see the module documentation).
+    /// (see the module documentation); and list anchor → its template (`lists.rs`).
     remembered: WeakMap,
+    lists: RefCell<Vec<lists::List>>,
+    /// Copy of a list template → its slot in `scopes`.
+    copies: Map,
+    /// The names each copy's templates read, by slot (a free slot is `None`).
+    scopes: RefCell<Vec<Option<Rc<Locals>>>>,
     scheduled: Cell<bool>,
 }
 
@@ -156,9 +182,12 @@ pub fn bind(rt: &Rc<Runtime>, root: &Node) -> Rc<Templates> {
         bindings: RefCell::new(Vec::new()),
         live: Map::new(),
         remembered: WeakMap::new(),
+        lists: RefCell::new(Vec::new()),
+        copies: Map::new(),
+        scopes: RefCell::new(Vec::new()),
         scheduled: Cell::new(false),
     });
-    templates.adopt_tree(&mut templates.bindings.borrow_mut(), root);
+    templates.adopt_tree(&mut templates.bindings.borrow_mut(), root, None);
     // The runtime's listeners own the templates from here on: they live as long as the page.
     for event in ["change", "commit", "abort", "connection", "state"] {
         let t = templates.clone();
@@ -238,7 +267,7 @@ impl Templates {
                         for node in (0..added.length()).filter_map(|i| added.item(i)) {
                             // Added and removed again before this batch: nothing to bind.
                             if self.root.contains(Some(&node)) && !in_raw_text(&node) {
-                                changed |= self.adopt_tree(&mut bindings, &node);
+                                changed |= self.adopt_tree(&mut bindings, &node, None);
                             }
                         }
                     }
@@ -249,7 +278,7 @@ impl Templates {
                         if let Some(el) = target.dyn_ref::<Element>()
                             && self.root.contains(Some(&target))
                         {
-                            changed |= self.adopt_attributes(&mut bindings, el);
+                            changed |= self.adopt_attributes(&mut bindings, el, None);
                         }
                     }
                     "characterData"
@@ -257,13 +286,14 @@ impl Templates {
                             && self.root.contains(Some(&target))
                             && !in_raw_text(&target) =>
                     {
-                        changed |= self.adopt(&mut bindings, Target::Text(target));
+                        changed |= self.adopt(&mut bindings, Target::Text(target), None);
                     }
                     _ => {}
                 }
             }
             if removed {
                 self.prune(&mut bindings);
+                self.prune_lists();
             }
         }
         if changed {
@@ -271,22 +301,37 @@ impl Templates {
         }
     }
 
-    /// Binds the templates in `node` and everything under it. Returns whether any binding
-    /// was added or changed.
-    fn adopt_tree(&self, bindings: &mut Vec<Binding>, node: &Node) -> bool {
-        if node.node_type() == Node::TEXT_NODE {
-            return self.adopt(bindings, Target::Text(node.clone()));
+    /// Binds the templates in `node` and everything under it, and makes its elements with
+    /// a `data-each` lists. `locals`: the names of the copy `node` is in, if the caller
+    /// knows them (otherwise they are looked up, as needed). Returns whether any binding
+    /// or list was added or changed.
+    fn adopt_tree(
+        &self,
+        bindings: &mut Vec<Binding>,
+        node: &Node,
+        locals: Option<&Rc<Locals>>,
+    ) -> bool {
+        match node.node_type() {
+            Node::TEXT_NODE => return self.adopt(bindings, Target::Text(node.clone()), locals),
+            Node::COMMENT_NODE => return self.restore_list(node),
+            _ => {}
         }
         let mut changed = false;
         if let Some(el) = node.dyn_ref::<Element>() {
             if matches!(el.tag_name().as_str(), "SCRIPT" | "STYLE") {
                 return false;
             }
-            changed |= self.adopt_attributes(bindings, el);
+            if let Some(source) = el.get_attribute(EACH_ATTRIBUTE)
+                && !self.root.is_same_node(Some(node))
+            {
+                self.make_list(el, &source, locals);
+                return true;
+            }
+            changed |= self.adopt_attributes(bindings, el, locals);
         }
         let children = node.child_nodes();
         for child in (0..children.length()).filter_map(|i| children.item(i)) {
-            changed |= self.adopt_tree(bindings, &child);
+            changed |= self.adopt_tree(bindings, &child, locals);
         }
         changed
     }
@@ -294,11 +339,17 @@ impl Templates {
     /// Takes every attribute of `el` as it is now, and lets go of bound ones that are gone.
     /// Mutation records name attributes by local name and namespace; re-reading the
     /// element keeps to the qualified names that rendering uses.
-    fn adopt_attributes(&self, bindings: &mut Vec<Binding>, el: &Element) -> bool {
+    fn adopt_attributes(
+        &self,
+        bindings: &mut Vec<Binding>,
+        el: &Element,
+        locals: Option<&Rc<Locals>>,
+    ) -> bool {
         let mut changed = false;
         let attrs = el.attributes();
         for attr in (0..attrs.length()).filter_map(|i| attrs.item(i)) {
-            changed |= self.adopt(bindings, Target::Attribute(el.clone(), attr.name()));
+            let target = Target::Attribute(el.clone(), attr.name());
+            changed |= self.adopt(bindings, target, locals);
         }
         if let Ok(keys) = self.live.get(el).dyn_into::<Set>() {
             let gone: Vec<String> = keys
@@ -308,7 +359,7 @@ impl Templates {
                 .filter(|name| !el.has_attribute(name))
                 .collect();
             for name in gone {
-                changed |= self.adopt(bindings, Target::Attribute(el.clone(), name));
+                changed |= self.adopt(bindings, Target::Attribute(el.clone(), name), locals);
             }
         }
         changed
@@ -316,7 +367,12 @@ impl Templates {
 
     /// Brings one target's binding in line with its current value (see the module
     /// documentation for the rules). Returns whether any binding was added or changed.
-    fn adopt(&self, bindings: &mut Vec<Binding>, target: Target) -> bool {
+    fn adopt(
+        &self,
+        bindings: &mut Vec<Binding>,
+        target: Target,
+        locals: Option<&Rc<Locals>>,
+    ) -> bool {
         let current = target.current();
         let bound = self.is_live(&target);
         let index = if bound {
@@ -342,8 +398,9 @@ impl Templates {
                     None if current.contains("{{") => current.clone(),
                     None => return false,
                 };
-                let old =
-                    std::mem::replace(&mut bindings[i], Binding::new(target, source, current));
+                let locals = bindings[i].locals.clone();
+                let b = Binding::new(target, source, current, locals);
+                let old = std::mem::replace(&mut bindings[i], b);
                 self.remember(&old);
                 true
             }
@@ -354,8 +411,9 @@ impl Templates {
                     None if current.contains("{{") => current.clone(),
                     None => return false,
                 };
+                let locals = locals.cloned().or_else(|| self.scope_of(target.node()));
                 self.set_live(&target);
-                bindings.push(Binding::new(target, source, current));
+                bindings.push(Binding::new(target, source, current, locals));
                 true
             }
         }
@@ -452,14 +510,16 @@ impl Templates {
 
     /// Evaluates every template and writes the ones whose output changed.
     pub fn render(&self) {
-        // Element → whether any template it shows is pending (see `PENDING_ATTRIBUTE`).
+        // Element → whether any template it shows is pending (see `PENDING_ATTRIBUTE`),
+        // or, for a list's copy, the row it shows.
         let pending = Map::new();
+        self.render_lists(&pending);
         let writes: Vec<(Target, String)> = {
             let mut bindings = self.bindings.borrow_mut();
             bindings
                 .iter_mut()
                 .filter_map(|b| {
-                    let (out, is_pending) = parts::render(&self.rt, &b.parts);
+                    let (out, is_pending) = parts::render(&self.rt, &b.parts, b.locals.as_deref());
                     if let Some(el) = b.target.element() {
                         let before = pending.get(&el).is_truthy();
                         pending.set(&el, &JsValue::from_bool(before || is_pending));

@@ -2,8 +2,9 @@
 //! with the page's in-flight writes on top, loading what it lacks once.
 
 use super::{Engine, Waiter};
-use crate::Key;
+use crate::attempt::QueryView;
 use crate::engine::action::Action;
+use crate::{Attempt, Key, Query};
 use serde_json::Value;
 
 impl Engine {
@@ -17,6 +18,29 @@ impl Engine {
         if let Some(cached) = self.cache.get(key) {
             return Some(cached.value.clone());
         }
+        self.load(key);
+        None
+    }
+
+    /// Reads a query outside any transaction, as templates show it: the cached result with
+    /// the page's in-flight writes applied ([`Attempt::query_view`]; rows they wrote are
+    /// marked pending). `None` while the result or any of its rows is not cached, after
+    /// asking the server once for what is missing (reading a query subscribes to it, and
+    /// its reply brings the rows too).
+    pub fn peek_query(&mut self, query: &Query) -> Option<QueryView> {
+        // An attempt nobody commits: the snapshot and the speculation are O(1) to take.
+        let mut attempt = Attempt::speculating(self.cache.snapshot(), self.speculation.clone());
+        let view = attempt.query_view(query);
+        if view.is_none() {
+            for key in attempt.missed_keys() {
+                self.load(&key);
+            }
+        }
+        view
+    }
+
+    /// Asks the server for `key` unless it is being loaded already or was refused.
+    fn load(&mut self, key: &Key) {
         if !self.loading.contains(key) && self.refusal(key).is_none() {
             self.loading.push(key.clone());
             self.cache.pin([key]);
@@ -25,7 +49,6 @@ impl Engine {
                 .read(vec![key.clone()], Waiter::Load(key.clone()));
             self.actions.push_back(Action::Send(msg));
         }
-        None
     }
 
     /// Why the server refused to read `key` outside a transaction, if it did.
