@@ -181,35 +181,51 @@ impl Attempt {
     /// A query as this attempt sees it: the result the server gave, with the writes of
     /// the page's in-flight transactions and of this attempt applied to it where the
     /// client can evaluate the filter and the order ([`crate::overlay`]); rows so written
-    /// are marked pending. Each row is read like a key. `None` on a miss.
+    /// are marked pending. The rows of the page's transactions that have committed since
+    /// the result was read are applied too (not pending): the query's new result follows
+    /// the commit's reply in a push, and until it arrives they would vanish from the view.
+    /// Each row is read like a key. `None` on a miss.
     pub fn query_view(&mut self, query: &Query) -> Option<QueryView> {
         let seen = self.query_result(query)?;
-        let committed = self.snapshot.get(&Key::query(query.clone()))?.value.clone();
-        let committed = committed.unwrap_or(Value::Null);
-        // The page's writes of the table: in flight, then this attempt's own.
-        let mut written: Vec<Key> = self
-            .speculation
-            .rows_of(&query.table)
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        for (key, _) in self.txn.writes.iter() {
-            if matches!(key, Key::Row { table, .. } if *table == query.table)
-                && !written.contains(key)
+        let cached = self.snapshot.get(&Key::query(query.clone()))?;
+        let committed = cached.value.clone().unwrap_or(Value::Null);
+        let settling = self.speculation.settling_of(&query.table, cached.version);
+        // The page's writes of the table: committed and waiting for their push, in
+        // flight, then this attempt's own.
+        let mut written: Vec<Key> = settling.iter().map(|s| s.key.clone()).collect();
+        let in_flight = self.speculation.rows_of(&query.table).into_iter();
+        let own = self.txn.writes.iter().map(|(k, _)| k.clone());
+        for key in in_flight.map(|(k, _)| k).chain(own) {
+            if matches!(&key, Key::Row { table, .. } if *table == query.table)
+                && !written.contains(&key)
             {
-                written.push(key.clone());
+                written.push(key);
             }
         }
+        // What the result shows of a key: the row before the first commit not in it.
+        let shown = |me: &Self, key: &Key| match settling.iter().find(|s| s.key == *key) {
+            Some(s) => s.before.clone(),
+            None => me.snapshot.get(key).and_then(|c| c.value.clone()),
+        };
         if query.count {
             let mut count = seen.as_i64().unwrap_or_default();
-            if seen == committed {
-                for key in &written {
-                    let before = self.snapshot.get(key).and_then(|c| c.value.clone());
-                    let after = self.peek(key);
-                    let was = query.matches(before.as_ref()) == Some(true);
-                    let is = query.matches(after.as_ref()) == Some(true);
-                    count += i64::from(is) - i64::from(was);
+            // A count predicted from the writes in flight has them already; the
+            // committed ones are counted from their values before to what the cache
+            // holds now.
+            let predicted = seen != committed;
+            for key in &written {
+                let settled = settling.iter().any(|s| s.key == *key);
+                if predicted && !settled {
+                    continue;
                 }
+                let after = if predicted {
+                    self.snapshot.get(key).and_then(|c| c.value.clone())
+                } else {
+                    self.peek(key)
+                };
+                let was = query.matches(shown(self, key).as_ref()) == Some(true);
+                let is = query.matches(after.as_ref()) == Some(true);
+                count += i64::from(is) - i64::from(was);
             }
             return Some(QueryView {
                 rows: Vec::new(),
@@ -240,12 +256,20 @@ impl Attempt {
         }
         let mut writes = Vec::with_capacity(written.len());
         for key in written {
+            let pending =
+                self.speculation.get(&key).is_some() || self.txn.writes.get(&key).is_some();
             let value = match self.read(key.clone()) {
                 Read::Value(v) => v,
-                Read::Miss => self.speculation.get(&key).and_then(|p| p.value.clone()),
+                Read::Miss => match self.speculation.get(&key) {
+                    Some(p) => p.value.clone(),
+                    None => settling
+                        .iter()
+                        .find(|s| s.key == key)
+                        .and_then(|s| s.after.clone()),
+                },
             };
             if let Key::Row { pk, .. } = key {
-                writes.push((pk, value, true));
+                writes.push((pk, value, pending));
             }
         }
         let Overlaid { rows, exact } = overlay(query, rows, &writes);

@@ -10,8 +10,14 @@
 //! validates when it decides the reader.
 //!
 //! Pending effects are the page's own: other clients see only committed state.
+//!
+//! It also holds, for a while, the rows the page's transactions wrote that have committed
+//! ([`Settling`]): the reply to a commit arrives a moment before the push that brings the
+//! new results of the queries it changed (the server re-runs them after the commit), and
+//! in between the cached result of a query would leave out a row the page inserted, which
+//! the page showed while its commit was in flight.
 
-use crate::{Dependency, Key, TxnId};
+use crate::{Dependency, Key, TxnId, Version};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -34,23 +40,57 @@ impl Pending {
     }
 }
 
-/// The writes of a page's in-flight transactions, the last writer of each key winning.
+/// A row a transaction of the page wrote, committed at `version`, whose queries' new
+/// results may not have arrived yet: kept until a push of `version` or later has (the
+/// server pushes a connection's changes in commit order, and a commit's changed query
+/// results in the same push as its rows).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settling {
+    pub key: Key,
+    pub version: Version,
+    /// The row before that commit, as the cache held it; `None`: absent.
+    pub before: Option<Value>,
+    /// The row as that commit left it; `None`: deleted.
+    pub after: Option<Value>,
+}
+
+/// At most this many committed rows wait for their push: a push that never comes (a key
+/// evicted meanwhile, so not pushed) cannot make the list grow.
+const MAX_SETTLING: usize = 256;
+
+/// The writes of a page's in-flight transactions, the last writer of each key winning;
+/// and its committed writes waiting for their push ([`Settling`]).
 ///
 /// Cloned into every attempt, so shared: O(1) to clone. A list searched from its end
 /// rather than a persistent map: a page has tens of writes in flight, not thousands, and
 /// one more instance of a persistent map's code would be shipped in the browser module
 /// (measured in docs/client.md, "Shipped size").
 #[derive(Clone, Debug, Default)]
-pub struct Speculation(Arc<Vec<(Key, Pending)>>);
+pub struct Speculation {
+    pending: Arc<Vec<(Key, Pending)>>,
+    settling: Arc<Vec<Settling>>,
+    /// The latest push: a commit's reply may come after its push.
+    pushed: Version,
+}
 
 impl Speculation {
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// The same committed writes waiting for their push, and no write in flight: what
+    /// the speculation is rebuilt from.
+    pub fn settled_only(&self) -> Self {
+        Speculation {
+            pending: Arc::default(),
+            settling: self.settling.clone(),
+            pushed: self.pushed,
+        }
+    }
+
     /// Layers transaction `txn`'s writes (each key's value after it) on top.
     pub fn push(&mut self, txn: &TxnId, written: &[(Key, Option<Value>)]) {
-        let layers = Arc::make_mut(&mut self.0);
+        let layers = Arc::make_mut(&mut self.pending);
         for (key, value) in written {
             layers.push((
                 key.clone(),
@@ -63,18 +103,61 @@ impl Speculation {
     }
 
     pub fn get(&self, key: &Key) -> Option<&Pending> {
-        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, p)| p)
+        self.pending
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, p)| p)
     }
 
+    /// Whether no write is in flight.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.pending.is_empty()
+    }
+
+    /// Rows written by a transaction that committed at `version`, until a push of that
+    /// version or later arrives ([`Speculation::pushed`]).
+    pub fn settle(&mut self, rows: impl IntoIterator<Item = Settling>) {
+        let pushed = self.pushed;
+        let list = Arc::make_mut(&mut self.settling);
+        list.extend(rows.into_iter().filter(|s| s.version > pushed));
+        let excess = list.len().saturating_sub(MAX_SETTLING);
+        list.drain(..excess);
+    }
+
+    /// A push of `version` arrived: the commits up to it have brought their queries' new
+    /// results (or changed none).
+    pub fn pushed(&mut self, version: Version) {
+        self.pushed = self.pushed.max(version);
+        if self.settling.iter().any(|s| s.version <= version) {
+            Arc::make_mut(&mut self.settling).retain(|s| s.version > version);
+        }
+    }
+
+    /// The committed rows of `table` that a result read at `version` does not show yet,
+    /// each once: its value before the first such commit, and after the last.
+    pub fn settling_of(&self, table: &str, version: Version) -> Vec<Settling> {
+        let mut rows: Vec<Settling> = Vec::new();
+        for s in self.settling.iter() {
+            if s.version <= version || s.key.table() != Some(table) {
+                continue;
+            }
+            match rows.iter_mut().find(|r| r.key == s.key) {
+                Some(r) => {
+                    r.after.clone_from(&s.after);
+                    r.version = s.version;
+                }
+                None => rows.push(s.clone()),
+            }
+        }
+        rows
     }
 
     /// The rows of `table` that in-flight transactions write, each once, with the value
     /// the last of them gives it, in the order they were first written.
     pub fn rows_of(&self, table: &str) -> Vec<(Key, Option<Value>)> {
         let mut rows: Vec<(Key, Option<Value>)> = Vec::new();
-        for (key, pending) in self.0.iter() {
+        for (key, pending) in self.pending.iter() {
             if key.table() != Some(table) || !matches!(key, Key::Row { .. }) {
                 continue;
             }
@@ -91,6 +174,49 @@ impl Speculation {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_committed_row_settles_until_a_push_of_its_version() {
+        let mut s = Speculation::new();
+        let row = |n: i64| Key::row("t", n);
+        let settling = |n: i64, v: u64, before: Option<Value>, after: Option<Value>| Settling {
+            key: row(n),
+            version: Version(v),
+            before,
+            after,
+        };
+        s.settle([settling(1, 5, None, Some(json!({"n": 1})))]);
+        s.settle([
+            settling(1, 7, Some(json!({"n": 1})), Some(json!({"n": 2}))),
+            settling(2, 7, None, Some(json!({"n": 3}))),
+        ]);
+        s.push(&TxnId("p:9".into()), &[(Key::kv("x"), None)]);
+        let rebuilt = s.settled_only();
+        assert!(rebuilt.is_empty() && rebuilt.get(&Key::kv("x")).is_none());
+        // A result read at 4 shows neither commit: row 1 from absent to its last value.
+        assert_eq!(
+            rebuilt.settling_of("t", Version(4)),
+            vec![
+                settling(1, 7, None, Some(json!({"n": 2}))),
+                settling(2, 7, None, Some(json!({"n": 3})))
+            ]
+        );
+        assert_eq!(rebuilt.settling_of("t", Version(7)), vec![]);
+        assert_eq!(rebuilt.settling_of("u", Version(4)), vec![]);
+        s.pushed(Version(5));
+        assert_eq!(s.settling_of("t", Version(0)).len(), 2);
+        assert_eq!(
+            s.settling_of("t", Version(0))[0].before,
+            Some(json!({"n": 1}))
+        );
+        s.pushed(Version(8));
+        assert_eq!(s.settling_of("t", Version(0)), vec![]);
+        // A commit whose push came before its reply has nothing left to wait for.
+        s.settle([settling(3, 8, None, None)]);
+        assert_eq!(s.settling_of("t", Version(0)), vec![]);
+        s.settle((0..300).map(|n| settling(n, 9, None, None)));
+        assert_eq!(s.settling_of("t", Version(0)).len(), MAX_SETTLING);
+    }
 
     #[test]
     fn the_last_writer_of_a_key_wins_and_others_stay() {

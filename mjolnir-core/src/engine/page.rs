@@ -355,7 +355,10 @@ impl Engine {
             Routed::Read(waiter, reply) => self.answered(waiter, reply),
             Routed::Commit(Waiter::Commit(job), txn, verdict) => self.verdict(job, txn, verdict),
             Routed::Commit(..) => {}
-            Routed::Other(ServerMessage::Push { changes, .. }) => self.refresh(&changes),
+            Routed::Other(ServerMessage::Push { version, changes }) => {
+                self.refresh(&changes);
+                self.speculation.pushed(version);
+            }
             Routed::Other(ServerMessage::Error { id: None, error }) => self.actions.push_back(
                 Action::Warn(format!("the server refused a message: {}", error.message)),
             ),

@@ -815,20 +815,86 @@ fn a_query_outside_a_transaction_loads_once_and_shows_the_pages_pending_insert()
     let Value::Object(new) = json!({"id": 2, "n": 20}) else {
         unreachable!()
     };
-    a.insert(row(2), new);
+    a.insert(row(2), new.clone());
     engine.finish(job, a, Ended::Returned);
+    let txn = drained(&mut engine)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Send(ClientMessage::Commit { txn, .. }) => Some(txn),
+            _ => None,
+        })
+        .expect("the commit is sent");
+    let shown = |engine: &mut Engine| -> Vec<(Pk, bool)> {
+        let view = engine.peek_query(&query).expect("cached");
+        assert!(view.exact);
+        view.rows
+            .iter()
+            .map(|r| (r.pk.clone(), r.pending))
+            .collect()
+    };
+    let count = Query::table("todos").counted();
+    let counted = |engine: &mut Engine| engine.peek_query(&count).map(|v| v.count);
+    engine.fetch(vec![Key::query(count.clone())]);
+    let Some(Action::Send(ClientMessage::Read { id, .. })) = engine.poll() else {
+        panic!("the fetch is sent")
+    };
+    let entries = vec![entry(Key::query(count.clone()), json!(2))];
+    engine.message(ServerMessage::Values { id, entries });
     drained(&mut engine);
-    let view = engine.peek_query(&query).expect("cached");
-    let shown: Vec<(Pk, bool)> = view
-        .rows
-        .iter()
-        .map(|r| (r.pk.clone(), r.pending))
-        .collect();
+    let with_two = vec![(Pk::Int(1), false), (Pk::Int(2), true), (Pk::Int(3), false)];
+    assert_eq!(shown(&mut engine), with_two);
+    assert_eq!(counted(&mut engine), Some(3));
+
+    // Committed: the reply comes before the push of the query's new result, and the row
+    // stays in the meantime, confirmed.
+    engine.message(ServerMessage::Committed {
+        txn,
+        version: Version(6),
+    });
+    drained(&mut engine);
+    let confirmed = vec![
+        (Pk::Int(1), false),
+        (Pk::Int(2), false),
+        (Pk::Int(3), false),
+    ];
+    assert_eq!(shown(&mut engine), confirmed);
+    assert_eq!(counted(&mut engine), Some(3));
+    let at = |key: Key, value: Value| Entry {
+        key,
+        version: Version(6),
+        value: Some(value),
+    };
+    engine.message(ServerMessage::Push {
+        version: Version(6),
+        changes: vec![
+            at(Key::query(query.clone()), json!([1, 2, 3])),
+            at(Key::query(count.clone()), json!(3)),
+            at(row(2), Value::Object(new)),
+        ],
+    });
+    drained(&mut engine);
+    assert_eq!(shown(&mut engine), confirmed);
+    assert_eq!(counted(&mut engine), Some(3));
+    // Another client deletes it: the push says so, and nothing of the page's keeps it.
+    let at = |key: Key, value: Option<Value>| Entry {
+        key,
+        version: Version(7),
+        value,
+    };
+    engine.message(ServerMessage::Push {
+        version: Version(7),
+        changes: vec![
+            at(Key::query(query.clone()), Some(json!([1, 3]))),
+            at(Key::query(count.clone()), Some(json!(2))),
+            at(row(2), None),
+        ],
+    });
+    drained(&mut engine);
     assert_eq!(
-        shown,
-        vec![(Pk::Int(1), false), (Pk::Int(2), true), (Pk::Int(3), false)]
+        shown(&mut engine),
+        vec![(Pk::Int(1), false), (Pk::Int(3), false)]
     );
-    assert!(view.exact);
+    assert_eq!(counted(&mut engine), Some(2));
 
     // A result whose row the cache lacks: the row alone is asked for.
     let other = Query::table("todos").order_by("n", true);

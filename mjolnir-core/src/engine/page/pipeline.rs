@@ -5,7 +5,7 @@ use super::{Engine, Job, Phase, Waiter};
 use crate::engine::action::{Action, Failure, JobId};
 use crate::engine::requests::Verdict;
 use crate::protocol::Entry;
-use crate::speculation::Speculation;
+use crate::speculation::Settling;
 use crate::{Key, TxnId, Version};
 use serde_json::Value;
 
@@ -47,7 +47,19 @@ impl Engine {
                 };
                 // The next handler should see this commit without waiting for its push
                 // (which carries the same version and, if the database changed the row,
-                // the final values).
+                // the final values). Its rows stay in the queries the page shows until
+                // that push brings their new results.
+                let settling: Vec<Settling> = written
+                    .iter()
+                    .filter(|(key, _)| matches!(key, Key::Row { .. }))
+                    .map(|(key, after)| Settling {
+                        key: key.clone(),
+                        version,
+                        before: self.cache.get(key).and_then(|c| c.value.clone()),
+                        after: after.clone(),
+                    })
+                    .collect();
+                self.speculation.settle(settling);
                 let entries: Vec<Entry> = written
                     .into_iter()
                     .map(|(key, value)| Entry {
@@ -188,7 +200,7 @@ impl Engine {
 
     /// Rebuilds the speculation from the jobs in flight, in send order.
     pub(super) fn respeculate(&mut self) {
-        let mut speculation = Speculation::new();
+        let mut speculation = self.speculation.settled_only();
         for id in &self.inflight {
             if let Some(Job {
                 phase: Phase::Committing { txn, written },
