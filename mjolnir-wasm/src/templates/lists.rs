@@ -274,21 +274,18 @@ impl Templates {
             Ok(each) => each.name.clone(),
             Err(_) => return,
         };
-        let mut old: Vec<Option<Copy>> = std::mem::take(&mut list.copies)
-            .into_iter()
-            .map(Some)
-            .collect();
+        // Last first: mostly each item is where it was, so its copy is at the end.
+        let mut old = std::mem::take(&mut list.copies);
+        old.reverse();
         let mut fresh = Vec::new();
-        for (i, item) in items.into_iter().enumerate() {
-            // Mostly each item is where it was: look there first.
-            let same = |c: &Option<Copy>| c.as_ref().is_some_and(|c| c.key == item.key);
-            let found = if old.get(i).is_some_and(same) {
-                Some(i)
-            } else {
-                old.iter().position(same)
+        for item in items {
+            let found = match old.last() {
+                Some(c) if c.key == item.key => Some(old.len() - 1),
+                _ => old.iter().rposition(|c| c.key == item.key),
             };
-            let copy = match found.and_then(|j| old[j].take()) {
-                Some(mut copy) => {
+            let copy = match found {
+                Some(j) => {
+                    let mut copy = old.remove(j);
                     if *copy.locals.value.borrow() != item.value {
                         *copy.locals.value.borrow_mut() = item.value;
                     }
@@ -305,7 +302,7 @@ impl Templates {
             };
             list.copies.push(copy);
         }
-        for copy in old.into_iter().flatten() {
+        for copy in old {
             self.drop_copy(copy);
         }
         // In order after the anchor, moving only what is out of place.
@@ -376,13 +373,16 @@ impl Templates {
 
     /// Lets go of the lists no longer under the root (see the module documentation).
     pub(super) fn prune_lists(&self) {
-        self.lists.borrow_mut().retain_mut(|list| {
-            let keep = self.root.contains(Some(&list.anchor));
-            if !keep {
-                self.clear(list);
+        let lists = std::mem::take(&mut *self.lists.borrow_mut());
+        let mut kept = Vec::new();
+        for mut list in lists {
+            if self.root.contains(Some(&list.anchor)) {
+                kept.push(list);
+            } else {
+                self.clear(&mut list);
             }
-            keep
-        });
+        }
+        *self.lists.borrow_mut() = kept;
     }
 
     /// Lets go of a list no longer under the root: its copies and its error go (their
