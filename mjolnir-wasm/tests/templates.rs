@@ -473,6 +473,18 @@ async fn a_list_follows_inserts_deletes_reorders_and_changes_made_elsewhere_keep
         r#"[["c","c",false],["A","a",false],["d","d",false]]"#,
     )
     .await;
+
+    // A template the page adds to a copy later reads that copy's row too.
+    let doc = web_sys::window().unwrap().document().unwrap();
+    let extra = doc.create_element("i").unwrap();
+    extra.set_text_content(Some("({{ t.rank }})"));
+    let second = page
+        .query_selector_all("[data-row]")
+        .unwrap()
+        .item(1)
+        .unwrap();
+    second.append_child(&extra).unwrap();
+    wait_for(&extra, "the row's rank", |t| t == "(10)").await;
 }
 
 #[wasm_bindgen_test]
