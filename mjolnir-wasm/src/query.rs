@@ -297,7 +297,8 @@ impl Got {
 fn read(a: &mut Attempt, query: &Query) -> Option<Got> {
     if query.count {
         // The count as the attempt sees it: its own writes counted.
-        a.query_view(query).map(|v| Got::Count(Value::from(v.count)))
+        a.query_view(query)
+            .map(|v| Got::Count(Value::from(v.count)))
     } else {
         a.query_keys(query).map(Got::Rows)
     }

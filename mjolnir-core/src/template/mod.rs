@@ -297,7 +297,9 @@ fn build_query(
     if count {
         // As the JavaScript builder: a limit before count() is refused, an order ignored.
         if query.limit.is_some() {
-            return Err(EvalError::Invalid("count() counts every row: no limit".into()));
+            return Err(EvalError::Invalid(
+                "count() counts every row: no limit".into(),
+            ));
         }
         query = query.counted();
     }
