@@ -72,8 +72,17 @@ RESULTS=$WORK/results.jsonl
 source scripts/lib/server.sh
 
 cleanup() {
+    local status=$?
     server_stop
     "$MJOLNIR" pg stop "$WORK/pg" || true
+    # A failed run leaves what the servers and PostgreSQL said, since $WORK goes with it.
+    if ((status != 0)); then
+        local log
+        for log in "$WORK"/*.log "$WORK/pg/log"; do
+            [[ -f "$log" ]] || continue
+            grep -E 'ERROR|DETAIL|CONTEXT|FATAL|PANIC' "$log" | tail -n 20 | sed "s|^|$(basename "$log"): |" >&2 || true
+        done
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
