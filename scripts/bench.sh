@@ -8,7 +8,7 @@
 # Writes docs/benchmarks.md (see mjolnir-bench/).
 #
 #   scripts/bench.sh                 the full comparison (about 17 minutes on 2 cores, once built)
-#   scripts/bench.sh --quick         a smoke check (about 2 minutes once built)
+#   scripts/bench.sh --quick         a smoke check (about 5 minutes once built)
 #   scripts/bench.sh --only queries  the queries section alone, written to its own document
 #                                    (default: $CARGO_TARGET_DIR/benchmarks-queries.md)
 #   options: --seconds N  --warmup N  --rounds N  --clients "1 8 32 64"  --out FILE
