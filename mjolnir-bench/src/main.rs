@@ -28,7 +28,7 @@ use workload::Workload;
 #[derive(Parser, Debug)]
 #[command(
     name = "mjolnir-bench",
-    about = "Bank transfers: Mjölnir vs pgbench vs a hand-written endpoint"
+    about = "Bank transfers: Mjölnir vs pgbench vs a hand-written endpoint; and queries"
 )]
 struct Cli {
     #[command(subcommand)]
