@@ -30,7 +30,7 @@ while (($#)); do
     case $1 in
     --quick) MODE=quick SECONDS_PER_RUN=1 ROUNDS=1 CLIENTS="1 32" QUERY_COMMIT_CLIENTS="1 8" ;;
     --only)
-        [[ $2 == queries ]] || { echo "--only takes queries (see the top of $0)" >&2 && exit 2; }
+        [[ ${2:-} == queries ]] || { echo "--only takes queries (see the top of $0)" >&2 && exit 2; }
         ONLY=$2 && shift
         ;;
     --seconds) SECONDS_PER_RUN=$2 && shift ;;
