@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The bank-transfer benchmark: pgbench (the database's ceiling), a hand-written axum + sqlx
 # endpoint and Mjölnir, on one private PostgreSQL, interleaved over several rounds, with
-# synchronous_commit on and then off, then the browser runtime's client benchmark
+# synchronous_commit on and then off; then queries (a query of 50 rows out of 1,000,000
+# against pgbench, and commits that read a query against the same commits with point reads,
+# see mjolnir-bench/src/queries.rs); then the browser runtime's client benchmark
 # (js/bench/client.mjs) and what a user feels at a 100 ms round trip (js/bench/latency.mjs).
 # Writes docs/benchmarks.md (see mjolnir-bench/).
 #
-#   scripts/bench.sh                 the full comparison (about 13 minutes on 2 cores, once built)
-#   scripts/bench.sh --quick         a smoke check (about 1 minute once built)
+#   scripts/bench.sh                 the full comparison (about 17 minutes on 2 cores, once built)
+#   scripts/bench.sh --quick         a smoke check (about 5 minutes once built)
+#   scripts/bench.sh --only queries  the queries section alone, written to its own document
+#                                    (default: $CARGO_TARGET_DIR/benchmarks-queries.md)
 #   options: --seconds N  --warmup N  --rounds N  --clients "1 8 32 64"  --out FILE
+#            (--clients is the transfers'; queries run at 1 and 8 clients, commits also at 32)
 #
 # Everything it starts (PostgreSQL through `mjolnir pg`, on a unix socket only; the two
 # servers on 127.0.0.1, each on a port the kernel picks) is stopped when it exits, and every
@@ -19,10 +24,15 @@ ROOT=$PWD
 COMMAND_STARTED=$(date +%s)
 INVOKED="scripts/bench.sh${*:+ $*}"
 
-MODE=full SECONDS_PER_RUN=2 WARMUP=0.5 ROUNDS=3 CLIENTS="1 8 32 64" OUT=docs/benchmarks.md
+MODE=full SECONDS_PER_RUN=2 WARMUP=0.5 ROUNDS=3 CLIENTS="1 8 32 64" OUT="" ONLY=""
+QUERY_READ_CLIENTS="1 8" QUERY_COMMIT_CLIENTS="1 8 32"
 while (($#)); do
     case $1 in
-    --quick) MODE=quick SECONDS_PER_RUN=1 ROUNDS=1 CLIENTS="1 32" ;;
+    --quick) MODE=quick SECONDS_PER_RUN=1 ROUNDS=1 CLIENTS="1 32" QUERY_COMMIT_CLIENTS="1 8" ;;
+    --only)
+        [[ ${2:-} == queries ]] || { echo "--only takes queries (see the top of $0)" >&2 && exit 2; }
+        ONLY=$2 && shift
+        ;;
     --seconds) SECONDS_PER_RUN=$2 && shift ;;
     --warmup) WARMUP=$2 && shift ;;
     --rounds) ROUNDS=$2 && shift ;;
@@ -44,6 +54,9 @@ scripts/setup.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH" # wasm-bindgen, installed by setup.sh
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+# `--only queries` writes a document of its own, not the transfers' report.
+[[ -z "$OUT" && -n "$ONLY" ]] && OUT=$CARGO_TARGET_DIR/benchmarks-queries.md
+OUT=${OUT:-docs/benchmarks.md}
 say "building (release) into $CARGO_TARGET_DIR"
 cargo build --release -p mjolnir-server --bin mjolnir -p mjolnir-bench --bin mjolnir-bench
 MJOLNIR=$CARGO_TARGET_DIR/release/mjolnir
@@ -59,8 +72,17 @@ RESULTS=$WORK/results.jsonl
 source scripts/lib/server.sh
 
 cleanup() {
+    local status=$?
     server_stop
     "$MJOLNIR" pg stop "$WORK/pg" || true
+    # A failed run leaves what the servers and PostgreSQL said, since $WORK goes with it.
+    if ((status != 0)); then
+        local log
+        for log in "$WORK"/*.log "$WORK/pg/log"; do
+            [[ -f "$log" ]] || continue
+            grep -E 'ERROR|DETAIL|CONTEXT|FATAL|PANIC' "$log" | tail -n 20 | sed "s|^|$(basename "$log"): |" >&2 || true
+        done
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -104,6 +126,77 @@ run_one() {
         --work-dir "$WORK" --out "$RESULTS"
 }
 
+# The queries benchmark (mjolnir-bench/src/queries.rs): its own `mjolnir dev` on its own
+# database of the same cluster (`mjolnir-bench/queries-app`, which seeds 1,000,000 items),
+# reads against pgbench, then commits with and without a query read, interleaved in a
+# rotating order over the rounds. Appends its sections to $OUT, or with `--only queries`
+# writes them as a document of their own.
+queries_section() {
+    local started load_before load_after qdb_url results=$WORK/queries.jsonl bench clients i
+    say "queries: seeding 1,000,000 items (the app's migration)"
+    qdb_url=$("$MJOLNIR" pg start --database queries "$WORK/pg")
+    RUST_LOG=warn server_start queries "$WORK/queries.log" \
+        "$MJOLNIR" dev --database-url "$qdb_url" --listen 127.0.0.1 --port 0 mjolnir-bench/queries-app
+    # Hint bits, the visibility map and statistics, so the first run pays for none of them,
+    # and a checkpoint, so that the seeding's is not under way while the commits fsync.
+    psql "$qdb_url" -X -q -v ON_ERROR_STOP=1 -c 'VACUUM ANALYZE' -c 'CHECKPOINT'
+    query_run() {
+        timeout --kill-after=5 "$RUN_TIMEOUT" \
+            "$BENCH" queries-run --bench "$1" --variant "$2" --clients "$3" --round "$4" \
+            --postgres-pid "$(head -n 1 "$PG_DATA/postmaster.pid")" --server-pid "${SERVER_PID[queries]}" \
+            --seconds "$SECONDS_PER_RUN" --warmup "$WARMUP" \
+            --mjolnir-url "ws://${SERVER_ADDR[queries]}/ws" \
+            --database-url "$qdb_url" --pgbench "$PG_BIN/pgbench" \
+            --work-dir "$WORK" --out "$results"
+    }
+    local reads=(pgbench query50) commits=(points query2 keys50 query50)
+    started=$(date +%s)
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for clients in $QUERY_READ_CLIENTS; do
+            for ((i = 0; i < ${#reads[@]}; i++)); do
+                query_run read "${reads[(i + round - 1) % ${#reads[@]}]}" "$clients" "$round"
+            done
+        done
+        for bench in room accounts; do
+            for clients in $QUERY_COMMIT_CLIENTS; do
+                for ((i = 0; i < ${#commits[@]}; i++)); do
+                    query_run "$bench" "${commits[(i + round - 1) % ${#commits[@]}]}" "$clients" "$round"
+                done
+            done
+        done
+    done
+    load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+    server_stop queries
+    say "queries: measured in $(($(date +%s) - started)) s"
+    # Every transaction moved one unit between two rows: the totals stand.
+    local totals
+    totals=$(psql "$qdb_url" -X -At -c "SELECT (SELECT sum(qty) FROM items) || ' ' || (SELECT sum(balance) FROM accounts)")
+    if [[ "$totals" != "1000000000000 1000000000" ]]; then
+        say "queries: items and accounts hold $totals instead of 1000000000000 1000000000" >&2
+        exit 1
+    fi
+    local environment="Mode: **$MODE** ($ROUNDS round(s), ${SECONDS_PER_RUN} s measured after ${WARMUP} s of warm-up per run; \
+reads at ${QUERY_READ_CLIENTS// /, } clients, commits at ${QUERY_COMMIT_CLIENTS// /, }). Run on $(date -u '+%Y-%m-%d %H:%M UTC'), \
+$(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)), $("$PG_BIN/postgres" --version), the \
+cluster of the transfers (shared_buffers $(psql_bench -At -c 'SHOW shared_buffers'): the items, their index and their \
+versions, $(psql "$qdb_url" -X -At -c "SELECT pg_size_pretty(pg_database_size(current_database()))") in all, do not fit, \
+and are read from the kernel's cache); the server's pool: 16 connections (load average before: $load_before, after: $load_after)."
+    if [[ -n "$ONLY" ]]; then
+        "$BENCH" queries-report --results "$results" --out "$OUT" --command "$INVOKED" --environment "$environment"
+    else
+        "$BENCH" queries-report --results "$results" --out "$OUT" --append --environment "$environment"
+    fi
+}
+
+if [[ -n "$ONLY" ]]; then
+    queries_section
+    elapsed=$(($(date +%s) - COMMAND_STARTED))
+    printf '\nThe whole command, building included, took %d min %02d s.\n' $((elapsed / 60)) $((elapsed % 60)) >>"$OUT"
+    say "wrote $OUT in $((elapsed / 60)) min $((elapsed % 60)) s"
+    exit 0
+fi
+
 SYSTEMS=(pgbench endpoint mjolnir)
 started=$(date +%s)
 # Nothing else is stopped: the load average tells the reader whether the machine was shared.
@@ -146,6 +239,9 @@ Mjölnir and the endpoint each use a pool of 16 database connections; all proces
 say "server memory"
 "$BENCH" memory --mjolnir-url "ws://${SERVER_ADDR[mjolnir]}/ws" --pid "${SERVER_PID[mjolnir]}" --out "$OUT" |
     sed 's/^/  /'
+server_stop mjolnir endpoint
+
+queries_section
 
 # The client half: the browser runtime in headless Chromium (js/bench/client.mjs), served
 # by the same release server; its section is appended to the same document.

@@ -2,7 +2,8 @@
 //!
 //! Each simulated client runs one transfer at a time, back to back, for the warm-up and then
 //! the measured window. A transfer counts when it *completes* inside the window, the same rule
-//! that `systems::pgbench` applies to pgbench's log, so all systems are counted alike.
+//! that `systems::pgbench` applies to pgbench's log, so all systems are counted alike. The
+//! queries benchmark (`queries.rs`) runs its reads and transactions through the same loop.
 
 use crate::stats::Recorder;
 use crate::workload::Workload;
@@ -45,6 +46,25 @@ pub struct Window {
     pub measure: Duration,
 }
 
+/// One simulated client of a benchmark other than the transfers: each step is one
+/// operation (a read, a transaction), drawn from `rng`.
+pub trait Job: Send + 'static {
+    fn step(&mut self, rng: &mut StdRng) -> impl Future<Output = anyhow::Result<Outcome>> + Send;
+}
+
+/// A [`Worker`] as a [`Job`]: each step a transfer between the accounts `workload` picks.
+struct Transfers<W> {
+    worker: W,
+    workload: Workload,
+}
+
+impl<W: Worker> Job for Transfers<W> {
+    async fn step(&mut self, rng: &mut StdRng) -> anyhow::Result<Outcome> {
+        let (a, b) = self.workload.pick(rng);
+        self.worker.transfer(a, b).await
+    }
+}
+
 /// Runs every worker concurrently for `window` and merges what they measured. The first
 /// error of any worker ends the run: a benchmark that half failed measures nothing.
 pub async fn drive<W: Worker>(
@@ -52,12 +72,22 @@ pub async fn drive<W: Worker>(
     workload: Workload,
     window: Window,
 ) -> anyhow::Result<Recorder> {
+    let jobs = workers
+        .into_iter()
+        .map(|worker| Transfers { worker, workload })
+        .collect();
+    drive_jobs(jobs, window).await
+}
+
+/// Runs every job concurrently for `window`, one step at a time each, as [`drive`] runs
+/// transfers, and merges what they measured.
+pub async fn drive_jobs<J: Job>(jobs: Vec<J>, window: Window) -> anyhow::Result<Recorder> {
     let start = Instant::now();
     let from = start + window.warmup;
     let until = from + window.measure;
-    let tasks: Vec<_> = workers
+    let tasks: Vec<_> = jobs
         .into_iter()
-        .map(|worker| tokio::spawn(client_loop(worker, workload, from, until)))
+        .map(|job| tokio::spawn(client_loop(job, from, until)))
         .collect();
     let mut total = Recorder::default();
     for task in tasks {
@@ -66,9 +96,8 @@ pub async fn drive<W: Worker>(
     Ok(total)
 }
 
-async fn client_loop<W: Worker>(
-    mut worker: W,
-    workload: Workload,
+async fn client_loop<J: Job>(
+    mut job: J,
     from: Instant,
     until: Instant,
 ) -> anyhow::Result<Recorder> {
@@ -79,8 +108,7 @@ async fn client_loop<W: Worker>(
         if began >= until {
             return Ok(rec);
         }
-        let (a, b) = workload.pick(&mut rng);
-        let outcome = worker.transfer(a, b).await?;
+        let outcome = job.step(&mut rng).await?;
         let ended = Instant::now();
         if ended > until {
             // Begun in the window (the loop stops at its end) but finished after it: not

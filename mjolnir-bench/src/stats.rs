@@ -129,11 +129,12 @@ pub struct RunLabel {
     pub round: u32,
 }
 
-/// One line of the results file.
+/// One line of the results file: what was measured, under the label of its benchmark
+/// ([`RunLabel`] for the transfers, `queries::QueryLabel` for the queries).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunResult {
+pub struct RunResult<L = RunLabel> {
     #[serde(flatten)]
-    pub label: RunLabel,
+    pub label: L,
     /// The measured window (warm-up excluded).
     pub seconds: f64,
     pub committed: u64,
@@ -155,8 +156,8 @@ pub struct RunResult {
     pub commit_lane_busy: Option<f64>,
 }
 
-impl RunResult {
-    pub fn new(label: RunLabel, window: Duration, rec: &Recorder) -> RunResult {
+impl<L> RunResult<L> {
+    pub fn new(label: L, window: Duration, rec: &Recorder) -> RunResult<L> {
         let seconds = window.as_secs_f64();
         #[allow(clippy::cast_precision_loss)] // counts far below 2^52
         let (tps, abort_rate) = (

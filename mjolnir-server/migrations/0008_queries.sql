@@ -84,14 +84,6 @@ DECLARE
     nq int := coalesce(array_length(query_owners, 1), 0);
     qi int;
 BEGIN
-    SELECT array_agg(CASE WHEN q.k = ANY (write_sets)
-                          THEN mjolnir.prepared(q.query, 'jsonb[], text[], int[]')
-                          WHEN q.k = ANY (write_sqls) OR q.k = ANY (read_sqls)
-                          THEN mjolnir.prepared(q.query, 'jsonb, text')
-                          WHEN q.k = ANY (query_sqls)
-                          THEN mjolnir.prepared(q.query, 'jsonb') END ORDER BY q.k)
-      INTO prepared_as
-      FROM unnest(statements) WITH ORDINALITY AS q(query, k);
     PERFORM CASE WHEN x.exclusive THEN pg_advisory_xact_lock(1298755436, x.hash)
                  ELSE pg_advisory_xact_lock_shared(1298755436, x.hash) END
        FROM unnest(lock_hashes, lock_exclusive) AS x(hash, exclusive);
@@ -102,6 +94,17 @@ BEGIN
     FOR k IN 1 .. coalesce(array_length(lock_tables, 1), 0) LOOP
         EXECUTE format('LOCK TABLE %s IN %s MODE', lock_tables[k], lock_modes[k]);
     END LOOP;
+    -- Only now the statements are prepared: preparing a write takes its table's ROW
+    -- EXCLUSIVE lock until the end of the transaction, and taken before the key locks it
+    -- could close a cycle with a commit that holds a key and waits for SHARE on the table.
+    SELECT array_agg(CASE WHEN q.k = ANY (write_sets)
+                          THEN mjolnir.prepared(q.query, 'jsonb[], text[], int[]')
+                          WHEN q.k = ANY (write_sqls) OR q.k = ANY (read_sqls)
+                          THEN mjolnir.prepared(q.query, 'jsonb, text')
+                          WHEN q.k = ANY (query_sqls)
+                          THEN mjolnir.prepared(q.query, 'jsonb') END ORDER BY q.k)
+      INTO prepared_as
+      FROM unnest(statements) WITH ORDINALITY AS q(query, k);
     IF n > 1 THEN
         SELECT string_agg(format('%I.%I', ns.nspname, c.conname), ', ')
           INTO deferred

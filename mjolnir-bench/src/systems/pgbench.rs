@@ -62,15 +62,27 @@ impl Pgbench {
         clients: u32,
         window: Window,
     ) -> anyhow::Result<Recorder> {
-        let dir = self
-            .work_dir
-            .join(format!("pgbench-{}-{clients}", workload.name()));
+        self.run_script(workload.name(), &script(workload), clients, window)
+            .await
+    }
+
+    /// Runs `script` (pgbench's script language; `name` names its scratch directory) with
+    /// `clients` clients, prepared statements, for the window, and measures the
+    /// transactions that completed inside it.
+    pub async fn run_script(
+        &self,
+        name: &str,
+        script: &str,
+        clients: u32,
+        window: Window,
+    ) -> anyhow::Result<Recorder> {
+        let dir = self.work_dir.join(format!("pgbench-{name}-{clients}"));
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
         std::fs::create_dir_all(&dir)?;
-        let script_path = dir.join("transfer.sql");
-        std::fs::write(&script_path, script(workload))?;
+        let script_path = dir.join("script.sql");
+        std::fs::write(&script_path, script)?;
 
         // pgbench counts whole seconds and starts its clock after connecting: run one
         // second more than the window, so that it is still running when the window ends.

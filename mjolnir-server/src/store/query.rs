@@ -182,12 +182,19 @@ impl QueryPlan {
             return format!("SELECT 1, 0::bigint, to_jsonb(count(*)) {from_where}");
         }
         let space = self.table.name.replace('\'', "''");
+        // The rows are chosen (filtered, ordered, cut at the limit) in a subquery that
+        // keeps whole rows, and numbered, looked up in `mjolnir.versions` and turned into
+        // JSON outside it, for those rows only. Numbered inside, the window function would
+        // make PostgreSQL sort every matching row rather than keep the first `fetch` (a
+        // top-N sort), and the JSON would be built before the cut; the outer order is the
+        // same and, for a plain column order, read from the subquery's without sorting
+        // again (docs/benchmarks.md, "Measurements behind the code").
         format!(
             "SELECT (row_number() OVER ({order}))::int,
                     coalesce((SELECT v.version FROM mjolnir.versions v
                                WHERE v.space = '{space}' AND v.pk = r.{pk}::text), 0),
                     {json}
-             {from_where} {order} LIMIT {fetch}",
+             FROM (SELECT r.* {from_where} {order} LIMIT {fetch}) AS r {order}",
             order = order_by,
             pk = quote_ident(&self.table.pk_column().name),
             json = self.table.row_json,
@@ -204,11 +211,11 @@ impl QueryPlan {
         if self.query.count {
             return format!("SELECT to_jsonb(count(*)) {from_where}");
         }
-        // The primary key as the rows a read gives spell it.
+        // The primary key as the rows a read gives spell it, of the rows chosen in a
+        // subquery, as in `read_sql`.
         format!(
-            "SELECT coalesce(jsonb_agg(q.k ORDER BY q.n), '[]'::jsonb)
-               FROM (SELECT ({json})->'{pk}' AS k, row_number() OVER ({order}) AS n
-                     {from_where} {order} LIMIT {fetch}) AS q",
+            "SELECT coalesce(jsonb_agg(({json})->'{pk}' {order}), '[]'::jsonb)
+               FROM (SELECT r.* {from_where} {order} LIMIT {fetch}) AS r",
             json = self.table.row_json,
             pk = self.table.pk_column().name.replace('\'', "''"),
             order = order_by,
