@@ -66,8 +66,10 @@ export interface QuerySteps<Q> {
 
 /**
  * A query of `mjolnir.table(name)`. Inside a transaction `all()` and `count()` read the
- * committed result (a miss stops the handler, which runs again once it is loaded); outside
- * one, the cache as it is (a result not loaded yet reads as empty, and starts loading).
+ * server's result with the page's and the handler's own writes applied (a miss stops the
+ * handler, which runs again once it is loaded); outside one, what the page shows: the
+ * cached result with the page's pending writes (not loaded yet: empty, and it starts
+ * loading).
  */
 export interface QueryBuilder extends QuerySteps<QueryBuilder> {
   /** The matching rows, in order (at most 1000: more without a limit is `invalid_query`). */
@@ -304,23 +306,24 @@ fn read(a: &mut Attempt, query: &Query) -> Option<Got> {
     }
 }
 
-/// A query outside any transaction, as `find` reads there: the cache as it is. A result
-/// not cached reads as empty (no rows, or 0), a row not cached is left out, and either
-/// starts loading.
+/// A query outside any transaction, as templates read it: the cached result with the
+/// page's in-flight writes applied ([`mjolnir_core::engine::Engine::peek_query`]). A
+/// result (or a row) not cached reads as empty (no rows, or 0) and starts loading.
 fn cached(rt: &Rc<Runtime>, query: &Query) -> JsValue {
-    let result = rt.peek(&Key::query(query.clone())).flatten();
-    let got = match result {
-        Some(n) if query.count => Got::Count(n),
+    let view = rt.engine.borrow_mut().peek_query(query);
+    if view.is_none() {
+        rt.flush_sends();
+    }
+    let got = match view {
+        Some(v) if query.count => Got::Count(Value::from(v.count)),
         None if query.count => Got::Count(Value::from(0)),
-        result => {
-            let mut keys = Vec::new();
-            for key in query.row_keys(&result.unwrap_or_default()) {
-                if let Some(Some(_)) = rt.peek(&key) {
-                    keys.push(key);
-                }
-            }
-            Got::Rows(keys)
-        }
+        Some(v) => Got::Rows(
+            v.rows
+                .into_iter()
+                .map(|r| Key::row(query.table.clone(), r.pk))
+                .collect(),
+        ),
+        None => Got::Rows(Vec::new()),
     };
     got.into_js(rt, None)
 }
