@@ -252,12 +252,6 @@ fn thrown(ctx: &Ctx<'_>, name: &str, memory: usize, e: rquickjs::Error) -> Sandb
             limit: memory,
         };
     }
-    if message.contains("interrupted") {
-        return SandboxError::TimeLimit {
-            name: name.to_owned(),
-            limit: Duration::ZERO,
-        };
-    }
     SandboxError::Threw {
         name: name.to_owned(),
         message,

@@ -4,12 +4,12 @@
 
 mod support;
 
-use mjolnir_client::{Client, CommitOutcome};
+use mjolnir_client::Client;
 use mjolnir_core::protocol::Entry;
-use mjolnir_core::{Key, Op, Query, ReadSet, Version, WriteOp, WriteSet};
+use mjolnir_core::{Key, Op, Query, Version, WriteOp, WriteSet};
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::{TestDb, app_with_schema, metric, obj, writes};
+use support::{TestDb, app_with_schema, blind, metric, obj, writes};
 
 const SCHEMA: &str = "
 CREATE TABLE items (id integer PRIMARY KEY, room text NOT NULL, n integer NOT NULL);
@@ -33,14 +33,6 @@ async fn next_result(rx: &mut Pushes, query: &Query) -> (Value, Vec<Entry>) {
             return (e.value.clone().unwrap(), entries);
         }
     }
-}
-
-async fn blind(client: &Client, writes: WriteSet) {
-    let (_, outcome) = client.commit_new(ReadSet::new(), writes).await.unwrap();
-    assert!(
-        matches!(outcome, CommitOutcome::Committed(_)),
-        "{outcome:?}"
-    );
 }
 
 fn insert(table: &str, id: impl Into<mjolnir_core::Pk>, row: Value) -> WriteSet {

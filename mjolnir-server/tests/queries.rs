@@ -8,7 +8,7 @@ use mjolnir_client::{Client, ClientError, CommitOutcome};
 use mjolnir_core::protocol::Entry;
 use mjolnir_core::{ErrorKind, Key, Op, Query, QueryRead, ReadSet, WriteOp, WriteSet};
 use serde_json::{Value, json};
-use support::{TestDb, app_with_schema, obj, writes};
+use support::{TestDb, app_with_schema, blind, obj, writes};
 
 const SCHEMA: &str = "
 CREATE TABLE items (id integer PRIMARY KEY, room text NOT NULL, n integer NOT NULL,
@@ -71,14 +71,6 @@ async fn commit_after(client: &Client, seen: &Seen, writes: WriteSet) -> CommitO
         .await
         .unwrap()
         .1
-}
-
-async fn blind(client: &Client, writes: WriteSet) {
-    let (_, outcome) = client.commit_new(ReadSet::new(), writes).await.unwrap();
-    assert!(
-        matches!(outcome, CommitOutcome::Committed(_)),
-        "{outcome:?}"
-    );
 }
 
 #[tokio::test]

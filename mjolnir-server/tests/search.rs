@@ -9,7 +9,7 @@ use mjolnir_core::protocol::Entry;
 use mjolnir_core::{ErrorKind, Key, Op, Query, QueryRead, ReadSet, Version, WriteOp, WriteSet};
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::{TestDb, app_with_schema, obj, writes};
+use support::{TestDb, app_with_schema, blind, obj, writes};
 
 /// Two ways an app declares a searchable column: a GIN index on `to_tsvector` of a text
 /// column (`notes.body`), or a generated `tsvector` column (`posts.words`).
@@ -39,14 +39,6 @@ fn insert(id: i64, room: &str, body: &str) -> WriteSet {
             row: obj(json!({"room": room, "body": body})),
         },
     )])
-}
-
-async fn blind(client: &Client, w: WriteSet) {
-    let (_, outcome) = client.commit_new(ReadSet::new(), w).await.unwrap();
-    assert!(
-        matches!(outcome, CommitOutcome::Committed(_)),
-        "{outcome:?}"
-    );
 }
 
 #[tokio::test]

@@ -146,6 +146,19 @@ pub fn obj(v: Value) -> Map<String, Value> {
     v.as_object().expect("an object").clone()
 }
 
+/// Commits `writes` having read nothing, and asserts it committed: another client's
+/// change, in tests of what a reader sees of it.
+pub async fn blind(client: &mjolnir_client::Client, writes: WriteSet) {
+    let (_, outcome) = client
+        .commit_new(mjolnir_core::ReadSet::new(), writes)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, mjolnir_client::CommitOutcome::Committed(_)),
+        "{outcome:?}"
+    );
+}
+
 /// A write set of these ops.
 pub fn writes(ops: Vec<(Key, WriteOp)>) -> WriteSet {
     let mut w = WriteSet::new();
