@@ -420,6 +420,55 @@ async fn a_query_never_shows_what_the_policies_hide() {
     server.stop().await.unwrap();
 }
 
+/// A table open to every user is queried without switching roles (`store/read.rs`); the
+/// app may close it while the server runs, and the next query must then follow its
+/// policies, or be refused once its users may not read the table at all.
+#[tokio::test]
+async fn a_table_closed_while_the_server_runs_is_queried_as_the_user() {
+    let db = TestDb::new("q_closed").await;
+    let app = app_with_schema(SCHEMA);
+    let server = db.start(app.path()).await;
+    let alice = Client::connect(&server.ws_url(), Some("alice"))
+        .await
+        .unwrap();
+    let all = Query::table("items").order_by("id", false);
+    assert_eq!(
+        read_query(&alice, &all).await.query.seen,
+        json!([1, 2, 3, 4])
+    );
+
+    let pool = db.pool().await;
+    sqlx::raw_sql(
+        "ALTER TABLE items ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY only_b ON items USING (room = 'b');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let seen = read_query(&alice, &all).await;
+    assert_eq!(seen.query.seen, json!([4]));
+    assert_eq!(seen.entries.len(), 2, "{:?}", seen.entries);
+    assert_eq!(read_query(&alice, &room("a")).await.query.seen, json!([]));
+    assert_eq!(
+        read_query(&alice, &all.clone().counted()).await.query.seen,
+        json!(1)
+    );
+
+    sqlx::query("REVOKE SELECT ON items FROM mjolnir_app")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let refused = alice.read(vec![Key::query(all.clone())]).await;
+    let Err(ClientError::Server(e)) = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(e.code, ErrorKind::Forbidden, "{e:?}");
+    // The connection still works.
+    let notes = read_query(&alice, &Query::table("notes")).await;
+    assert_eq!(notes.query.seen, json!(["a1"]));
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn bad_queries_get_typed_errors_and_the_connection_stays_usable() {
     let db = TestDb::new("q_bad").await;

@@ -1,6 +1,8 @@
 //! Reading keys: values with the versions they were committed at.
 
 use super::lanes::{self, Lanes, Runner};
+use super::query::QueryPlan;
+use super::sqlstate::sqlstate;
 use super::{Resolved, Store};
 use crate::catalog::quote_ident;
 use crate::error::{Result, ServerError};
@@ -106,20 +108,7 @@ impl Reader {
         let (Some(q), Some(table)) = (&key.query, &key.table) else {
             unreachable!("read_query reads queries")
         };
-        let sql = format!(
-            "SELECT 0, (SELECT last_value FROM mjolnir.commit_version), NULL::jsonb
-             UNION ALL ({})",
-            q.read_sql("($1[1])::jsonb")
-        );
-        let args = [q.args.to_string()];
-        let mut found: Vec<(i32, i64, Option<Value>)> =
-            sqlx::query_as("SELECT * FROM mjolnir.read_as($1, $2, $3, $4)")
-                .bind(user.unwrap_or(""))
-                .bind(&sql)
-                .bind(&args[..])
-                .bind(&[] as &[&str])
-                .fetch_all(&self.pool)
-                .await?;
+        let mut found = self.query_rows(user, q).await?;
         found.sort_by_key(|(ord, _, _)| *ord);
         let version = found
             .first()
@@ -173,6 +162,61 @@ impl Reader {
             value: Some(Value::Array(pks)),
         };
         Ok((entry, entries))
+    }
+
+    /// The rows of one query as `user` sees them, as `(ord, version, value)`: a row
+    /// numbered 0 carrying the newest commit version drawn, then the query's rows.
+    ///
+    /// Each runs as a prepared statement (planned once per connection and shape; sqlx keeps
+    /// a bounded cache of them per connection and deallocates the least used): through
+    /// `mjolnir.read_as`, which plans on every call, a read of 50 rows cost PostgreSQL
+    /// about twice as much (docs/benchmarks.md, "Measurements behind the code"). A table
+    /// open to every user is read without a role, checking in the same statement that it is
+    /// still open (as `read_open` does); any other is read in a transaction of its own
+    /// that first becomes `mjolnir_app` with `user`, as `mjolnir.read_as` would.
+    async fn query_rows(&self, user: Option<&str>, q: &QueryPlan) -> Result<Vec<QueryRow>> {
+        let rows = format!(
+            "SELECT 0, (SELECT last_value FROM mjolnir.commit_version), NULL::jsonb
+             UNION ALL ({})",
+            q.read_sql("$1::jsonb")
+        );
+        if q.table.open_read {
+            let sql = format!(
+                "SELECT q.*, g.open FROM ({rows}) AS q, {open}",
+                open = still_open("$2")
+            );
+            let found: Vec<(i32, i64, Option<Value>, bool)> = sqlx::query_as(AssertSqlSafe(sql))
+                .bind(&q.args)
+                .bind(&[q.table.oid][..])
+                .fetch_all(&self.pool)
+                .await?;
+            if found.iter().all(|(_, _, _, open)| *open) {
+                return Ok(found.into_iter().map(|(o, v, j, _)| (o, v, j)).collect());
+            }
+            tracing::info!(table = %q.table.name, "a table is no longer open to every user: reading as the user, and loading the catalog again");
+            self.catalog_outdated.store(true, Ordering::Relaxed);
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "SELECT set_config('role', 'mjolnir_app', true), set_config('mjolnir.user', $1, true)",
+        )
+        .bind(user.unwrap_or(""))
+        .execute(&mut *tx)
+        .await?;
+        let found = sqlx::query_as(AssertSqlSafe(rows))
+            .bind(&q.args)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| match sqlstate(&e).as_deref() {
+                // The app took `SELECT` on the table away from its users.
+                Some("42501") => ServerError::from(ErrorReply::new(
+                    ErrorKind::Forbidden,
+                    format!("reading {} is not allowed", q.table.name),
+                )),
+                _ => ServerError::from(e),
+            })?;
+        tx.commit().await?;
+        Ok(found)
     }
 
     /// Reads keys (no queries), in the next batch of reads.
@@ -399,21 +443,12 @@ impl<'a> ReadStatement<'a> {
     /// no role: it runs as a prepared statement, planned once per connection, where
     /// `mjolnir.read_as` plans on every call. Each row also says whether every table read,
     /// `$3` (their oids), is still open: it exists, has no row-level security, and
-    /// `mjolnir_app` may `SELECT` it (the rule of `mjolnir.open_spaces`, written out so that
-    /// it is planned with the statement). Each table is looked up by a subquery on its oid,
-    /// which stays an index scan in the generic plan (`db::connect`); `oid = ANY($3)` became
-    /// a scan of all of `pg_class` there, and made a read seven times as slow.
+    /// `mjolnir_app` may `SELECT` it ([`still_open`]).
     fn open_query(&self) -> String {
         format!(
-            "SELECT q.*, g.open
-               FROM ({query}) AS q,
-                    (SELECT coalesce(bool_and(coalesce(
-                                (SELECT NOT c.relrowsecurity
-                                        AND has_table_privilege('mjolnir_app', c.oid, 'SELECT')
-                                   FROM pg_class c WHERE c.oid = t.oid),
-                                false)), true) AS open
-                       FROM unnest($3::oid[]) AS t(oid)) AS g",
-            query = self.query
+            "SELECT q.*, g.open FROM ({query}) AS q, {open}",
+            query = self.query,
+            open = still_open("$3"),
         )
     }
 
@@ -443,4 +478,24 @@ impl<'a> ReadStatement<'a> {
             })
             .collect()
     }
+}
+
+/// A row of a query's read: `(ord, version, value)`.
+type QueryRow = (i32, i64, Option<Value>);
+
+/// A one-row subquery `g` whose `open` says whether every table of `oids` (an `oid[]`
+/// parameter) is still open: it exists, has no row-level security, and `mjolnir_app` may
+/// `SELECT` it (the rule of `mjolnir.open_spaces`, written out so that it is planned with
+/// the statement). Each table is looked up by a subquery on its oid, which stays an index
+/// scan in the generic plan (`db::connect`); `oid = ANY(…)` became a scan of all of
+/// `pg_class` there, and made a read seven times as slow.
+fn still_open(oids: &str) -> String {
+    format!(
+        "(SELECT coalesce(bool_and(coalesce(
+                     (SELECT NOT c.relrowsecurity
+                             AND has_table_privilege('mjolnir_app', c.oid, 'SELECT')
+                        FROM pg_class c WHERE c.oid = t.oid),
+                     false)), true) AS open
+            FROM unnest({oids}::oid[]) AS t(oid)) AS g"
+    )
 }
