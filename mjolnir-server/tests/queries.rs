@@ -4,11 +4,12 @@
 
 mod support;
 
+use futures_util::future::join_all;
 use mjolnir_client::{Client, ClientError, CommitOutcome};
 use mjolnir_core::protocol::Entry;
 use mjolnir_core::{ErrorKind, Key, Op, Query, QueryRead, ReadSet, WriteOp, WriteSet};
 use serde_json::{Value, json};
-use support::{TestDb, app_with_schema, blind, obj, writes};
+use support::{TestDb, app_with_schema, blind, metric, obj, writes};
 
 const SCHEMA: &str = "
 CREATE TABLE items (id integer PRIMARY KEY, room text NOT NULL, n integer NOT NULL,
@@ -19,6 +20,8 @@ CREATE TABLE notes (id text PRIMARY KEY, owner text NOT NULL, body text NOT NULL
 ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
 CREATE POLICY own_notes ON notes USING (owner = mjolnir.user_id());
 INSERT INTO notes VALUES ('a1', 'alice', 'hers'), ('b1', 'bob', 'his'), ('b2', 'bob', 'also his');
+CREATE TABLE counters (id integer PRIMARY KEY, n integer NOT NULL);
+INSERT INTO counters SELECT g, 0 FROM generate_series(1, 16) AS g;
 ";
 
 fn room(name: &str) -> Query {
@@ -318,6 +321,89 @@ async fn predicate_write_skew_two_instances() {
 #[tokio::test]
 async fn predicate_write_skew_two_instances_without_group_commit() {
     predicate_write_skew_commits_at_most_one(2, 1).await;
+}
+
+/// Sets counter `id` to `n`.
+fn count_to(id: i64, n: i64) -> WriteSet {
+    writes(vec![(
+        Key::row("counters", id),
+        WriteOp::Update {
+            set: obj(json!({ "n": n })),
+        },
+    )])
+}
+
+/// Commits reading a query of a table that no commit of their batch writes are decided
+/// together, on the set-based path of group commit (migration 0009), and a stale query
+/// read among them still conflicts.
+#[tokio::test]
+async fn query_reads_of_a_table_the_batch_does_not_write_are_decided_together() {
+    let db = TestDb::new("q_set").await;
+    let app = app_with_schema(SCHEMA);
+    let server = db
+        .start_with(app.path(), |c| c.knobs.group_commit = 64)
+        .await;
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        clients.push(
+            Client::connect(&server.ws_url(), Some("alice"))
+                .await
+                .unwrap(),
+        );
+    }
+    let q = room("a").order_by("n", false);
+    let set_based = || metric(&server, "mjolnir_set_based_commits_total ");
+    for round in 1..=5 {
+        let mut seen = Vec::new();
+        for c in &clients {
+            seen.push(read_query(c, &q).await);
+        }
+        let outcomes = join_all(
+            clients
+                .iter()
+                .zip(&seen)
+                .enumerate()
+                .map(|(i, (c, s))| commit_after(c, s, count_to(i as i64 + 1, round))),
+        )
+        .await;
+        for o in &outcomes {
+            assert!(matches!(o, CommitOutcome::Committed(_)), "{o:?}");
+        }
+    }
+    assert!(set_based() > 0.0, "no commit was decided set-based");
+
+    // The first client's read of the query goes stale: an item joins room a.
+    let stale = read_query(&clients[0], &q).await;
+    blind(&clients[1], insert(100, "a", 15)).await;
+    let mut seen = vec![stale];
+    for c in &clients[1..] {
+        seen.push(read_query(c, &q).await);
+    }
+    let before = set_based();
+    let outcomes = join_all(
+        clients
+            .iter()
+            .zip(&seen)
+            .enumerate()
+            .map(|(i, (c, s))| commit_after(c, s, count_to(i as i64 + 1, 100))),
+    )
+    .await;
+    let CommitOutcome::Conflict(fresh) = &outcomes[0] else {
+        panic!("the stale query read committed: {:?}", outcomes[0])
+    };
+    assert_eq!(fresh[0].key, Key::query(q.clone()));
+    assert_eq!(fresh[0].value, Some(json!([1, 100, 3, 2])));
+    for o in &outcomes[1..] {
+        assert!(matches!(o, CommitOutcome::Committed(_)), "{o:?}");
+    }
+    assert!(set_based() > before, "no commit was decided set-based");
+    let counters: Vec<i32> = sqlx::query_scalar("SELECT n FROM counters ORDER BY id")
+        .fetch_all(&db.pool().await)
+        .await
+        .unwrap();
+    assert_eq!(counters[0], 5);
+    assert!(counters[1..].iter().all(|&n| n == 100), "{counters:?}");
+    server.stop().await.unwrap();
 }
 
 /// An earlier member of the same batch inserts into the range a later member read: the
