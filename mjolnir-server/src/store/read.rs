@@ -89,8 +89,10 @@ impl Reader {
             .partition(|(_, k)| k.query.is_some());
         let mut answers: Vec<Option<Entry>> = vec![None; queries.len() + plain.len()];
         let (at, plain): (Vec<usize>, Vec<Resolved>) = plain.into_iter().unzip();
-        for (i, entry) in at.into_iter().zip(self.read_keys(user, plain).await?) {
-            answers[i] = Some(entry);
+        if !plain.is_empty() {
+            for (i, entry) in at.into_iter().zip(self.read_keys(user, plain).await?) {
+                answers[i] = Some(entry);
+            }
         }
         let mut rows = Vec::new();
         for (i, key) in queries {
