@@ -128,6 +128,20 @@ impl Table {
         &self.columns[self.pk]
     }
 
+    /// An expression giving the primary key of the row `r` as `row_json` spells it, without
+    /// building the rest of the row's JSON.
+    pub fn pk_json(&self) -> String {
+        let c = self.pk_column();
+        let col = format!("r.{}", quote_ident(&c.name));
+        match c.ty {
+            ColumnType::Numeric => format!("to_jsonb({col}::text)"),
+            ColumnType::BigInt => format!(
+                "CASE WHEN abs({col}) > {MAX_SAFE_INTEGER} THEN to_jsonb({col}::text) ELSE to_jsonb({col}) END"
+            ),
+            _ => format!("to_jsonb({col})"),
+        }
+    }
+
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
     }

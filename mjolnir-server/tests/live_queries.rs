@@ -115,7 +115,11 @@ async fn a_commit_that_cannot_change_a_query_re_runs_none() {
         .unwrap();
     let mut pushes = reader.pushes();
     let q = Query::table("items").filter("room", Op::Eq, json!("a"));
-    reader.read(vec![Key::query(q.clone())]).await.unwrap();
+    let marker = Key::kv("marker");
+    reader
+        .read(vec![Key::query(q.clone()), marker.clone()])
+        .await
+        .unwrap();
 
     let reruns = || metric(&server, "mjolnir_query_reruns_total");
     let before = reruns();
@@ -129,6 +133,23 @@ async fn a_commit_that_cannot_change_a_query_re_runs_none() {
     blind(&writer, insert("items", 11, json!({"room": "a", "n": 0}))).await;
     let (result, _) = next_result(&mut pushes, &q).await;
     assert_eq!(result, json!([1, 2, 11]));
+    // A re-run reads the latest state, so that result may come from the re-run for the
+    // update, before the insert's is done: a last commit's push says every earlier commit
+    // has been published (the feed publishes one commit after another).
+    blind(
+        &writer,
+        writes(vec![(marker.clone(), WriteOp::Put { value: json!(1) })]),
+    )
+    .await;
+    loop {
+        let (_, entries) = tokio::time::timeout(Duration::from_secs(10), pushes.recv())
+            .await
+            .expect("a push in time")
+            .expect("push stream open");
+        if entries.iter().any(|e| e.key == marker) {
+            break;
+        }
+    }
     assert_eq!(
         reruns() - before,
         2.0,

@@ -22,6 +22,10 @@ CREATE POLICY own_notes ON notes USING (owner = mjolnir.user_id());
 INSERT INTO notes VALUES ('a1', 'alice', 'hers'), ('b1', 'bob', 'his'), ('b2', 'bob', 'also his');
 CREATE TABLE counters (id integer PRIMARY KEY, n integer NOT NULL);
 INSERT INTO counters SELECT g, 0 FROM generate_series(1, 16) AS g;
+CREATE TABLE big (id bigint PRIMARY KEY, v integer NOT NULL);
+INSERT INTO big VALUES (1, 1), (9007199254740993, 1);
+CREATE TABLE prices (id numeric PRIMARY KEY, v integer NOT NULL);
+INSERT INTO prices VALUES (1.5, 1), (2.25, 1);
 ";
 
 fn room(name: &str) -> Query {
@@ -503,6 +507,32 @@ async fn a_query_never_shows_what_the_policies_hide() {
     };
     let text = serde_json::to_string(&stale).unwrap();
     assert!(!text.contains("his") && !text.contains("b1"), "{text}");
+    server.stop().await.unwrap();
+}
+
+/// The commit's check spells each primary key as a read does (a bigint beyond 2^53 and a
+/// numeric as strings), so an unchanged result of such a table holds.
+#[tokio::test]
+async fn unchanged_results_with_bigint_and_numeric_keys_hold() {
+    let db = TestDb::new("q_pk_kinds").await;
+    let app = app_with_schema(SCHEMA);
+    let server = db.start(app.path()).await;
+    let c = Client::connect(&server.ws_url(), Some("alice"))
+        .await
+        .unwrap();
+    for (table, expected) in [
+        ("big", json!([1, "9007199254740993"])),
+        ("prices", json!(["1.5", "2.25"])),
+    ] {
+        let q = Query::table(table).filter("v", Op::Eq, json!(1));
+        let seen = read_query(&c, &q).await;
+        assert_eq!(seen.query.seen, expected);
+        let outcome = commit_after(&c, &seen, WriteSet::new()).await;
+        assert!(
+            matches!(outcome, CommitOutcome::Committed(_)),
+            "{table}: {outcome:?}"
+        );
+    }
     server.stop().await.unwrap();
 }
 

@@ -214,10 +214,9 @@ impl QueryPlan {
         // The primary key as the rows a read gives spell it, of the rows chosen in a
         // subquery, as in `read_sql`.
         format!(
-            "SELECT coalesce(jsonb_agg(({json})->'{pk}' {order}), '[]'::jsonb)
+            "SELECT coalesce(jsonb_agg({pk} {order}), '[]'::jsonb)
                FROM (SELECT r.* {from_where} {order} LIMIT {fetch}) AS r",
-            json = self.table.row_json,
-            pk = self.table.pk_column().name.replace('\'', "''"),
+            pk = self.table.pk_json(),
             order = order_by,
             fetch = self.fetch,
         )
