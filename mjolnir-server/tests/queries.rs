@@ -328,6 +328,57 @@ async fn predicate_write_skew_two_instances_without_group_commit() {
     predicate_write_skew_commits_at_most_one(2, 1).await;
 }
 
+/// Reads of queries of one shape that arrive together share a statement
+/// (`store/query_reads.rs`): each still gets its own rows, counts and limits.
+#[tokio::test]
+async fn concurrent_reads_of_one_shape_each_get_their_own_result() {
+    let db = TestDb::new("q_shapes").await;
+    let app = app_with_schema(SCHEMA);
+    let server = db
+        .start_with(app.path(), |c| c.knobs.group_commit = 64)
+        .await;
+    let mut clients = Vec::new();
+    for _ in 0..12 {
+        clients.push(
+            Client::connect(&server.ws_url(), Some("alice"))
+                .await
+                .unwrap(),
+        );
+    }
+    let asked: Vec<(Query, Value)> = ["a", "b", "c"]
+        .into_iter()
+        .flat_map(|r| {
+            let q = room(r).order_by("n", false);
+            let (all, first, count) = match r {
+                "a" => (json!([1, 3, 2]), json!([1]), json!(3)),
+                "b" => (json!([4]), json!([4]), json!(1)),
+                _ => (json!([]), json!([]), json!(0)),
+            };
+            [
+                (q.clone(), all),
+                (q.clone().limit(1), first),
+                (q.counted(), count),
+            ]
+        })
+        .collect();
+    for _ in 0..5 {
+        let results = join_all(
+            clients
+                .iter()
+                .cycle()
+                .zip(&asked)
+                .map(|(c, (q, _))| read_query(c, q)),
+        )
+        .await;
+        for (seen, (q, expected)) in results.iter().zip(&asked) {
+            assert_eq!(&seen.query.seen, expected, "{q}");
+            let rows = expected.as_array().map_or(0, Vec::len);
+            assert_eq!(seen.entries.len(), 1 + rows, "{q}: {:?}", seen.entries);
+        }
+    }
+    server.stop().await.unwrap();
+}
+
 /// Sets counter `id` to `n`.
 fn count_to(id: i64, n: i64) -> WriteSet {
     writes(vec![(

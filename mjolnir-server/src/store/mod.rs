@@ -14,6 +14,7 @@ mod locks;
 mod outcome;
 mod plan;
 mod query;
+mod query_reads;
 mod read;
 mod recent;
 mod sqlstate;

@@ -2,6 +2,7 @@
 
 use super::lanes::{self, Lanes, Runner};
 use super::query::QueryPlan;
+use super::query_reads::QueryReads;
 use super::sqlstate::sqlstate;
 use super::{Resolved, Store};
 use crate::catalog::quote_ident;
@@ -38,6 +39,8 @@ pub(super) struct Reader {
     /// Set when a read found a table the catalog says is open no longer open: the store
     /// then loads the catalog again (`Store::resolve`).
     catalog_outdated: AtomicBool,
+    /// Reads of queries of tables open to every user.
+    queries: Arc<QueryReads>,
 }
 
 #[derive(Debug)]
@@ -50,6 +53,7 @@ pub(super) struct ReadJob {
 impl Reader {
     pub(super) fn new(pool: PgPool, knobs: &Knobs, metrics: &Metrics) -> Reader {
         Reader {
+            queries: Arc::new(QueryReads::new(pool.clone(), knobs, metrics)),
             pool,
             batched: knobs.group_commit > 1,
             lanes: Lanes::new(
@@ -173,27 +177,19 @@ impl Reader {
     /// a bounded cache of them per connection and deallocates the least used): through
     /// `mjolnir.read_as`, which plans on every call, a read of 50 rows cost PostgreSQL
     /// about twice as much (docs/benchmarks.md, "Measurements behind the code"). A table
-    /// open to every user is read without a role, checking in the same statement that it is
-    /// still open (as `read_open` does); any other is read in a transaction of its own
-    /// that first becomes `mjolnir_app` with `user`, as `mjolnir.read_as` would.
-    async fn query_rows(&self, user: Option<&str>, q: &QueryPlan) -> Result<Vec<QueryRow>> {
+    /// open to every user is read without a role, batched with other reads of queries of
+    /// the same shape (`query_reads.rs`), checking in the same statement that it is still
+    /// open (as `read_open` does); any other is read in a transaction of its own that
+    /// first becomes `mjolnir_app` with `user`, as `mjolnir.read_as` would.
+    async fn query_rows(&self, user: Option<&str>, q: &Arc<QueryPlan>) -> Result<Vec<QueryRow>> {
         let rows = format!(
             "SELECT 0, (SELECT last_value FROM mjolnir.commit_version), NULL::jsonb
              UNION ALL ({})",
             q.read_sql("$1::jsonb")
         );
         if q.table.open_read {
-            let sql = format!(
-                "SELECT q.*, g.open FROM ({rows}) AS q, {open}",
-                open = still_open("$2")
-            );
-            let found: Vec<(i32, i64, Option<Value>, bool)> = sqlx::query_as(AssertSqlSafe(sql))
-                .bind(&q.args)
-                .bind(&[q.table.oid][..])
-                .fetch_all(&self.pool)
-                .await?;
-            if found.iter().all(|(_, _, _, open)| *open) {
-                return Ok(found.into_iter().map(|(o, v, j, _)| (o, v, j)).collect());
+            if let Some(found) = self.queries.read(q.clone()).await? {
+                return Ok(found);
             }
             tracing::info!(table = %q.table.name, "a table is no longer open to every user: reading as the user, and loading the catalog again");
             self.catalog_outdated.store(true, Ordering::Relaxed);
@@ -483,7 +479,7 @@ impl<'a> ReadStatement<'a> {
 }
 
 /// A row of a query's read: `(ord, version, value)`.
-type QueryRow = (i32, i64, Option<Value>);
+pub(super) type QueryRow = (i32, i64, Option<Value>);
 
 /// A one-row subquery `g` whose `open` says whether every table of `oids` (an `oid[]`
 /// parameter) is still open: it exists, has no row-level security, and `mjolnir_app` may
@@ -491,7 +487,7 @@ type QueryRow = (i32, i64, Option<Value>);
 /// the statement). Each table is looked up by a subquery on its oid, which stays an index
 /// scan in the generic plan (`db::connect`); `oid = ANY(…)` became a scan of all of
 /// `pg_class` there, and made a read seven times as slow.
-fn still_open(oids: &str) -> String {
+pub(super) fn still_open(oids: &str) -> String {
     format!(
         "(SELECT coalesce(bool_and(coalesce(
                      (SELECT NOT c.relrowsecurity
