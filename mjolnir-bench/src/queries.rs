@@ -1,6 +1,7 @@
 //! The queries benchmark (issue 15): reading a query of 50 rows out of 1,000,000, against
 //! pgbench running the same `SELECT`; and commits whose read set holds a query, against
-//! the same commits with point reads only.
+//! the same commits with point reads only. Its search, run through the same `queries-run`,
+//! is in `search.rs`.
 //!
 //! The data is `queries-app/migrations/0001_items.sql`: 1,000,000 items in 20,000 rooms of
 //! exactly 50 (item `id` is in room `(id - 1) % 20000 + 1`), an index on `(room, n)`, a
