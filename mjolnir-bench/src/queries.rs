@@ -459,14 +459,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         server: args.server_pid.filter(|_| !pgbench),
     };
     // The commit lanes matter to commits only.
-    let lanes = (!pgbench && matches!(args.bench, Bench::Room | Bench::Accounts)).then(|| cpu::Lanes {
-        metrics_url: args
-            .mjolnir_url
-            .replacen("ws://", "http://", 1)
-            .trim_end_matches("/ws")
-            .to_owned()
-            + "/metrics",
-    });
+    let lanes =
+        (!pgbench && matches!(args.bench, Bench::Room | Bench::Accounts)).then(|| cpu::Lanes {
+            metrics_url: args
+                .mjolnir_url
+                .replacen("ws://", "http://", 1)
+                .trim_end_matches("/ws")
+                .to_owned()
+                + "/metrics",
+        });
     let (rec, used) = if pgbench {
         let pgbench = Pgbench {
             bin: args.pgbench.clone(),

@@ -180,7 +180,10 @@ mod tests {
     #[test]
     fn the_pgbench_statement_ranks_like_the_server_and_quotes_its_text() {
         let sql = pgbench_statement("it's here");
-        assert!(sql.contains("websearch_to_tsquery('english', 'it''s here')"), "{sql}");
+        assert!(
+            sql.contains("websearch_to_tsquery('english', 'it''s here')"),
+            "{sql}"
+        );
         assert!(sql.contains("DESC, n.id\nLIMIT 20;"), "{sql}");
         assert_eq!(pgbench_scripts(&["a".into(), "b c".into()]).len(), 2);
     }

@@ -112,7 +112,11 @@ impl Pgbench {
             .args(["--client", &clients.to_string()])
             .args(["--jobs", &clients.min(2).to_string()])
             .args(["--time", &total.as_secs_f64().ceil().to_string()])
-            .args(files.iter().flat_map(|f| [OsStr::new("--file"), f.as_os_str()]))
+            .args(
+                files
+                    .iter()
+                    .flat_map(|f| [OsStr::new("--file"), f.as_os_str()]),
+            )
             .arg("--log")
             .arg(format!("--log-prefix={}", dir.join("tx").display()))
             .arg(&self.database_url)
