@@ -836,6 +836,8 @@ mod tests {
             q(Bench::Room, Variant::Query2, 8, 1, 300.0, 6000),
             q(Bench::Room, Variant::Keys50, 8, 1, 200.0, 7000),
             q(Bench::Room, Variant::Query50, 8, 1, 100.0, 9000),
+            q(Bench::Search, Variant::Pgbench, 8, 1, 400.0, 4000),
+            q(Bench::Search, Variant::Search20, 8, 1, 300.0, 5000),
         ];
         let doc = render_queries(
             &results,
@@ -863,6 +865,26 @@ mod tests {
             doc.contains("| room | 8 | query2 | 300 | 0.0 % | 6.00 | 2.00 | 1 | 0 | – |"),
             "{doc}"
         );
+        // The search has a section of its own, and only there.
+        assert!(!doc.contains("search"), "{doc}");
+        let search = render_search(
+            &results,
+            &Context {
+                command: String::new(),
+                environment: String::new(),
+            },
+        );
+        assert!(
+            search.starts_with("### Search: 1,000,000 documents\n"),
+            "{search}"
+        );
+        assert!(
+            search.contains(
+                "| 8 | 400 | 300 | **0.75** (0.75) | 4.00 / 2.00 | 5.00 / 2.00 | **1.25** (1.25) | **1.00** (1.00) |"
+            ),
+            "{search}"
+        );
+        assert!(!search.contains("| 1 | 1000 |"), "{search}");
     }
 
     #[test]
