@@ -9,8 +9,8 @@
 # (js/bench/client.mjs) and what a user feels at a 100 ms round trip (js/bench/latency.mjs).
 # Writes docs/benchmarks.md (see mjolnir-bench/).
 #
-#   scripts/bench.sh                 the full comparison (about 17 minutes on 2 cores, once built)
-#   scripts/bench.sh --quick         a smoke check (about 5 minutes once built)
+#   scripts/bench.sh                 the full comparison (about 20 minutes on 2 cores, once built)
+#   scripts/bench.sh --quick         a smoke check (about 7 minutes once built)
 #   scripts/bench.sh --only queries  the queries section alone, written to its own document
 #                                    (default: $CARGO_TARGET_DIR/benchmarks-queries.md)
 #   scripts/bench.sh --only search   the search section alone, likewise
