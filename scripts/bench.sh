@@ -3,16 +3,21 @@
 # endpoint and Mjölnir, on one private PostgreSQL, interleaved over several rounds, with
 # synchronous_commit on and then off; then queries (a query of 50 rows out of 1,000,000
 # against pgbench, and commits that read a query against the same commits with point reads,
-# see mjolnir-bench/src/queries.rs); then the browser runtime's client benchmark
+# see mjolnir-bench/src/queries.rs); then search (the 20 most relevant of 1,000,000 notes
+# against pgbench running the same SELECT, mjolnir-bench/src/search.rs); then the browser
+# runtime's client benchmark
 # (js/bench/client.mjs) and what a user feels at a 100 ms round trip (js/bench/latency.mjs).
 # Writes docs/benchmarks.md (see mjolnir-bench/).
 #
-#   scripts/bench.sh                 the full comparison (about 17 minutes on 2 cores, once built)
-#   scripts/bench.sh --quick         a smoke check (about 5 minutes once built)
+#   scripts/bench.sh                 the full comparison (about 20 minutes on 2 cores, once built)
+#   scripts/bench.sh --quick         a smoke check (about 7 minutes once built)
 #   scripts/bench.sh --only queries  the queries section alone, written to its own document
 #                                    (default: $CARGO_TARGET_DIR/benchmarks-queries.md)
+#   scripts/bench.sh --only search   the search section alone, likewise
+#                                    (default: $CARGO_TARGET_DIR/benchmarks-search.md)
 #   options: --seconds N  --warmup N  --rounds N  --clients "1 8 32 64"  --out FILE
-#            (--clients is the transfers'; queries run at 1 and 8 clients, commits also at 32)
+#            (--clients is the transfers'; queries and searches run at 1 and 8 clients, commits
+#            also at 32)
 #
 # Everything it starts (PostgreSQL through `mjolnir pg`, on a unix socket only; the two
 # servers on 127.0.0.1, each on a port the kernel picks) is stopped when it exits, and every
@@ -30,7 +35,8 @@ while (($#)); do
     case $1 in
     --quick) MODE=quick SECONDS_PER_RUN=1 ROUNDS=1 CLIENTS="1 32" QUERY_COMMIT_CLIENTS="1 8" ;;
     --only)
-        [[ ${2:-} == queries ]] || { echo "--only takes queries (see the top of $0)" >&2 && exit 2; }
+        [[ ${2:-} == queries || ${2:-} == search ]] ||
+            { echo "--only takes queries or search (see the top of $0)" >&2 && exit 2; }
         ONLY=$2 && shift
         ;;
     --seconds) SECONDS_PER_RUN=$2 && shift ;;
@@ -54,8 +60,8 @@ scripts/setup.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH" # wasm-bindgen, installed by setup.sh
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-# `--only queries` writes a document of its own, not the transfers' report.
-[[ -z "$OUT" && -n "$ONLY" ]] && OUT=$CARGO_TARGET_DIR/benchmarks-queries.md
+# `--only queries` (or `search`) writes a document of its own, not the transfers' report.
+[[ -z "$OUT" && -n "$ONLY" ]] && OUT=$CARGO_TARGET_DIR/benchmarks-$ONLY.md
 OUT=${OUT:-docs/benchmarks.md}
 say "building (release) into $CARGO_TARGET_DIR"
 cargo build --release -p mjolnir-server --bin mjolnir -p mjolnir-bench --bin mjolnir-bench
@@ -126,6 +132,20 @@ run_one() {
         --work-dir "$WORK" --out "$RESULTS"
 }
 
+# One run of `mjolnir-bench queries-run` (BENCH VARIANT CLIENTS ROUND) against the server
+# NAME (started by server_start) serving the database DB_URL, appended to RESULTS.
+queries_run() {
+    local name=$1 db_url=$2 results=$3
+    shift 3
+    timeout --kill-after=5 "$RUN_TIMEOUT" \
+        "$BENCH" queries-run --bench "$1" --variant "$2" --clients "$3" --round "$4" \
+        --postgres-pid "$(head -n 1 "$PG_DATA/postmaster.pid")" --server-pid "${SERVER_PID[$name]}" \
+        --seconds "$SECONDS_PER_RUN" --warmup "$WARMUP" \
+        --mjolnir-url "ws://${SERVER_ADDR[$name]}/ws" \
+        --database-url "$db_url" --pgbench "$PG_BIN/pgbench" \
+        --work-dir "$WORK" --out "$results"
+}
+
 # The queries benchmark (mjolnir-bench/src/queries.rs): its own `mjolnir dev` on its own
 # database of the same cluster (`mjolnir-bench/queries-app`, which seeds 1,000,000 items),
 # reads against pgbench, then commits with and without a query read, interleaved in a
@@ -140,28 +160,19 @@ queries_section() {
     # Hint bits, the visibility map and statistics, so the first run pays for none of them,
     # and a checkpoint, so that the seeding's is not under way while the commits fsync.
     psql "$qdb_url" -X -q -v ON_ERROR_STOP=1 -c 'VACUUM ANALYZE' -c 'CHECKPOINT'
-    query_run() {
-        timeout --kill-after=5 "$RUN_TIMEOUT" \
-            "$BENCH" queries-run --bench "$1" --variant "$2" --clients "$3" --round "$4" \
-            --postgres-pid "$(head -n 1 "$PG_DATA/postmaster.pid")" --server-pid "${SERVER_PID[queries]}" \
-            --seconds "$SECONDS_PER_RUN" --warmup "$WARMUP" \
-            --mjolnir-url "ws://${SERVER_ADDR[queries]}/ws" \
-            --database-url "$qdb_url" --pgbench "$PG_BIN/pgbench" \
-            --work-dir "$WORK" --out "$results"
-    }
     local reads=(pgbench query50) commits=(points query2 keys50 query50)
     started=$(date +%s)
     load_before=$(cut -d' ' -f1-3 /proc/loadavg)
     for ((round = 1; round <= ROUNDS; round++)); do
         for clients in $QUERY_READ_CLIENTS; do
             for ((i = 0; i < ${#reads[@]}; i++)); do
-                query_run read "${reads[(i + round - 1) % ${#reads[@]}]}" "$clients" "$round"
+                queries_run queries "$qdb_url" "$results" read "${reads[(i + round - 1) % ${#reads[@]}]}" "$clients" "$round"
             done
         done
         for bench in room accounts; do
             for clients in $QUERY_COMMIT_CLIENTS; do
                 for ((i = 0; i < ${#commits[@]}; i++)); do
-                    query_run "$bench" "${commits[(i + round - 1) % ${#commits[@]}]}" "$clients" "$round"
+                    queries_run queries "$qdb_url" "$results" "$bench" "${commits[(i + round - 1) % ${#commits[@]}]}" "$clients" "$round"
                 done
             done
         done
@@ -189,8 +200,47 @@ and are read from the kernel's cache); the server's pool: 16 connections (load a
     fi
 }
 
+# The search benchmark (mjolnir-bench/src/search.rs): its own `mjolnir dev` on its own
+# database of the same cluster (`mjolnir-bench/search-app`, which seeds 1,000,000 notes and
+# their GIN index), searches through Mjölnir against pgbench, interleaved in a rotating
+# order over the rounds. Appends its section to $OUT (under the queries' heading), or with
+# `--only search` writes it as a document of its own.
+search_section() {
+    local started load_before load_after sdb_url results=$WORK/search.jsonl clients i
+    say "search: seeding 1,000,000 notes and their GIN index (the app's migration)"
+    sdb_url=$("$MJOLNIR" pg start --database search "$WORK/pg")
+    # The seeding takes about a minute on 2 busy cores, more than server_start waits by default.
+    SERVER_START_TIMEOUT=600 RUST_LOG=warn server_start search "$WORK/search.log" \
+        "$MJOLNIR" dev --database-url "$sdb_url" --listen 127.0.0.1 --port 0 mjolnir-bench/search-app
+    psql "$sdb_url" -X -q -v ON_ERROR_STOP=1 -c 'VACUUM ANALYZE' -c 'CHECKPOINT'
+    local variants=(pgbench search20)
+    started=$(date +%s)
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for clients in $QUERY_READ_CLIENTS; do
+            for ((i = 0; i < ${#variants[@]}; i++)); do
+                queries_run search "$sdb_url" "$results" search "${variants[(i + round - 1) % ${#variants[@]}]}" "$clients" "$round"
+            done
+        done
+    done
+    load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+    server_stop search
+    say "search: measured in $(($(date +%s) - started)) s"
+    local environment="Mode: **$MODE** ($ROUNDS round(s), ${SECONDS_PER_RUN} s measured after ${WARMUP} s of warm-up per run; \
+${QUERY_READ_CLIENTS// /, } clients). Run on $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores \
+($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)), $("$PG_BIN/postgres" --version), the cluster of the \
+transfers (shared_buffers $(psql_bench -At -c 'SHOW shared_buffers'); the notes, their index and their versions: \
+$(psql "$sdb_url" -X -At -c "SELECT pg_size_pretty(pg_database_size(current_database()))") in all); the server's pool: 16 \
+connections (load average before: $load_before, after: $load_after)."
+    if [[ -n "$ONLY" ]]; then
+        "$BENCH" queries-report --section search --results "$results" --out "$OUT" --command "$INVOKED" --environment "$environment"
+    else
+        "$BENCH" queries-report --section search --results "$results" --out "$OUT" --append --environment "$environment"
+    fi
+}
+
 if [[ -n "$ONLY" ]]; then
-    queries_section
+    "${ONLY}_section"
     elapsed=$(($(date +%s) - COMMAND_STARTED))
     printf '\nThe whole command, building included, took %d min %02d s.\n' $((elapsed / 60)) $((elapsed % 60)) >>"$OUT"
     say "wrote $OUT in $((elapsed / 60)) min $((elapsed % 60)) s"
@@ -242,6 +292,7 @@ say "server memory"
 server_stop mjolnir endpoint
 
 queries_section
+search_section
 
 # The client half: the browser runtime in headless Chromium (js/bench/client.mjs), served
 # by the same release server; its section is appended to the same document.

@@ -1,6 +1,7 @@
 //! The queries benchmark (issue 15): reading a query of 50 rows out of 1,000,000, against
 //! pgbench running the same `SELECT`; and commits whose read set holds a query, against
-//! the same commits with point reads only.
+//! the same commits with point reads only. Its search, run through the same `queries-run`,
+//! is in `search.rs`.
 //!
 //! The data is `queries-app/migrations/0001_items.sql`: 1,000,000 items in 20,000 rooms of
 //! exactly 50 (item `id` is in room `(id - 1) % 20000 + 1`), an index on `(room, n)`, a
@@ -16,6 +17,7 @@
 
 use crate::cpu;
 use crate::driver::{self, Job, Outcome, Window};
+use crate::search::{self, SearchWorker};
 use crate::stats::RunResult;
 use crate::systems::pgbench::Pgbench;
 use anyhow::Context as _;
@@ -56,6 +58,9 @@ pub enum Bench {
     /// Moving one unit between two accounts, having read a room's items: the commit's
     /// query reads a table nobody writes.
     Accounts,
+    /// Searching 1,000,000 short notes for one or two words: the 20 most relevant, with
+    /// their versions (`search.rs`).
+    Search,
 }
 
 impl Bench {
@@ -64,6 +69,7 @@ impl Bench {
             Bench::Read => "read",
             Bench::Room => "room",
             Bench::Accounts => "accounts",
+            Bench::Search => "search",
         }
     }
 }
@@ -86,6 +92,8 @@ pub enum Variant {
     Keys50,
     /// Mjölnir, reading the room query, `items where room = R order by n limit 50`.
     Query50,
+    /// Mjölnir, reading a search, `notes.search(body, W).limit(20)` (search only).
+    Search20,
 }
 
 impl Variant {
@@ -96,6 +104,7 @@ impl Variant {
             Variant::Query2 => "query2",
             Variant::Keys50 => "keys50",
             Variant::Query50 => "query50",
+            Variant::Search20 => "search20",
         }
     }
 
@@ -364,6 +373,7 @@ impl Job for QueryWorker {
         match self.bench {
             Bench::Read => self.read(pick.room).await,
             Bench::Room | Bench::Accounts => self.transfer(pick, rng).await,
+            Bench::Search => anyhow::bail!("searches are read by search::SearchWorker"),
         }
     }
 }
@@ -385,10 +395,10 @@ pub struct RunArgs {
     warmup: f64,
     #[arg(long, default_value_t = 1)]
     round: u32,
-    /// Mjölnir's WebSocket URL (serving `queries-app`).
+    /// Mjölnir's WebSocket URL (serving `queries-app`, or `search-app` for the search).
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     mjolnir_url: String,
-    /// The database, for pgbench.
+    /// The database, for pgbench (and, for the search, its list of searches).
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
     #[arg(long, default_value = "/usr/lib/postgresql/15/bin/pgbench")]
@@ -414,22 +424,50 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let pgbench = args.variant == Variant::Pgbench;
     anyhow::ensure!(
-        !pgbench || args.bench == Bench::Read,
+        !pgbench || matches!(args.bench, Bench::Read | Bench::Search),
         "pgbench runs the reads only"
     );
+    anyhow::ensure!(
+        match args.bench {
+            Bench::Search => matches!(args.variant, Variant::Pgbench | Variant::Search20),
+            _ => args.variant != Variant::Search20,
+        },
+        "the search runs pgbench and search20, and search20 runs only the search"
+    );
+    // The search's list, the same for both sides, and its check before Mjölnir's runs.
+    let searches = if args.bench == Bench::Search {
+        let url = args
+            .database_url
+            .as_deref()
+            .context("--database-url (or DATABASE_URL) is needed for the search's list")?;
+        let pool = search::connect(url).await?;
+        let searches = search::load(&pool).await?;
+        if !pgbench {
+            let notes = search::check(&args.mjolnir_url, &pool, &searches).await?;
+            println!(
+                "  search: the {} searches give the same {notes} notes, in the same order and at the same versions, through Mjölnir as directly",
+                searches.len()
+            );
+        }
+        pool.close().await;
+        Some(searches)
+    } else {
+        None
+    };
     let probe = cpu::Probe {
         postgres: args.postgres_pid,
         server: args.server_pid.filter(|_| !pgbench),
     };
     // The commit lanes matter to commits only.
-    let lanes = (!pgbench && args.bench != Bench::Read).then(|| cpu::Lanes {
-        metrics_url: args
-            .mjolnir_url
-            .replacen("ws://", "http://", 1)
-            .trim_end_matches("/ws")
-            .to_owned()
-            + "/metrics",
-    });
+    let lanes =
+        (!pgbench && matches!(args.bench, Bench::Room | Bench::Accounts)).then(|| cpu::Lanes {
+            metrics_url: args
+                .mjolnir_url
+                .replacen("ws://", "http://", 1)
+                .trim_end_matches("/ws")
+                .to_owned()
+                + "/metrics",
+        });
     let (rec, used) = if pgbench {
         let pgbench = Pgbench {
             bin: args.pgbench.clone(),
@@ -440,9 +478,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             work_dir: args.work_dir.clone(),
         };
         let cpu = probe.spawn(None, window.warmup, window.measure);
-        let rec = pgbench
-            .run_script("room-read", &pgbench_script(), args.clients, window)
-            .await?;
+        let rec = match &searches {
+            Some(searches) => {
+                let scripts = search::pgbench_scripts(searches);
+                pgbench
+                    .run_scripts("search", &scripts, args.clients, window)
+                    .await?
+            }
+            None => {
+                pgbench
+                    .run_script("room-read", &pgbench_script(), args.clients, window)
+                    .await?
+            }
+        };
+        (rec, cpu.await?)
+    } else if let Some(searches) = &searches {
+        let workers = SearchWorker::connect_all(&args.mjolnir_url, args.clients, searches).await?;
+        let cpu = probe.spawn(None, window.warmup, window.measure);
+        let rec = driver::drive_jobs(workers, window).await?;
         (rec, cpu.await?)
     } else {
         let workers =

@@ -271,54 +271,12 @@ pub fn render_queries(results: &[RunResult<QueryLabel>], ctx: &Context) -> Strin
              *reads/s*: reads completed per second; *p50/p99*: latency of one read.\n",
             crate::queries::pgbench_script()
         );
-        let _ = writeln!(
-            w,
-            "| clients | pgbench reads/s | Mjölnir reads/s | Mjölnir/pgbench, reads/s | pgbench p50 / p99 ms | Mjölnir p50 / p99 ms | Mjölnir/pgbench, p50 latency (target ≤ 1.5) | Mjölnir/pgbench, p99 latency |"
-        );
-        let _ = writeln!(w, "|---:|---:|---:|---|---:|---:|---|---|");
-        for ((_, clients), runs) in &reads {
-            let (pg, mj) = (runs.get(&Variant::Pgbench), runs.get(&Variant::Query50));
-            #[allow(clippy::cast_precision_loss)] // microseconds, far below 2^52
-            let (p50, p99) = (
-                |r: &RunResult<QueryLabel>| r.p50_us as f64,
-                |r: &RunResult<QueryLabel>| r.p99_us as f64,
-            );
-            let _ = writeln!(
-                w,
-                "| {clients} | {} | {} | {} | {} | {} | {} | {} |",
-                rate(pg),
-                rate(mj),
-                ratio_by(mj, pg, |r| r.tps),
-                latencies(pg),
-                latencies(mj),
-                ratio_by(mj, pg, p50),
-                ratio_by(mj, pg, p99),
-            );
-        }
-        let _ = writeln!(w);
-        if reads.iter().any(|(_, runs)| any_cpu(runs)) {
-            let _ = writeln!(
-                w,
-                "CPU time per read, in µs: PostgreSQL + the server (Mjölnir; pgbench has none) \
-                 + the load generator = total, and in parentheses the cores kept busy.\n"
-            );
-            let _ = writeln!(w, "| clients | pgbench | Mjölnir |");
-            let _ = writeln!(w, "|---:|---:|---:|");
-            for ((_, clients), runs) in &reads {
-                let _ = writeln!(
-                    w,
-                    "| {clients} | {} | {} |",
-                    cpu_cell(&round_runs(runs.get(&Variant::Pgbench)), false),
-                    cpu_cell(&round_runs(runs.get(&Variant::Query50)), true),
-                );
-            }
-            let _ = writeln!(w);
-        }
+        read_tables(w, &reads, Variant::Query50);
     }
 
     let commits: Vec<_> = grouped
         .iter()
-        .filter(|((bench, _), _)| *bench != Bench::Read)
+        .filter(|((bench, _), _)| matches!(bench, Bench::Room | Bench::Accounts))
         .collect();
     if !commits.is_empty() {
         let _ = writeln!(w, "### Commits that read a query\n");
@@ -403,6 +361,115 @@ pub fn render_queries(results: &[RunResult<QueryLabel>], ctx: &Context) -> Strin
             }
         }
         let _ = writeln!(w);
+    }
+    doc
+}
+
+/// The reads of one benchmark against pgbench, per number of clients: rates, latencies and
+/// their ratios, then the CPU time per read if it was measured. `mjolnir` is the variant
+/// that read through Mjölnir.
+fn read_tables(w: &mut String, reads: &[(&(Bench, u32), &QueryRuns)], mjolnir: Variant) {
+    let _ = writeln!(
+        w,
+        "| clients | pgbench reads/s | Mjölnir reads/s | Mjölnir/pgbench, reads/s | pgbench p50 / p99 ms | Mjölnir p50 / p99 ms | Mjölnir/pgbench, p50 latency (target ≤ 1.5) | Mjölnir/pgbench, p99 latency |"
+    );
+    let _ = writeln!(w, "|---:|---:|---:|---|---:|---:|---|---|");
+    for ((_, clients), runs) in reads {
+        let (pg, mj) = (runs.get(&Variant::Pgbench), runs.get(&mjolnir));
+        #[allow(clippy::cast_precision_loss)] // microseconds, far below 2^52
+        let (p50, p99) = (
+            |r: &RunResult<QueryLabel>| r.p50_us as f64,
+            |r: &RunResult<QueryLabel>| r.p99_us as f64,
+        );
+        let _ = writeln!(
+            w,
+            "| {clients} | {} | {} | {} | {} | {} | {} | {} |",
+            rate(pg),
+            rate(mj),
+            ratio_by(mj, pg, |r| r.tps),
+            latencies(pg),
+            latencies(mj),
+            ratio_by(mj, pg, p50),
+            ratio_by(mj, pg, p99),
+        );
+    }
+    let _ = writeln!(w);
+    if reads.iter().any(|(_, runs)| any_cpu(runs)) {
+        let _ = writeln!(
+            w,
+            "CPU time per read, in µs: PostgreSQL + the server (Mjölnir; pgbench has none) \
+             + the load generator = total, and in parentheses the cores kept busy.\n"
+        );
+        let _ = writeln!(w, "| clients | pgbench | Mjölnir |");
+        let _ = writeln!(w, "|---:|---:|---:|");
+        for ((_, clients), runs) in reads {
+            let _ = writeln!(
+                w,
+                "| {clients} | {} | {} |",
+                cpu_cell(&round_runs(runs.get(&Variant::Pgbench)), false),
+                cpu_cell(&round_runs(runs.get(&mjolnir)), true),
+            );
+        }
+        let _ = writeln!(w);
+    }
+}
+
+/// The search benchmark's section (`search.rs`), to follow the queries' sections: the
+/// search read through Mjölnir against pgbench running the same `SELECT`.
+pub fn render_search(results: &[RunResult<QueryLabel>], ctx: &Context) -> String {
+    let mut grouped: BTreeMap<(Bench, u32), QueryRuns> = BTreeMap::new();
+    for r in results.iter().filter(|r| r.label.bench == Bench::Search) {
+        let l = &r.label;
+        grouped
+            .entry((l.bench, l.clients))
+            .or_default()
+            .entry(l.variant)
+            .or_default()
+            .insert(l.round, r.clone());
+    }
+    let rounds = results.iter().map(|r| r.label.round).max().unwrap_or(0);
+    let mut doc = String::new();
+    let w = &mut doc;
+    let _ = writeln!(w, "### Search: 1,000,000 documents\n");
+    let _ = writeln!(
+        w,
+        "Generated by `scripts/bench.sh` from `mjolnir-bench queries-run --bench search` (do \
+         not edit by hand). The data (`mjolnir-bench/search-app/migrations/0001_notes.sql`, \
+         seeded in SQL, then `VACUUM ANALYZE`): `notes(id integer primary key, body text)`, \
+         1,000,000 notes of 3 to 6 words each out of a vocabulary of 4,000 made-up words \
+         (\"mofaku\", each one lexeme of the english configuration), the word of frequency \
+         rank k drawn with a probability about 1 / (2√(4000 k)): the commonest is in 7 % of \
+         the notes, the rarest in about 560; an expression GIN index on \
+         `to_tsvector('english', body)`; a version for every note in `mjolnir.versions`. \
+         Each read draws a search W uniformly from a list of 32 the migration keeps \
+         (`searches`): 16 words alone, of frequency ranks 300 to 3,999, each in 560 to 2,100 \
+         notes, and 16 pairs of words of consecutive ranks from (0, 1) to (3,998, 3,999), \
+         matching 0 to 1,700 notes; the commonest words alone are left out, since a search \
+         matching tens of thousands of notes ranks every one of them and measures little but \
+         `ts_rank`. **Mjölnir**: `Client::read(vec![Key::query(q)])` with q = \
+         `notes.search(body, W).limit(20)` (relevance order, the default), one round trip \
+         whose reply is the query's entry and up to 20 rows, each with its version; then it \
+         unsubscribes. The server runs the statement of `store/query.rs` (`read_sql`) through \
+         `mjolnir.read_as`, which plans it at each read for W's words. **pgbench**: the same \
+         rows in the same order with the same version lookups, its columns rather than JSON, \
+         as prepared statements (`-M prepared`): pgbench holds no string in a variable, so it \
+         runs one script per search, W a literal of it, drawn uniformly, each planned once per \
+         connection for its words:\n\n```sql\n{}```\n\n\
+         Before each Mjölnir run, the harness reads every search of the list through \
+         Mjölnir and runs pgbench's statement for it: both give the same notes, in the same \
+         order, at the same versions (the run stops otherwise). Closed loop, one read at a \
+         time per client, counted when it completes in the window; {rounds} round(s), the \
+         two interleaved in a rotating order; tables give medians over rounds, ratios the \
+         median and each round's value. *reads/s*: reads completed per second; *p50/p99*: \
+         latency of one read.\n",
+        crate::search::pgbench_statement("W")
+    );
+    if !ctx.environment.is_empty() {
+        let _ = writeln!(w, "{}\n", ctx.environment);
+    }
+    let reads: Vec<_> = grouped.iter().collect();
+    if !reads.is_empty() {
+        read_tables(w, &reads, Variant::Search20);
     }
     doc
 }
@@ -769,6 +836,8 @@ mod tests {
             q(Bench::Room, Variant::Query2, 8, 1, 300.0, 6000),
             q(Bench::Room, Variant::Keys50, 8, 1, 200.0, 7000),
             q(Bench::Room, Variant::Query50, 8, 1, 100.0, 9000),
+            q(Bench::Search, Variant::Pgbench, 8, 1, 400.0, 4000),
+            q(Bench::Search, Variant::Search20, 8, 1, 300.0, 5000),
         ];
         let doc = render_queries(
             &results,
@@ -796,6 +865,26 @@ mod tests {
             doc.contains("| room | 8 | query2 | 300 | 0.0 % | 6.00 | 2.00 | 1 | 0 | – |"),
             "{doc}"
         );
+        // The search has a section of its own, and only there.
+        assert!(!doc.contains("search"), "{doc}");
+        let search = render_search(
+            &results,
+            &Context {
+                command: String::new(),
+                environment: String::new(),
+            },
+        );
+        assert!(
+            search.starts_with("### Search: 1,000,000 documents\n"),
+            "{search}"
+        );
+        assert!(
+            search.contains(
+                "| 8 | 400 | 300 | **0.75** (0.75) | 4.00 / 2.00 | 5.00 / 2.00 | **1.25** (1.25) | **1.00** (1.00) |"
+            ),
+            "{search}"
+        );
+        assert!(!search.contains("| 1 | 1000 |"), "{search}");
     }
 
     #[test]

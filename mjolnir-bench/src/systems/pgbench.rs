@@ -6,6 +6,7 @@ use crate::driver::Window;
 use crate::stats::Recorder;
 use crate::workload::{ACCOUNTS, AMOUNT, HOT_ACCOUNT, Workload};
 use anyhow::Context;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::process::Command;
@@ -76,13 +77,30 @@ impl Pgbench {
         clients: u32,
         window: Window,
     ) -> anyhow::Result<Recorder> {
+        self.run_scripts(name, &[script.to_owned()], clients, window)
+            .await
+    }
+
+    /// [`Pgbench::run_script`] with several scripts, each transaction running one of them
+    /// drawn uniformly (pgbench takes at most 128).
+    pub async fn run_scripts(
+        &self,
+        name: &str,
+        scripts: &[String],
+        clients: u32,
+        window: Window,
+    ) -> anyhow::Result<Recorder> {
         let dir = self.work_dir.join(format!("pgbench-{name}-{clients}"));
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
         std::fs::create_dir_all(&dir)?;
-        let script_path = dir.join("script.sql");
-        std::fs::write(&script_path, script)?;
+        let mut files = Vec::with_capacity(scripts.len());
+        for (i, script) in scripts.iter().enumerate() {
+            let path = dir.join(format!("script-{i}.sql"));
+            std::fs::write(&path, script)?;
+            files.push(path);
+        }
 
         // pgbench counts whole seconds and starts its clock after connecting: run one
         // second more than the window, so that it is still running when the window ends.
@@ -94,8 +112,11 @@ impl Pgbench {
             .args(["--client", &clients.to_string()])
             .args(["--jobs", &clients.min(2).to_string()])
             .args(["--time", &total.as_secs_f64().ceil().to_string()])
-            .arg("--file")
-            .arg(&script_path)
+            .args(
+                files
+                    .iter()
+                    .flat_map(|f| [OsStr::new("--file"), f.as_os_str()]),
+            )
             .arg("--log")
             .arg(format!("--log-prefix={}", dir.join("tx").display()))
             .arg(&self.database_url)
