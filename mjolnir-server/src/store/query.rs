@@ -128,8 +128,11 @@ impl QueryPlan {
                     ));
                 }
             };
+            // In a subquery of its own, PostgreSQL reads the text once per statement (an
+            // InitPlan): in the generic plan of a prepared statement the call, over a
+            // parameter, would otherwise be evaluated again for each row it ranks.
             let text = format!(
-                "websearch_to_tsquery({config}, ({{args}})->>{})",
+                "(SELECT websearch_to_tsquery({config}, ({{args}})->>{}))",
                 args.len()
             );
             conditions.push(format!("{words} @@ {text}"));
