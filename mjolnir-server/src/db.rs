@@ -20,15 +20,17 @@ static MJOLNIR_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 /// index lookups under a generic plan (docs/architecture.md, "Plans"); the functions of the
 /// commit path already run with generic plans (migration 0005).
 ///
-/// Nor do they start parallel workers: a generic plan cannot see how few rows a search
-/// matches, and planned a parallel scan for it, whose workers cost PostgreSQL about five
-/// times the search's own work (docs/benchmarks.md, "Search"). Nothing the server reads is
-/// large enough to gain from them (a query returns at most 1000 rows).
+/// Nor do they start parallel workers or compile to machine code (JIT): a generic plan
+/// cannot see how few rows a search matches, and its estimate chose both for a search of
+/// 2,000 rows, at several times the search's own cost (docs/benchmarks.md, "Search").
+/// Nothing the server reads is large enough to gain from them (a query returns at most
+/// 1000 rows).
 pub async fn connect(url: &str, size: u32) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?.options([
         ("default_transaction_isolation", "read committed"),
         ("plan_cache_mode", "force_generic_plan"),
         ("max_parallel_workers_per_gather", "0"),
+        ("jit", "off"),
     ]);
     PgPoolOptions::new()
         .max_connections(size)
