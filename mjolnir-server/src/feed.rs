@@ -8,8 +8,10 @@
 
 mod index;
 
+use crate::knobs::Knobs;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use futures_util::{StreamExt, stream};
 use index::QueryIndex;
 use mjolnir_core::protocol::{Entry, ServerMessage, close_code};
 use mjolnir_core::{Key, Version};
@@ -65,12 +67,27 @@ struct Conn {
     held: HashSet<Key>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Feed {
     registry: Mutex<Registry>,
+    /// Reads run at once for one commit (`Knobs::feed_reads`).
+    reads_at_once: usize,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Feed::new(Knobs::default().feed_reads)
+    }
 }
 
 impl Feed {
+    pub fn new(reads_at_once: usize) -> Feed {
+        Feed {
+            registry: Mutex::default(),
+            reads_at_once: reads_at_once.max(1),
+        }
+    }
+
     pub fn register(&self, outbox: Outbox, user: Option<String>) -> ConnId {
         let mut r = self.registry.lock().expect("feed lock");
         r.next_id += 1;
@@ -163,11 +180,20 @@ impl Feed {
         let mut pushes: HashMap<ConnId, Vec<Entry>> = HashMap::new();
         let mut guarded: HashMap<Option<String>, Vec<(ConnId, Key)>> = HashMap::new();
         let mut affected = HashSet::new();
+        // The tables every change of which in this commit is open to every user.
+        let mut open_tables: HashSet<&str> = HashSet::new();
+        let mut closed_tables: HashSet<&str> = HashSet::new();
         {
             let r = self.registry.lock().expect("feed lock");
             for (i, change) in changes.iter().enumerate() {
                 r.affected(&change.key, change.value.as_ref(), &mut affected);
                 let needs_reread = !open.get(i).copied().unwrap_or(false);
+                if let Key::Row { table, .. } = &change.key {
+                    match needs_reread {
+                        true => closed_tables.insert(table),
+                        false => open_tables.insert(table),
+                    };
+                }
                 for id in r.holders.get(&change.key).into_iter().flatten() {
                     if needs_reread {
                         let user = r.conns.get(id).and_then(|c| c.user.clone());
@@ -181,11 +207,21 @@ impl Feed {
                 }
             }
         }
-        for (user, wanted) in guarded {
-            let mut keys: Vec<Key> = wanted.iter().map(|(_, k)| k.clone()).collect();
-            keys.sort();
-            keys.dedup();
-            match store.read(user.as_deref(), &keys).await {
+        open_tables.retain(|t| !closed_tables.contains(t));
+        // Each user's re-read at once, a few at a time: one after another, hundreds of
+        // users took seconds.
+        let rereads: Vec<_> = stream::iter(guarded)
+            .map(|(user, wanted)| async move {
+                let mut keys: Vec<Key> = wanted.iter().map(|(_, k)| k.clone()).collect();
+                keys.sort();
+                keys.dedup();
+                (wanted, store.read(user.as_deref(), &keys).await)
+            })
+            .buffer_unordered(self.reads_at_once)
+            .collect()
+            .await;
+        for (wanted, read) in rereads {
+            match read {
                 Ok(entries) => {
                     let by_key: HashMap<&Key, &Entry> =
                         entries.iter().map(|e| (&e.key, e)).collect();
@@ -207,7 +243,8 @@ impl Feed {
                 }
             }
         }
-        self.rerun(store, affected, &mut pushes, metrics).await;
+        self.rerun(store, affected, &open_tables, &mut pushes, metrics)
+            .await;
         let r = self.registry.lock().expect("feed lock");
         for (id, changes) in pushes {
             let Some(conn) = r.conns.get(&id) else {
@@ -237,57 +274,80 @@ impl Feed {
     /// Runs each affected query again, once per user among its subscribers (each sees what
     /// the app's policies let them), and adds the new result, with its rows, to the push
     /// of every subscriber whose last result differs. The rows are subscribed too.
+    ///
+    /// A query of a table in `open_tables` (every change of it in this commit was open to
+    /// every user, see `publish`) runs once, as one of its subscribers: without row-level
+    /// security, and read by one role, it gives every user the same rows. The runs go a few
+    /// at a time (`Knobs::feed_reads`).
     async fn rerun(
         &self,
         store: &Store,
         affected: HashSet<Key>,
+        open_tables: &HashSet<&str>,
         pushes: &mut HashMap<ConnId, Vec<Entry>>,
         metrics: &Metrics,
     ) {
-        for qk in affected {
-            let mut by_user: HashMap<Option<String>, Vec<ConnId>> = HashMap::new();
-            {
-                let r = self.registry.lock().expect("feed lock");
+        let mut runs: Vec<(Key, Option<String>, Vec<ConnId>)> = Vec::new();
+        {
+            let r = self.registry.lock().expect("feed lock");
+            for qk in affected {
+                let shared = matches!(&qk, Key::Query(q) if open_tables.contains(q.table.as_str()));
+                let mut by_user: HashMap<Option<String>, Vec<ConnId>> = HashMap::new();
                 for id in r.holders.get(&qk).into_iter().flatten() {
                     let user = r.conns.get(id).and_then(|c| c.user.clone());
                     by_user.entry(user).or_default().push(*id);
                 }
-            }
-            for (user, conns) in by_user {
-                metrics.query_reruns.inc();
-                let entries = match store.read(user.as_deref(), std::slice::from_ref(&qk)).await {
-                    Ok(entries) => entries,
-                    Err(e) => {
-                        // The subscribers cannot be told the new result (the query may no
-                        // longer be allowed them), so they must not keep the old one.
-                        tracing::warn!(error = %e, query = %qk, "re-running a subscribed query failed");
-                        for id in conns {
-                            self.close(
-                                id,
-                                close_code::FEED_LOST,
-                                "a live query could not be re-run, reconnect",
-                            );
-                        }
-                        continue;
-                    }
-                };
-                let result = entries[0].value.clone().unwrap_or(Value::Null);
-                let rows: Vec<Key> = entries[1..].iter().map(|e| e.key.clone()).collect();
-                for id in conns {
-                    let same = {
-                        let r = self.registry.lock().expect("feed lock");
-                        r.results.get(&qk).and_then(|m| m.get(&id)) == Some(&result)
-                    };
-                    if same {
-                        continue;
-                    }
-                    self.subscribe(id, &rows);
-                    self.remember_result(id, &qk, &result);
-                    pushes
-                        .entry(id)
-                        .or_default()
-                        .extend(entries.iter().cloned());
+                if shared && by_user.len() > 1 {
+                    let user = by_user.keys().min().cloned().flatten();
+                    let conns = by_user.into_values().flatten().collect();
+                    runs.push((qk, user, conns));
+                } else {
+                    runs.extend(by_user.into_iter().map(|(u, conns)| (qk.clone(), u, conns)));
                 }
+            }
+        }
+        let done: Vec<_> = stream::iter(runs)
+            .map(|(qk, user, conns)| async move {
+                metrics.query_reruns.inc();
+                let read = store.read(user.as_deref(), std::slice::from_ref(&qk)).await;
+                (qk, conns, read)
+            })
+            .buffer_unordered(self.reads_at_once)
+            .collect()
+            .await;
+        for (qk, conns, read) in done {
+            let entries = match read {
+                Ok(entries) => entries,
+                Err(e) => {
+                    // The subscribers cannot be told the new result (the query may no
+                    // longer be allowed them), so they must not keep the old one.
+                    tracing::warn!(error = %e, query = %qk, "re-running a subscribed query failed");
+                    for id in conns {
+                        self.close(
+                            id,
+                            close_code::FEED_LOST,
+                            "a live query could not be re-run, reconnect",
+                        );
+                    }
+                    continue;
+                }
+            };
+            let result = entries[0].value.clone().unwrap_or(Value::Null);
+            let rows: Vec<Key> = entries[1..].iter().map(|e| e.key.clone()).collect();
+            for id in conns {
+                let same = {
+                    let r = self.registry.lock().expect("feed lock");
+                    r.results.get(&qk).and_then(|m| m.get(&id)) == Some(&result)
+                };
+                if same {
+                    continue;
+                }
+                self.subscribe(id, &rows);
+                self.remember_result(id, &qk, &result);
+                pushes
+                    .entry(id)
+                    .or_default()
+                    .extend(entries.iter().cloned());
             }
         }
     }
