@@ -173,7 +173,7 @@ pub struct RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.per_connection >= 1
-            && args.connections % args.per_connection == 0
+            && args.connections.is_multiple_of(args.per_connection)
             && i32::try_from(args.connections).is_ok_and(|c| c < UNTOUCHED_FROM),
         "--connections must be a multiple of --per-connection, and at most 1000"
     );

@@ -1,7 +1,8 @@
 //! `mjolnir-bench`: the bank-transfer benchmark of Mjölnir against pgbench and a
 //! hand-written axum + sqlx endpoint. `scripts/bench.sh` starts PostgreSQL and the servers,
 //! calls `run` for every system and point, interleaved, and then `report`; then the same
-//! with `queries-run` and `queries-report` for the queries benchmark (`queries.rs`).
+//! with `queries-run` and `queries-report` for the queries benchmark (`queries.rs`), and
+//! `live-run` and `live-report` for the live queries benchmark (`live.rs`).
 
 mod cpu;
 mod driver;
