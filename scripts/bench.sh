@@ -4,17 +4,20 @@
 # synchronous_commit on and then off; then queries (a query of 50 rows out of 1,000,000
 # against pgbench, and commits that read a query against the same commits with point reads,
 # see mjolnir-bench/src/queries.rs); then search (the 20 most relevant of 1,000,000 notes
-# against pgbench running the same SELECT, mjolnir-bench/src/search.rs); then the browser
-# runtime's client benchmark
-# (js/bench/client.mjs) and what a user feels at a 100 ms round trip (js/bench/latency.mjs).
-# Writes docs/benchmarks.md (see mjolnir-bench/).
+# against pgbench running the same SELECT, mjolnir-bench/src/search.rs); then live queries
+# (push latency to 1,000 connections, the CPU a commit pays for queries it does not touch,
+# 400 users under row-level security, see mjolnir-bench/src/live.rs); then the browser
+# runtime's client benchmark (js/bench/client.mjs) and what a user feels at a 100 ms round
+# trip (js/bench/latency.mjs). Writes docs/benchmarks.md (see mjolnir-bench/).
 #
-#   scripts/bench.sh                 the full comparison (about 20 minutes on 2 cores, once built)
-#   scripts/bench.sh --quick         a smoke check (about 7 minutes once built)
+#   scripts/bench.sh                 the full comparison (about 22 minutes on 2 cores, once built)
+#   scripts/bench.sh --quick         a smoke check (about 8 minutes once built)
 #   scripts/bench.sh --only queries  the queries section alone, written to its own document
 #                                    (default: $CARGO_TARGET_DIR/benchmarks-queries.md)
 #   scripts/bench.sh --only search   the search section alone, likewise
 #                                    (default: $CARGO_TARGET_DIR/benchmarks-search.md)
+#   scripts/bench.sh --only live     the live queries section alone, likewise
+#                                    (default: $CARGO_TARGET_DIR/benchmarks-live.md)
 #   options: --seconds N  --warmup N  --rounds N  --clients "1 8 32 64"  --out FILE
 #            (--clients is the transfers'; queries and searches run at 1 and 8 clients, commits
 #            also at 32)
@@ -31,12 +34,18 @@ INVOKED="scripts/bench.sh${*:+ $*}"
 
 MODE=full SECONDS_PER_RUN=2 WARMUP=0.5 ROUNDS=3 CLIENTS="1 8 32 64" OUT="" ONLY=""
 QUERY_READ_CLIENTS="1 8" QUERY_COMMIT_CLIENTS="1 8 32"
+# Live queries: fan-out commits measured, commits per round and number of untouched
+# queries, commits under row-level security.
+LIVE_COMMITS=500 LIVE_CPU_COMMITS=2000 LIVE_RLS_COMMITS=10
 while (($#)); do
     case $1 in
-    --quick) MODE=quick SECONDS_PER_RUN=1 ROUNDS=1 CLIENTS="1 32" QUERY_COMMIT_CLIENTS="1 8" ;;
+    --quick)
+        MODE=quick SECONDS_PER_RUN=1 ROUNDS=1 CLIENTS="1 32" QUERY_COMMIT_CLIENTS="1 8"
+        LIVE_COMMITS=100 LIVE_CPU_COMMITS=500 LIVE_RLS_COMMITS=3
+        ;;
     --only)
-        [[ ${2:-} == queries || ${2:-} == search ]] ||
-            { echo "--only takes queries or search (see the top of $0)" >&2 && exit 2; }
+        [[ ${2:-} == queries || ${2:-} == search || ${2:-} == live ]] ||
+            { echo "--only takes queries, search or live (see the top of $0)" >&2 && exit 2; }
         ONLY=$2 && shift
         ;;
     --seconds) SECONDS_PER_RUN=$2 && shift ;;
@@ -60,13 +69,21 @@ scripts/setup.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH" # wasm-bindgen, installed by setup.sh
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-# `--only queries` (or `search`) writes a document of its own, not the transfers' report.
+# `--only queries` (or search, or live) writes a document of its own, not the transfers'
+# report.
 [[ -z "$OUT" && -n "$ONLY" ]] && OUT=$CARGO_TARGET_DIR/benchmarks-$ONLY.md
 OUT=${OUT:-docs/benchmarks.md}
 say "building (release) into $CARGO_TARGET_DIR"
 cargo build --release -p mjolnir-server --bin mjolnir -p mjolnir-bench --bin mjolnir-bench
 MJOLNIR=$CARGO_TARGET_DIR/release/mjolnir
 BENCH=$CARGO_TARGET_DIR/release/mjolnir-bench
+
+# The live queries benchmark holds 1,000 WebSocket connections, each a descriptor in the
+# server and one in the load generator, which inherit this shell's limit.
+if (($(ulimit -n) < 4096)); then
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    (($(ulimit -n) >= 4096)) || { say "open files: the limit is $(ulimit -n), and 1,000 connections need more" >&2 && exit 1; }
+fi
 
 WORK=$(mktemp -d /tmp/mjolnir-bench.XXXXXX)
 # The cluster below belongs to `postgres` when root runs this, and stays in $WORK (to be
@@ -239,6 +256,39 @@ connections (load average before: $load_before, after: $load_after)."
     fi
 }
 
+# The live queries benchmark (mjolnir-bench/src/live.rs): its own `mjolnir dev` on its own
+# database of the same cluster (`mjolnir-bench/live-app`); one `live-run` does the three
+# parts (fan-out, untouched queries in interleaved rounds, row-level security). Appends its
+# section to $OUT, or with `--only live` writes it as a document of its own.
+live_section() {
+    local started load_before load_after ldb_url results=$WORK/live.jsonl
+    say "live queries: seeding 240,000 items (the app's migration)"
+    ldb_url=$("$MJOLNIR" pg start --database live "$WORK/pg")
+    RUST_LOG=warn server_start live "$WORK/live.log" \
+        "$MJOLNIR" dev --database-url "$ldb_url" --listen 127.0.0.1 --port 0 mjolnir-bench/live-app
+    psql "$ldb_url" -X -q -v ON_ERROR_STOP=1 -c 'VACUUM ANALYZE' -c 'CHECKPOINT'
+    started=$(date +%s)
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+    timeout --kill-after=5 1800 \
+        "$BENCH" live-run --rounds "$ROUNDS" --commits "$LIVE_COMMITS" \
+        --cpu-commits "$LIVE_CPU_COMMITS" --rls-commits "$LIVE_RLS_COMMITS" \
+        --postgres-pid "$(head -n 1 "$PG_DATA/postmaster.pid")" --server-pid "${SERVER_PID[live]}" \
+        --mjolnir-url "ws://${SERVER_ADDR[live]}/ws" --out "$results"
+    load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+    server_stop live
+    say "live queries: measured in $(($(date +%s) - started)) s"
+    local environment="Mode: **$MODE** ($ROUNDS round(s) of the untouched queries, $LIVE_CPU_COMMITS commits each; \
+$LIVE_COMMITS fan-out commits; $LIVE_RLS_COMMITS commits under row-level security). Run on $(date -u '+%Y-%m-%d %H:%M UTC'), \
+$(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)), $("$PG_BIN/postgres" --version), the \
+cluster of the transfers, \`synchronous_commit = on\`; the server's pool: 16 connections, the feed's reads at once: 8; \
+server, PostgreSQL and load generator share the cores (load average before: $load_before, after: $load_after)."
+    if [[ -n "$ONLY" ]]; then
+        "$BENCH" live-report --results "$results" --out "$OUT" --command "$INVOKED" --environment "$environment"
+    else
+        "$BENCH" live-report --results "$results" --out "$OUT" --append --environment "$environment"
+    fi
+}
+
 if [[ -n "$ONLY" ]]; then
     "${ONLY}_section"
     elapsed=$(($(date +%s) - COMMAND_STARTED))
@@ -293,6 +343,7 @@ server_stop mjolnir endpoint
 
 queries_section
 search_section
+live_section
 
 # The client half: the browser runtime in headless Chromium (js/bench/client.mjs), served
 # by the same release server; its section is appended to the same document.

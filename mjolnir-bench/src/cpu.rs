@@ -134,6 +134,30 @@ impl Probe {
     }
 }
 
+/// The CPU time the probed processes have used so far: two of them measure a stretch of
+/// work that is not a fixed window (the live queries benchmark's commits, `live.rs`).
+#[derive(Clone, Copy, Debug)]
+pub struct Mark(Sample);
+
+impl Probe {
+    /// `None` if `/proc` could not be read.
+    pub fn mark(&self) -> Option<Mark> {
+        self.sample().map(Mark)
+    }
+}
+
+impl Mark {
+    /// What was used between `earlier` and this mark.
+    pub fn since(&self, earlier: &Mark) -> Used {
+        Used {
+            postgres: self.0.postgres.saturating_sub(earlier.0.postgres),
+            server: self.0.server.saturating_sub(earlier.0.server),
+            client: self.0.client.saturating_sub(earlier.0.client),
+            lane_busy: None,
+        }
+    }
+}
+
 /// Clock ticks used in the window, by part.
 #[derive(Clone, Copy, Debug)]
 pub struct Used {

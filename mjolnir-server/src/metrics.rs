@@ -146,7 +146,7 @@ impl Default for Metrics {
         registry.register("pushes", "Push messages sent to clients", m.pushes.clone());
         registry.register(
             "query_reruns",
-            "Subscribed queries run again after a commit that may change them, per query and user",
+            "Subscribed queries run again after a commit that may change them, per query and user (per query for a table open to every user)",
             m.query_reruns.clone(),
         );
         registry.register(

@@ -125,7 +125,7 @@ pub async fn start(
         )
         .await?,
     );
-    let feed = Arc::new(Feed::default());
+    let feed = Arc::new(Feed::new(config.knobs.feed_reads));
     let commits = feed::listen(&pool).await?;
     let feed_task = tokio::spawn(feed::follow(
         commits,
