@@ -49,6 +49,12 @@ pub struct Knobs {
     /// (`scripts/bench.sh --only live`); at once over the pool, it is bounded below the
     /// pool's size so that commits still find a connection.
     pub feed_reads: usize,
+    /// Reads of queries of tables open to every user that may run at once, each batch of
+    /// them on its own connection (`store/query_reads.rs`). A query costs the database far
+    /// more than a key, so they get more lanes than key reads: through one lane, searches
+    /// of 1,000,000 notes from 8 clients ran one after another and kept one core of two
+    /// busy (`scripts/bench.sh --only search`).
+    pub query_lanes: usize,
 }
 
 impl Default for Knobs {
@@ -65,6 +71,7 @@ impl Default for Knobs {
             group_commit_lanes: 1,
             search_config: "english".to_owned(),
             feed_reads: 8,
+            query_lanes: 4,
         }
     }
 }

@@ -40,7 +40,7 @@ impl QueryReads {
             pool,
             batched: knobs.group_commit > 1,
             lanes: Lanes::new(
-                knobs.group_commit_lanes,
+                knobs.query_lanes,
                 knobs.group_commit,
                 metrics.read_batch_size.clone(),
                 metrics.read_lane_busy.clone(),
