@@ -265,7 +265,9 @@ pub fn render_queries(results: &[RunResult<QueryLabel>], ctx: &Context) -> Strin
             "A read is `items where room = R order by n limit 50`, R uniform over the 20,000 \
              rooms. **Mjölnir**: `Client::read(vec![Key::query(q)])`, one round trip whose \
              reply is the query's entry and the 50 rows, each with its version; the server runs \
-             the statement of `store/query.rs` (`read_sql`) through `mjolnir.read_as`. \
+             the statement of `store/query.rs` (`read_sql`) as a prepared statement, in the \
+             lanes of query reads (`store/query_reads.rs`: the queries of one shape that \
+             arrive while the lanes are busy share one statement). \
              **pgbench**: the same rows with the same version lookups, as a prepared statement \
              (`-M prepared`), its columns rather than JSON:\n\n```sql\n{}```\n\n\
              *reads/s*: reads completed per second; *p50/p99*: latency of one read.\n",
@@ -295,7 +297,8 @@ pub fn render_queries(results: &[RunResult<QueryLabel>], ctx: &Context) -> Strin
              variants move the unit between two rows of the result. A query read makes the \
              commit take a `SHARE` lock on `items` (`SHARE ROW EXCLUSIVE` when it writes the \
              table too, which conflicts with itself: such commits of one table run one at a \
-             time), run the query again, and take the one-at-a-time path of group commit \
+             time), and run the query again; a batch of group commit that writes a table its \
+             queries read is decided one transaction at a time, any other set-based \
              (docs/architecture.md, \"Queries\"). *query2/points* is the cost of a query \
              read of the rows the transaction reads anyway; *query50/keys50* the same for 50 \
              rows; *query50/points* what reading a room of 50 costs a transfer. *TPS*: \
@@ -449,8 +452,9 @@ pub fn render_search(results: &[RunResult<QueryLabel>], ctx: &Context) -> String
          `ts_rank`. **Mjölnir**: `Client::read(vec![Key::query(q)])` with q = \
          `notes.search(body, W).limit(20)` (relevance order, the default), one round trip \
          whose reply is the query's entry and up to 20 rows, each with its version; then it \
-         unsubscribes. The server runs the statement of `store/query.rs` (`read_sql`) through \
-         `mjolnir.read_as`, which plans it at each read for W's words. **pgbench**: the same \
+         unsubscribes. The server runs the statement of `store/query.rs` (`read_sql`) as a \
+         prepared statement with a generic plan, in the lanes of query reads \
+         (`store/query_reads.rs`), the search's text a parameter. **pgbench**: the same \
          rows in the same order with the same version lookups, its columns rather than JSON, \
          as prepared statements (`-M prepared`): pgbench holds no string in a variable, so it \
          runs one script per search, W a literal of it, drawn uniformly, each planned once per \
@@ -843,8 +847,9 @@ pub fn render_live(records: &[crate::live::Record], ctx: &Context) -> String {
              every user, so nothing of the change is pushed as committed: for each subscriber's \
              user the server reads the changed row again as that user (the push must hold only \
              what the policy lets them read) and re-runs the query as that user, each a call of \
-             `mjolnir.read_as` (role switch, the statement planned on every call, the policy's \
-             lookup in `members` per row); the pushes go out once all are done. {} commits, \
+             the server's reads as a user (the row through `mjolnir.read_as`, which plans its \
+             statement on every call; the query in a transaction of its own that takes the \
+             app's role; both with the policy's lookup in `members` per row); the pushes go out once all are done. {} commits, \
              one at a time, 200 ms apart; CPU from the commit's send until the last push.\n",
             all_pushed_us.len()
         );
@@ -866,8 +871,8 @@ pub fn render_live(records: &[crate::live::Record], ctx: &Context) -> String {
         let calls = 2 * users;
         let _ = writeln!(
             w,
-            "What dominates: PostgreSQL, {:.0} ms of CPU per commit for its {calls} calls of \
-             `mjolnir.read_as` ({users} re-reads of the row, {users} re-runs of the query), \
+            "What dominates: PostgreSQL, {:.0} ms of CPU per commit for its {calls} reads as \
+             a user ({users} re-reads of the row, {users} re-runs of the query), \
              {:.2} ms each; the server's {:.0} ms are its side of those calls and the {users} pushes. \
              The first push waits for the last re-run, since a commit's pushes go out \
              together. Each user's re-read and re-run is what keeps the pushes to what the \

@@ -12,9 +12,9 @@
 //!
 //! Both sides draw a search uniformly from that list. pgbench cannot hold a string in a
 //! variable, so it runs one script per search, the search's text a literal of it, drawn
-//! uniformly too: each is prepared once per connection and planned for its own words, as
-//! Mjölnir's statement is (`mjolnir.read_as` runs it with `EXECUTE … USING`, planned with
-//! the parameters' values).
+//! uniformly too: each is prepared once per connection and planned for its own words, where
+//! Mjölnir's statement is prepared once per connection with a generic plan, the search's
+//! text a parameter.
 
 use crate::driver::{Job, Outcome};
 use anyhow::Context as _;
