@@ -1,10 +1,27 @@
 //! Connecting to PostgreSQL and bringing its schema up to date.
 
+use sqlx::PgConnection;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A connection counts its prepared statements at one use in this many: counting costs a
+/// round trip, and a connection can only overshoot the bound by what it prepares meanwhile.
+pub const COUNT_EVERY: u64 = 64;
+
+/// Whether `conn` holds more than `max` prepared statements: sqlx's own (at most 100), and
+/// the server's (`mjolnir.prepared`, one per statement text, never deallocated, since a
+/// name its session setting lists must exist).
+pub async fn holds_too_many(conn: &mut PgConnection, max: usize) -> Result<bool, sqlx::Error> {
+    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements")
+        .fetch_one(conn)
+        .await?;
+    Ok(held as usize > max)
+}
 
 /// Mjölnir's own schema (`mjolnir.*`), compiled into the binary.
 static MJOLNIR_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
@@ -25,7 +42,12 @@ static MJOLNIR_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 /// 2,000 rows, at several times the search's own cost (docs/benchmarks.md, "Search").
 /// Nothing the server reads is large enough to gain from them (a query returns at most
 /// 1000 rows).
-pub async fn connect(url: &str, size: u32) -> Result<PgPool, sqlx::Error> {
+///
+/// A connection given back to the pool is closed, rather than kept, once it holds more than
+/// `max_prepared` prepared statements ([`holds_too_many`], checked at one release in
+/// [`COUNT_EVERY`]): a new one starts with none.
+pub async fn connect(url: &str, size: u32, max_prepared: usize) -> Result<PgPool, sqlx::Error> {
+    let releases = Arc::new(AtomicU64::new(0));
     let options = PgConnectOptions::from_str(url)?.options([
         ("default_transaction_isolation", "read committed"),
         ("plan_cache_mode", "force_generic_plan"),
@@ -35,6 +57,10 @@ pub async fn connect(url: &str, size: u32) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(std::time::Duration::from_secs(10))
+        .after_release(move |conn, _| {
+            let due = releases.fetch_add(1, Ordering::Relaxed) % COUNT_EVERY == 0;
+            Box::pin(async move { Ok(!(due && holds_too_many(conn, max_prepared).await?)) })
+        })
         .connect_with(options)
         .await
 }

@@ -55,6 +55,11 @@ pub struct Knobs {
     /// of 1,000,000 notes from 8 clients ran one after another and kept one core of two
     /// busy (`scripts/bench.sh --only search`).
     pub query_lanes: usize,
+    /// Prepared statements one database connection may hold before the server closes it
+    /// (`db::holds_too_many`). The server prepares one per statement text, and a query's
+    /// text follows its shape, which clients choose: without a bound, a client sending
+    /// ever new shapes would grow every backend's memory without end.
+    pub max_prepared_statements: usize,
 }
 
 impl Default for Knobs {
@@ -72,6 +77,7 @@ impl Default for Knobs {
             search_config: "english".to_owned(),
             feed_reads: 8,
             query_lanes: 4,
+            max_prepared_statements: 1000,
         }
     }
 }

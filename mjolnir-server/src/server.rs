@@ -112,7 +112,12 @@ pub async fn start(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
-    let pool = db::connect(&config.database_url, config.knobs.pool_size).await?;
+    let pool = db::connect(
+        &config.database_url,
+        config.knobs.pool_size,
+        config.knobs.max_prepared_statements,
+    )
+    .await?;
     let migrations = config.app_dir.as_ref().map(|d| d.join("migrations"));
     db::migrate(&pool, migrations.as_deref(), &config.app_schema).await?;
     let metrics = Arc::new(Metrics::default());

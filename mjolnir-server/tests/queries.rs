@@ -379,6 +379,68 @@ async fn concurrent_reads_of_one_shape_each_get_their_own_result() {
     server.stop().await.unwrap();
 }
 
+/// Every query shape is a statement the server prepares on a database connection, and
+/// clients choose shapes: a connection holding more than `max_prepared_statements` is
+/// closed (its backend goes, and its statements with it) and the server goes on.
+#[tokio::test]
+async fn new_query_shapes_cannot_grow_a_connection_without_bound() {
+    let db = TestDb::new("q_prepared").await;
+    let app = app_with_schema(SCHEMA);
+    let server = db
+        .start_with(app.path(), |c| {
+            c.knobs.pool_size = 2;
+            c.knobs.max_prepared_statements = 40;
+        })
+        .await;
+    let c = Client::connect(&server.ws_url(), Some("alice"))
+        .await
+        .unwrap();
+    let pool = db.pool().await;
+    let backends = || async {
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pids
+    };
+    // Each commit claims a result the query does not give, of a new shape (its limit):
+    // the server prepares its check, then reads it for the conflict's reply.
+    let claim = |limit: u32| QueryRead {
+        query: room("a").limit(limit),
+        seen: json!(["none"]),
+    };
+    for limit in 1..=5 {
+        let outcome = c
+            .commit_queries(ReadSet::new(), WriteSet::new(), vec![claim(limit)])
+            .await
+            .unwrap()
+            .1;
+        assert!(matches!(outcome, CommitOutcome::Conflict(_)), "{outcome:?}");
+    }
+    let early = backends().await;
+    for limit in 6..=400 {
+        c.commit_queries(ReadSet::new(), WriteSet::new(), vec![claim(limit)])
+            .await
+            .unwrap();
+    }
+    let late = backends().await;
+    assert!(
+        early.iter().any(|pid| !late.contains(pid)),
+        "no connection was closed: {early:?} then {late:?}"
+    );
+    // The server goes on.
+    let seen = read_query(&c, &room("a").limit(2)).await;
+    let outcome = commit_after(&c, &seen, update(1, json!({"n": 11}))).await;
+    assert!(
+        matches!(outcome, CommitOutcome::Committed(_)),
+        "{outcome:?}"
+    );
+    server.stop().await.unwrap();
+}
+
 /// Sets counter `id` to `n`.
 fn count_to(id: i64, n: i64) -> WriteSet {
     writes(vec![(

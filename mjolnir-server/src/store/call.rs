@@ -16,11 +16,13 @@ use super::outcome::{Decided, Decision, Outcome};
 use super::plan::Plan;
 use super::recent::Recent;
 use super::sqlstate::{ALREADY_COMMITTED, classify, connection_lost, is_transient_code, sqlstate};
+use crate::db;
 use crate::error::{Result, ServerError};
 use mjolnir_core::{TxnId, Version};
 use prometheus_client::metrics::counter::Counter;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Which connection a call of `mjolnir.commit_batch` runs on.
@@ -46,6 +48,11 @@ pub(super) struct Caller {
     recent: Arc<Recent>,
     /// The connections lanes commit on between batches, at most one per lane.
     held: Mutex<Vec<PoolConnection<Postgres>>>,
+    /// The most prepared statements a held connection may keep (`db::holds_too_many`).
+    max_prepared: usize,
+    /// Calls on held connections, which count their prepared statements at one call in
+    /// `db::COUNT_EVERY`: they are not given back to the pool, which counts the others'.
+    held_calls: AtomicU64,
 }
 
 impl Caller {
@@ -53,6 +60,7 @@ impl Caller {
         pool: PgPool,
         schema: &str,
         retries: u32,
+        max_prepared: usize,
         set_based: Counter,
         recent: Arc<Recent>,
     ) -> Caller {
@@ -63,6 +71,8 @@ impl Caller {
             set_based,
             recent,
             held: Mutex::new(Vec::new()),
+            max_prepared,
+            held_calls: AtomicU64::new(0),
         }
     }
 
@@ -174,8 +184,14 @@ impl Caller {
                     None => self.pool.acquire().await?,
                 };
                 let rows = query.fetch_all(&mut *conn).await?;
-                // Kept only after a call that worked: one that failed may be broken.
-                self.held.lock().expect("held connections").push(conn);
+                let due = self.held_calls.fetch_add(1, Ordering::Relaxed) % db::COUNT_EVERY == 0;
+                if due && db::holds_too_many(&mut conn, self.max_prepared).await? {
+                    // Closed: its prepared statements go with its backend.
+                    drop(conn.detach());
+                } else {
+                    // Kept only after a call that worked: one that failed may be broken.
+                    self.held.lock().expect("held connections").push(conn);
+                }
                 rows
             }
         };

@@ -116,6 +116,7 @@ impl Committer {
                 pool,
                 schema,
                 knobs.commit_db_retries,
+                knobs.max_prepared_statements,
                 metrics.set_based_commits.clone(),
                 recent.clone(),
             ),
