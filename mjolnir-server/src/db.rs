@@ -58,7 +58,9 @@ pub async fn connect(url: &str, size: u32, max_prepared: usize) -> Result<PgPool
         .max_connections(size)
         .acquire_timeout(std::time::Duration::from_secs(10))
         .after_release(move |conn, _| {
-            let due = releases.fetch_add(1, Ordering::Relaxed) % COUNT_EVERY == 0;
+            let due = releases
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(COUNT_EVERY);
             Box::pin(async move { Ok(!(due && holds_too_many(conn, max_prepared).await?)) })
         })
         .connect_with(options)
