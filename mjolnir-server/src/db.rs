@@ -44,8 +44,8 @@ static MJOLNIR_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 /// 1000 rows).
 ///
 /// A connection given back to the pool is closed, rather than kept, once it holds more than
-/// `max_prepared` prepared statements ([`holds_too_many`], checked at one release in
-/// [`COUNT_EVERY`]): a new one starts with none.
+/// `max_prepared` prepared statements ([`holds_too_many`], checked at every
+/// [`COUNT_EVERY`]th release, not the first): a new one starts with none.
 pub async fn connect(url: &str, size: u32, max_prepared: usize) -> Result<PgPool, sqlx::Error> {
     let releases = Arc::new(AtomicU64::new(0));
     let options = PgConnectOptions::from_str(url)?.options([
@@ -58,9 +58,7 @@ pub async fn connect(url: &str, size: u32, max_prepared: usize) -> Result<PgPool
         .max_connections(size)
         .acquire_timeout(std::time::Duration::from_secs(10))
         .after_release(move |conn, _| {
-            let due = releases
-                .fetch_add(1, Ordering::Relaxed)
-                .is_multiple_of(COUNT_EVERY);
+            let due = (releases.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(COUNT_EVERY);
             Box::pin(async move { Ok(!(due && holds_too_many(conn, max_prepared).await?)) })
         })
         .connect_with(options)

@@ -184,10 +184,9 @@ impl Caller {
                     None => self.pool.acquire().await?,
                 };
                 let rows = query.fetch_all(&mut *conn).await?;
-                let due = self
-                    .held_calls
-                    .fetch_add(1, Ordering::Relaxed)
-                    .is_multiple_of(db::COUNT_EVERY);
+                // Not at the first call: a lane that commits once never pays for counting.
+                let calls = self.held_calls.fetch_add(1, Ordering::Relaxed) + 1;
+                let due = calls.is_multiple_of(db::COUNT_EVERY);
                 if due && db::holds_too_many(&mut conn, self.max_prepared).await? {
                     // Closed: its prepared statements go with its backend.
                     drop(conn.detach());
