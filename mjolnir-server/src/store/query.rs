@@ -205,6 +205,16 @@ impl QueryPlan {
         )
     }
 
+    /// [`QueryPlan::read_sql`] after a row numbered 0 whose version is the newest commit
+    /// version drawn: the rows of a query read, whichever way it runs.
+    pub fn read_sql_with_version(&self, args: &str) -> String {
+        format!(
+            "SELECT 0, (SELECT last_value FROM mjolnir.commit_version), NULL::jsonb
+             UNION ALL ({})",
+            self.read_sql(args)
+        )
+    }
+
     /// The statement giving the query's result as a commit's query read holds it, over
     /// `$1` (the arguments, jsonb): the JSON array of the primary keys in order, or the
     /// count.

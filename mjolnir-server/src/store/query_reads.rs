@@ -56,7 +56,11 @@ impl QueryReads {
         plan: Arc<QueryPlan>,
     ) -> Result<Option<Vec<QueryRow>>> {
         if !self.batched {
-            return self.read_now(&[&plan]).await.map(|mut r| r.pop().flatten());
+            let sql = batch_sql(&plan);
+            return self
+                .read_now(&sql, &[&plan])
+                .await
+                .map(|mut r| r.pop().flatten());
         }
         let (reply, rows) = oneshot::channel();
         lanes::push(self, QueryJob { plan, reply });
@@ -68,12 +72,16 @@ impl QueryReads {
         })
     }
 
-    /// Runs queries of one shape (`plans[0]`'s statement) in one statement: for each, its
-    /// rows, or `None` for all if the table is no longer open.
-    async fn read_now(&self, plans: &[&Arc<QueryPlan>]) -> Result<Vec<Option<Vec<QueryRow>>>> {
+    /// Runs queries of one shape in one statement, `sql` (their [`batch_sql`]): for each,
+    /// its rows, or `None` for all if the table is no longer open.
+    async fn read_now(
+        &self,
+        sql: &str,
+        plans: &[&Arc<QueryPlan>],
+    ) -> Result<Vec<Option<Vec<QueryRow>>>> {
         let args: Vec<&Value> = plans.iter().map(|p| &p.args).collect();
         let found: Vec<(i32, i32, i64, Option<Value>, bool)> =
-            sqlx::query_as(AssertSqlSafe(batch_sql(plans[0])))
+            sqlx::query_as(AssertSqlSafe(sql.to_owned()))
                 .bind(&args)
                 .bind(&[plans[0].table.oid][..])
                 .fetch_all(&self.pool)
@@ -100,17 +108,18 @@ impl Runner for QueryReads {
 
     /// One statement per shape among the batch's queries, concurrently.
     async fn run(self: Arc<Self>, batch: Vec<QueryJob>) {
+        // Queries of one shape have one statement text.
         let mut shapes: HashMap<String, Vec<QueryJob>> = HashMap::new();
         for job in batch {
-            shapes.entry(job.plan.read_sql("")).or_default().push(job);
+            shapes.entry(batch_sql(&job.plan)).or_default().push(job);
         }
         let calls: Vec<_> = shapes
-            .into_values()
-            .map(|jobs| {
+            .into_iter()
+            .map(|(sql, jobs)| {
                 let this = self.clone();
                 tokio::spawn(async move {
                     let plans: Vec<&Arc<QueryPlan>> = jobs.iter().map(|j| &j.plan).collect();
-                    match this.read_now(&plans).await {
+                    match this.read_now(&sql, &plans).await {
                         Ok(rows) => {
                             for (job, rows) in jobs.into_iter().zip(rows) {
                                 let _ = job.reply.send(Ok(rows));
@@ -119,7 +128,7 @@ impl Runner for QueryReads {
                         // Each on its own, so that each gets its own error.
                         Err(_) => {
                             for job in jobs {
-                                let read = this.read_now(&[&job.plan]).await;
+                                let read = this.read_now(&sql, &[&job.plan]).await;
                                 let _ = job.reply.send(read.map(|mut r| r.pop().flatten()));
                             }
                         }
@@ -140,11 +149,9 @@ fn batch_sql(plan: &QueryPlan) -> String {
     format!(
         "SELECT a.i::int, q.ord, q.version, q.value, g.open
            FROM unnest($1::jsonb[]) WITH ORDINALITY AS a(args, i)
-           CROSS JOIN LATERAL (
-               SELECT 0, (SELECT last_value FROM mjolnir.commit_version), NULL::jsonb
-               UNION ALL ({rows})) AS q(ord, version, value),
+           CROSS JOIN LATERAL ({rows}) AS q(ord, version, value),
            {open}",
-        rows = plan.read_sql("a.args"),
+        rows = plan.read_sql_with_version("a.args"),
         open = still_open("$2"),
     )
 }

@@ -182,11 +182,6 @@ impl Reader {
     /// open (as `read_open` does); any other is read in a transaction of its own that
     /// first becomes `mjolnir_app` with `user`, as `mjolnir.read_as` would.
     async fn query_rows(&self, user: Option<&str>, q: &Arc<QueryPlan>) -> Result<Vec<QueryRow>> {
-        let rows = format!(
-            "SELECT 0, (SELECT last_value FROM mjolnir.commit_version), NULL::jsonb
-             UNION ALL ({})",
-            q.read_sql("$1::jsonb")
-        );
         if q.table.open_read {
             if let Some(found) = self.queries.read(q.clone()).await? {
                 return Ok(found);
@@ -201,7 +196,7 @@ impl Reader {
         .bind(user.unwrap_or(""))
         .execute(&mut *tx)
         .await?;
-        let found = sqlx::query_as(AssertSqlSafe(rows))
+        let found = sqlx::query_as(AssertSqlSafe(q.read_sql_with_version("$1::jsonb")))
             .bind(&q.args)
             .fetch_all(&mut *tx)
             .await
